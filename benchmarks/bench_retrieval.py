@@ -1,0 +1,243 @@
+"""Retrieval at scale: a synthetic 1,000,000-image database on disk, opened in a fresh process.
+
+Measures, for the CelebA-64 geometry (latent 10 x 16 x 16, bf = 2: four 8 x 8 blocks, first-block keys
+of dimension 10 * 8 * 8 = 640, codebook 1024):
+
+- writing the database (DatabaseWriter, keys computed from the codes as the real builder does);
+- in a fresh process: opening it, the memory it takes (RSS: private/anonymous and file-backed pages
+  from /proc/self/status, and the peak from getrusage) — codes and keys are memory-mapped, so opening
+  and gathering neighbours touch only what they read;
+- neighbour gather throughput (``Database.neighbour_blocks``: codes -> codebook vectors);
+- exact search (FAISS, the default up to 1M entries) queries/s at several batch sizes, excluding self;
+- HNSW build time, queries/s and recall@10 against exact search, on the first ``--hnsw-count``
+  entries (an HNSW build over 1M 640-d keys takes far longer than this benchmark's budget on a
+  2-core machine; the build time measured on the subset is reported beside the count).
+
+Usage: python benchmarks/bench_retrieval.py [--count 1000000] [--json results.json] [--dir /tmp]
+Prints a table and writes the JSON; the database is deleted at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LATENT = (10, 16, 16)
+BLOCK_FACTOR = 2
+CODEBOOK_SIZE = 1024
+KEY_KIND = "first-block"
+
+
+def proc_memory() -> dict[str, float]:
+    """Current RSS split (MiB) from /proc/self/status, plus the peak RSS so far (getrusage)."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                out[name] = int(value.split()[0]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    return out
+
+
+def timed_median(fn, min_time: float = 2.0, min_reps: int = 3, max_reps: int = 50) -> float:
+    """Median seconds per call of ``fn`` (one warm-up call first)."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- phase 1: write
+
+
+def write_database(path: Path, count: int, batch: int, seed: int) -> dict:
+    from rissole_trt.retrieval import DatabaseWriter
+
+    rng = np.random.default_rng(seed)
+    codebook = rng.standard_normal((CODEBOOK_SIZE, LATENT[0])).astype(np.float32)
+    t0 = time.perf_counter()
+    with DatabaseWriter(path, count=count, codebook=codebook, latent_shape=LATENT, block_factor=BLOCK_FACTOR,
+                        key_kind=KEY_KIND, fingerprint="0" * 64, metadata={"synthetic": True}) as w:
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            w.add(rng.integers(0, CODEBOOK_SIZE, size=(n, LATENT[1], LATENT[2]), dtype=np.int64))
+        t_fill = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    sizes = {p.name: p.stat().st_size for p in path.iterdir()}
+    return {"count": count, "fill_s": t_fill, "close_s": total - t_fill, "total_s": total,
+            "entries_per_s": count / total, "file_bytes": sizes}
+
+
+# --------------------------------------------------------------------------- phase 2: measure (fresh process)
+
+
+def measure(path: Path, hnsw_count: int, hnsw_m: int, hnsw_efc: int, seed: int) -> dict:
+    res: dict = {"memory": {}}
+    import torch  # imported before the baseline so its own footprint is not charged to the database
+
+    from rissole_trt.retrieval import Database, FlatIPIndex, HNSWIndex
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    res["memory"]["baseline"] = proc_memory()
+    t = time.perf_counter()
+    db = Database.open(path, verify="size")
+    res["open_s"] = time.perf_counter() - t
+    res["memory"]["after_open"] = proc_memory()
+    res["codes_bytes"] = int(db.codes.nbytes)
+    res["keys_bytes"] = int(db.keys.nbytes)
+    rng = np.random.default_rng(seed)
+    n = db.count
+
+    # Neighbour gather: random ids over the whole database (page faults included).
+    gather = []
+    for b, k in [(16, 10), (64, 10), (256, 20)]:
+        def run(b=b, k=k):
+            return db.neighbour_blocks(torch.from_numpy(rng.integers(0, n, size=(b, k))))
+        sec = timed_median(run, min_time=1.5)
+        out_bytes = b * db.P * k * LATENT[0] * db.bs * db.bs * 4
+        gather.append({"batch": b, "k": k, "ms": sec * 1e3, "out_GBps": out_bytes / sec / 1e9,
+                       "codes_read_MBps": b * k * db.P * db.bs * db.bs * 2 / sec / 1e6})
+    res["gather"] = gather
+    res["memory"]["after_gather"] = proc_memory()
+
+    # Exact search.
+    t = time.perf_counter()
+    flat = db.index("flat")  # validates the keys (reads them once)
+    res["flat_build_s"] = time.perf_counter() - t
+    flat_rows = []
+    for bsz in [1, 16, 64, 256]:
+        def run(bsz=bsz):
+            ids = rng.integers(0, n, size=bsz)
+            return flat.search(np.asarray(db.keys[np.sort(ids)]), 10, exclude=np.sort(ids))
+        sec = timed_median(run, min_time=3.0, min_reps=2)
+        flat_rows.append({"batch": bsz, "s_per_batch": sec, "qps": bsz / sec})
+    res["flat"] = flat_rows
+    res["memory"]["after_flat"] = proc_memory()
+
+    # HNSW on a prefix of the keys.
+    sub = np.asarray(db.keys[:hnsw_count])
+    t = time.perf_counter()
+    hnsw = HNSWIndex(sub, m=hnsw_m, ef_construction=hnsw_efc)
+    res["hnsw_build"] = {"count": hnsw_count, "m": hnsw_m, "ef_construction": hnsw_efc,
+                         "build_s": time.perf_counter() - t}
+    qids = np.sort(rng.choice(hnsw_count, size=200, replace=False))
+    _, ref = FlatIPIndex(sub).search(sub[qids], 10, exclude=qids)
+    hnsw_rows = []
+    for ef in [64, 256]:
+        hnsw.ef_search = ef
+        _, got = hnsw.search(sub[qids], 10, exclude=qids)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), ref.tolist())]))
+        for bsz in [1, 64]:
+            def run(bsz=bsz):
+                ids = rng.integers(0, hnsw_count, size=bsz)
+                return hnsw.search(sub[ids], 10, exclude=ids)
+            sec = timed_median(run, min_time=2.0)
+            hnsw_rows.append({"ef_search": ef, "batch": bsz, "qps": bsz / sec, "recall_at_10": recall})
+    res["hnsw"] = hnsw_rows
+    res["memory"]["after_hnsw"] = proc_memory()
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_table(r: dict) -> None:
+    w, m = r["write"], r["measure"]
+    mib = 1 << 20
+    print(f"\nretrieval benchmark: {w['count']:,} entries, latent {LATENT}, bf {BLOCK_FACTOR}, "
+          f"{KEY_KIND} keys (D = {r['key_dim']}); {r['machine']}; "
+          "1-min load average at start/end: {:.1f}/{:.1f}".format(*r["load_average_start_end"]))
+    files = w["file_bytes"]
+    print(f"files: codes {files['codes.npy'] / mib:,.0f} MiB, keys {files['keys.npy'] / mib:,.0f} MiB")
+    print(f"write: {w['total_s']:.1f} s ({w['entries_per_s']:,.0f} entries/s; of which checksums+sync+rename "
+          f"{w['close_s']:.1f} s)")
+    print(f"open (fresh process): {m['open_s'] * 1e3:.1f} ms")
+    print("\nmemory (MiB)          RSS   anon   file   peak")
+    for phase, v in m["memory"].items():
+        print(f"  {phase:<16} {v.get('VmRSS', 0):6.0f} {v.get('RssAnon', 0):6.0f} {v.get('RssFile', 0):6.0f} "
+              f"{v['peak_rss_mib']:6.0f}")
+    print("\nneighbour gather      ms/call  output GB/s  codes read MB/s")
+    for g in m["gather"]:
+        print(f"  B={g['batch']:<4} k={g['k']:<3}  {g['ms']:8.2f}  {g['out_GBps']:11.2f}  {g['codes_read_MBps']:15.1f}")
+    print(f"\nexact search (flat; key validation {m['flat_build_s']:.1f} s), k = 10, exclude self")
+    for f in m["flat"]:
+        print(f"  batch {f['batch']:<4} {f['qps']:9.1f} queries/s  ({f['s_per_batch'] * 1e3:.0f} ms/batch)")
+    h = m["hnsw_build"]
+    print(f"\nHNSW on the first {h['count']:,} keys (M = {h['m']}, efConstruction = {h['ef_construction']}): "
+          f"build {h['build_s']:.1f} s")
+    for row in m["hnsw"]:
+        print(f"  efSearch {row['ef_search']:<4} batch {row['batch']:<3} {row['qps']:9.1f} queries/s  "
+              f"recall@10 {row['recall_at_10']:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=20_000, help="entries per DatabaseWriter.add call")
+    ap.add_argument("--hnsw-count", type=int, default=200_000)
+    ap.add_argument("--hnsw-m", type=int, default=16)
+    ap.add_argument("--hnsw-efc", type=int, default=40)
+    ap.add_argument("--dir", default=None, help="where to put the temporary database (default: system temp)")
+    ap.add_argument("--json", default="bench_retrieval.json")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the database")
+    ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: phase 2 in a child process
+    args = ap.parse_args()
+
+    if args.measure:
+        res = measure(Path(args.measure), args.hnsw_count, args.hnsw_m, args.hnsw_efc, args.seed)
+        print("RESULT " + json.dumps(res))
+        return
+
+    from rissole_trt.retrieval import key_dim
+
+    args.hnsw_count = min(args.hnsw_count, args.count)
+    work = Path(tempfile.mkdtemp(prefix="rissole-bench-", dir=args.dir))
+    path = work / "db"
+    load_start = os.getloadavg()[0]
+    try:
+        write = write_database(path, args.count, args.batch, args.seed)
+        cmd = [sys.executable, __file__, "--measure", str(path), "--hnsw-count", str(args.hnsw_count),
+               "--hnsw-m", str(args.hnsw_m), "--hnsw-efc", str(args.hnsw_efc), "--seed", str(args.seed + 1)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise SystemExit(f"measurement process failed with exit code {proc.returncode}")
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+        result = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            # other work on the machine skews timings: record how busy it was
+            "load_average_start_end": [load_start, os.getloadavg()[0]],
+            "key_dim": key_dim(LATENT, BLOCK_FACTOR, KEY_KIND),
+            "write": write,
+            "measure": json.loads(line[len("RESULT "):]),
+        }
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(result)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.json}" + ("" if not args.keep else f"; database kept at {path}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+// The only PYBIND11_MODULE of rissole_trt: thin wrappers that turn Python
+// integers (addresses from tensor.data_ptr()) and shapes into calls of ops.h.
+// The Python package (rissole_trt.ops) owns allocation, dtype and device logic.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ops.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using rissole::BlockShape;
+using rissole::CodeGatherShape;
+using rissole::GatherShape;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= text.size() && !text.empty()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    parts.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return parts;
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = RISSOLE_VERSION;
+  info["compiler"] = RISSOLE_CXX_COMPILER;
+  info["cxx_standard"] = RISSOLE_CXX_STANDARD;
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["openmp_max_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = false;
+  info["openmp_max_threads"] = 1;
+#endif
+#ifdef RISSOLE_WITH_CUDA
+  const int v = rissole::cuda::compiled_runtime_version();
+  info["cuda_compiled"] = true;
+  info["cuda_version"] = std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  info["cuda_compiler_version"] = RISSOLE_CUDA_COMPILER_VERSION;
+  info["cuda_architectures"] = split_list(RISSOLE_CUDA_ARCHS);
+#else
+  info["cuda_compiled"] = false;
+  info["cuda_version"] = py::none();
+  info["cuda_compiler_version"] = py::none();
+  info["cuda_architectures"] = std::vector<std::string>{};
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "rissole_trt compiled core: block split/merge and neighbour gathers (CPU and CUDA)";
+  m.def("build_info", &build_info, "How this extension was built: compiler, C++ standard, OpenMP, CUDA.");
+
+  m.def(
+      "check_ids",
+      [](uintptr_t ids, int64_t B, int64_t k, int64_t N) { rissole::check_ids(ptr<const int64_t>(ids), B, k, N); },
+      py::arg("ids"), py::arg("B"), py::arg("k"), py::arg("N"),
+      "Raise IndexError naming the first id of the host int64 array [B, k] outside [0, N).");
+
+  m.def(
+      "split_blocks",
+      [](uintptr_t z, uintptr_t out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t bf, int64_t elem_size,
+         int num_threads) {
+        const BlockShape s{B, C, H, W, bf};
+        py::gil_scoped_release release;
+        rissole::cpu::split_blocks(ptr<const void>(z), ptr<void>(out), s, elem_size, num_threads);
+      },
+      py::arg("z"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("bf"),
+      py::arg("elem_size"), py::arg("num_threads") = 0);
+
+  m.def(
+      "merge_blocks",
+      [](uintptr_t blocks, uintptr_t out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t bf, int64_t elem_size,
+         int num_threads) {
+        const BlockShape s{B, C, H, W, bf};
+        py::gil_scoped_release release;
+        rissole::cpu::merge_blocks(ptr<const void>(blocks), ptr<void>(out), s, elem_size, num_threads);
+      },
+      py::arg("blocks"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("bf"),
+      py::arg("elem_size"), py::arg("num_threads") = 0);
+
+  m.def(
+      "gather_blocks",
+      [](uintptr_t db, uintptr_t ids, uintptr_t out, int64_t P, int64_t N, int64_t C, int64_t bh, int64_t bw,
+         int64_t B, int64_t k, int64_t elem_size, int num_threads) {
+        const GatherShape s{P, N, C, bh, bw, B, k};
+        py::gil_scoped_release release;
+        rissole::cpu::gather_blocks(ptr<const void>(db), ptr<const int64_t>(ids), ptr<void>(out), s, elem_size,
+                                    num_threads);
+      },
+      py::arg("db"), py::arg("ids"), py::arg("out"), py::arg("P"), py::arg("N"), py::arg("C"), py::arg("bh"),
+      py::arg("bw"), py::arg("B"), py::arg("k"), py::arg("elem_size"), py::arg("num_threads") = 0);
+
+  m.def(
+      "gather_code_blocks",
+      [](uintptr_t codes, uintptr_t codebook, uintptr_t ids, uintptr_t out, int64_t P, int64_t N, int64_t bh,
+         int64_t bw, int64_t K, int64_t C, int64_t B, int64_t k, int64_t elem_size, int num_threads) {
+        const CodeGatherShape s{P, N, bh, bw, K, C, B, k};
+        py::gil_scoped_release release;
+        rissole::cpu::gather_code_blocks(ptr<const uint16_t>(codes), ptr<const void>(codebook),
+                                         ptr<const int64_t>(ids), ptr<void>(out), s, elem_size, num_threads);
+      },
+      py::arg("codes"), py::arg("codebook"), py::arg("ids"), py::arg("out"), py::arg("P"), py::arg("N"),
+      py::arg("bh"), py::arg("bw"), py::arg("K"), py::arg("C"), py::arg("B"), py::arg("k"), py::arg("elem_size"),
+      py::arg("num_threads") = 0);
+
+#ifdef RISSOLE_WITH_CUDA
+  m.def(
+      "cuda_device_count",
+      []() -> std::tuple<int, std::optional<std::string>> {
+        const char* error = nullptr;
+        const int n = rissole::cuda::device_count(&error);
+        if (n < 0) return {n, std::string(error ? error : "unknown CUDA error")};
+        return {n, std::nullopt};
+      },
+      "(device count, None) or (-1, reason) when the CUDA runtime cannot be used; queried on each call.");
+
+  m.def(
+      "cuda_split_blocks",
+      [](uintptr_t z, uintptr_t out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t bf, int64_t elem_size,
+         int device, uintptr_t stream) {
+        const BlockShape s{B, C, H, W, bf};
+        py::gil_scoped_release release;
+        rissole::cuda::split_blocks(ptr<const void>(z), ptr<void>(out), s, elem_size, device, stream);
+      },
+      py::arg("z"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("bf"),
+      py::arg("elem_size"), py::arg("device"), py::arg("stream"));
+
+  m.def(
+      "cuda_merge_blocks",
+      [](uintptr_t blocks, uintptr_t out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t bf, int64_t elem_size,
+         int device, uintptr_t stream) {
+        const BlockShape s{B, C, H, W, bf};
+        py::gil_scoped_release release;
+        rissole::cuda::merge_blocks(ptr<const void>(blocks), ptr<void>(out), s, elem_size, device, stream);
+      },
+      py::arg("blocks"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("bf"),
+      py::arg("elem_size"), py::arg("device"), py::arg("stream"));
+
+  m.def(
+      "cuda_gather_blocks",
+      [](uintptr_t db, uintptr_t ids, uintptr_t out, int64_t P, int64_t N, int64_t C, int64_t bh, int64_t bw,
+         int64_t B, int64_t k, int64_t elem_size, int device, uintptr_t stream) {
+        const GatherShape s{P, N, C, bh, bw, B, k};
+        py::gil_scoped_release release;
+        rissole::cuda::gather_blocks(ptr<const void>(db), ptr<const int64_t>(ids), ptr<void>(out), s, elem_size,
+                                     device, stream);
+      },
+      py::arg("db"), py::arg("ids"), py::arg("out"), py::arg("P"), py::arg("N"), py::arg("C"), py::arg("bh"),
+      py::arg("bw"), py::arg("B"), py::arg("k"), py::arg("elem_size"), py::arg("device"), py::arg("stream"));
+
+  m.def(
+      "cuda_gather_code_blocks",
+      [](uintptr_t codes, uintptr_t codebook, uintptr_t ids, uintptr_t out, uintptr_t error_flag, int64_t P,
+         int64_t N, int64_t bh, int64_t bw, int64_t K, int64_t C, int64_t B, int64_t k, int64_t elem_size,
+         int device, uintptr_t stream) {
+        const CodeGatherShape s{P, N, bh, bw, K, C, B, k};
+        py::gil_scoped_release release;
+        rissole::cuda::gather_code_blocks(ptr<const uint16_t>(codes), ptr<const void>(codebook),
+                                          ptr<const int64_t>(ids), ptr<void>(out), ptr<int32_t>(error_flag), s,
+                                          elem_size, device, stream);
+      },
+      py::arg("codes"), py::arg("codebook"), py::arg("ids"), py::arg("out"), py::arg("error_flag"), py::arg("P"),
+      py::arg("N"), py::arg("bh"), py::arg("bw"), py::arg("K"), py::arg("C"), py::arg("B"), py::arg("k"),
+      py::arg("elem_size"), py::arg("device"), py::arg("stream"));
+#endif
+}

@@ -1,0 +1,76 @@
+// Block operations of the rissole_trt core.
+//
+// Every function takes raw addresses plus shapes (no libtorch), so one build
+// serves any torch version. Tensors are dense, C-contiguous. Copies move
+// elements by their size in bytes (2 or 4), so one kernel serves float32,
+// float16 and bfloat16 bit for bit.
+//
+// Bad arguments throw std::invalid_argument (ValueError in Python); out-of-range
+// ids or codes throw std::out_of_range (IndexError), always before any write.
+#pragma once
+
+#include <cstdint>
+
+namespace rissole {
+
+// Geometry shared by the block ops: a latent [B, C, H, W] cut into bf x bf
+// blocks of bh x bw (bh = H / bf, bw = W / bf), P = bf * bf.
+struct BlockShape {
+  int64_t B, C, H, W, bf;
+  int64_t bh() const { return H / bf; }
+  int64_t bw() const { return W / bf; }
+  int64_t P() const { return bf * bf; }
+};
+
+// Shapes of a neighbour gather: database [P, N, C, bh, bw], ids [B, k].
+struct GatherShape {
+  int64_t P, N, C, bh, bw, B, k;
+};
+
+// Shapes of a code gather: codes [P, N, bh, bw] (uint16), codebook [K, C],
+// ids [B, k].
+struct CodeGatherShape {
+  int64_t P, N, bh, bw, K, C, B, k;
+};
+
+void check_block_shape(const BlockShape& s, int64_t elem_size);
+void check_elem_size(int64_t elem_size);
+// Throws std::out_of_range naming the first id outside [0, N).
+void check_ids(const int64_t* ids, int64_t B, int64_t k, int64_t N);
+
+namespace cpu {
+void split_blocks(const void* z, void* out, const BlockShape& s, int64_t elem_size, int num_threads);
+void merge_blocks(const void* blocks, void* out, const BlockShape& s, int64_t elem_size, int num_threads);
+void gather_blocks(const void* db, const int64_t* ids, void* out, const GatherShape& s,
+                   int64_t elem_size, int num_threads);
+void gather_code_blocks(const uint16_t* codes, const void* codebook, const int64_t* ids, void* out,
+                        const CodeGatherShape& s, int64_t elem_size, int num_threads);
+}  // namespace cpu
+
+#ifdef RISSOLE_WITH_CUDA
+namespace cuda {
+// All pointers are device pointers on `device`; work is queued on `stream`
+// (a cudaStream_t passed as an integer) and not synchronised.
+void split_blocks(const void* z, void* out, const BlockShape& s, int64_t elem_size, int device,
+                  uintptr_t stream);
+void merge_blocks(const void* blocks, void* out, const BlockShape& s, int64_t elem_size, int device,
+                  uintptr_t stream);
+// ids must already be validated (check_ids on a host copy); the kernel still
+// skips ids out of range so nothing is ever read out of bounds.
+void gather_blocks(const void* db, const int64_t* ids, void* out, const GatherShape& s,
+                   int64_t elem_size, int device, uintptr_t stream);
+// Code values >= K are not read through: the kernel writes zeros there and
+// records max(bad code) + 1 in *error_flag (an int32 on the device, zeroed by
+// the caller), which the caller checks after the kernel.
+void gather_code_blocks(const uint16_t* codes, const void* codebook, const int64_t* ids, void* out,
+                        int32_t* error_flag, const CodeGatherShape& s, int64_t elem_size, int device,
+                        uintptr_t stream);
+// Number of visible devices, or -1 with `error` filled when the runtime or
+// driver cannot be used (e.g. no driver installed).
+int device_count(const char** error);
+// CUDART_VERSION the kernels were compiled against, e.g. 13000.
+int compiled_runtime_version();
+}  // namespace cuda
+#endif
+
+}  // namespace rissole

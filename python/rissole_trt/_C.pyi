@@ -1,0 +1,45 @@
+"""Type stub of the compiled core ``rissole_trt._C`` (see csrc/bindings.cpp).
+
+Addresses are Python ints (``tensor.data_ptr()``, ``ndarray.ctypes.data``) of dense C-contiguous
+buffers; ``elem_size`` is 2 or 4 bytes. Use :mod:`rissole_trt.ops` instead of calling these directly.
+The ``cuda_*`` functions exist only when ``build_info()["cuda_compiled"]`` is true.
+"""
+
+from typing import Any
+
+def build_info() -> dict[str, Any]:
+    """version, compiler, cxx_standard, openmp, openmp_max_threads, cuda_compiled, cuda_version,
+    cuda_compiler_version, cuda_architectures."""
+
+def check_ids(ids: int, B: int, k: int, N: int) -> None: ...
+def split_blocks(
+    z: int, out: int, B: int, C: int, H: int, W: int, bf: int, elem_size: int, num_threads: int = 0
+) -> None: ...
+def merge_blocks(
+    blocks: int, out: int, B: int, C: int, H: int, W: int, bf: int, elem_size: int, num_threads: int = 0
+) -> None: ...
+def gather_blocks(
+    db: int, ids: int, out: int, P: int, N: int, C: int, bh: int, bw: int, B: int, k: int,
+    elem_size: int, num_threads: int = 0,
+) -> None: ...
+def gather_code_blocks(
+    codes: int, codebook: int, ids: int, out: int, P: int, N: int, bh: int, bw: int, K: int, C: int,
+    B: int, k: int, elem_size: int, num_threads: int = 0,
+) -> None: ...
+
+# Present only in CUDA builds.
+def cuda_device_count() -> tuple[int, str | None]: ...
+def cuda_split_blocks(
+    z: int, out: int, B: int, C: int, H: int, W: int, bf: int, elem_size: int, device: int, stream: int
+) -> None: ...
+def cuda_merge_blocks(
+    blocks: int, out: int, B: int, C: int, H: int, W: int, bf: int, elem_size: int, device: int, stream: int
+) -> None: ...
+def cuda_gather_blocks(
+    db: int, ids: int, out: int, P: int, N: int, C: int, bh: int, bw: int, B: int, k: int,
+    elem_size: int, device: int, stream: int,
+) -> None: ...
+def cuda_gather_code_blocks(
+    codes: int, codebook: int, ids: int, out: int, error_flag: int, P: int, N: int, bh: int, bw: int,
+    K: int, C: int, B: int, k: int, elem_size: int, device: int, stream: int,
+) -> None: ...

@@ -1,0 +1,71 @@
+"""Building a retrieval database from a model and a set of images (``rissole-trt build-db``)."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .models.autoencoder import VQAutoencoder
+from .models.rissole import RissoleModel
+from .retrieval.database import Database, DatabaseWriter
+
+
+def autoencoder_fingerprint(autoencoder: VQAutoencoder) -> str:
+    """sha256 of the autoencoder's config and weights: a database is only valid for this exact one."""
+    digest = hashlib.sha256(autoencoder.config.to_json().encode())
+    for name, tensor in sorted(autoencoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def images_to_model_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def build_database(
+    model: RissoleModel,
+    images: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    key_kind: str = "first-block",
+    batch_size: int = 64,
+    labels: np.ndarray | None = None,
+    label_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    metadata: dict | None = None,
+) -> Database:
+    """Encode uint8 images ``[N, S, S, 3]`` with the model's autoencoder and write a database.
+
+    The database is written to a temporary sibling directory and renamed into place when complete,
+    so an interrupted build leaves nothing at ``path``.
+    """
+    config = model.config
+    size = config.image_size
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, {size}, {size}, 3] for this model, got {images.dtype} {images.shape}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    device = next(model.parameters()).device
+    autoencoder = model.autoencoder
+    latent_shape = (config.autoencoder.latent_dim, config.latent_size, config.latent_size)
+    meta = {"image_size": size, **(metadata or {})}
+    fingerprint = autoencoder_fingerprint(autoencoder)
+    with DatabaseWriter(
+        path, count=len(images), codebook=autoencoder.codebook.detach().cpu(), latent_shape=latent_shape,
+        block_factor=config.unet.block_factor, fingerprint=fingerprint, key_kind=key_kind,
+        with_labels=labels is not None, label_names=label_names, metadata=meta, overwrite=overwrite,
+    ) as writer:
+        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="encoding", unit="batch"):
+            batch = images_to_model_input(images[start:start + batch_size], device)
+            codes = autoencoder.encode_indices(batch).cpu().numpy()
+            writer.add(codes, labels=None if labels is None else labels[start:start + batch_size])
+    return Database.open(path, expected_fingerprint=fingerprint)

@@ -1,0 +1,26 @@
+"""``rissole-trt info``: what was built and which optional backends are available, or why not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show build information and optional backend availability",
+        description="Show how the compiled core was built and, for every optional backend "
+        "(CUDA kernels, Triton, TensorRT, cuVS, FAISS, ONNX Runtime, torch CUDA), whether it is "
+        "available and, if not, why.",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rissole_trt.info import format_info, info
+
+    report = info()
+    print(json.dumps(report, indent=2) if args.json else format_info(report))
+    return 0

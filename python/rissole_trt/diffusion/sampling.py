@@ -1,0 +1,125 @@
+"""The sampling loop shared by every sampler, and where its noise comes from."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+
+from .samplers import DEFAULT_SPACING, Sampler, make_sampler
+from .schedules import NoiseSchedule, as_int
+
+__all__ = ["EpsFn", "GeneratorArg", "draw_noise", "sample"]
+
+#: ``eps_fn(x_t, t) -> ε``: the denoiser; ``t`` is the integer timestep (0..T-1) shared by all rows.
+EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+#: One generator for the whole batch, one per row (dim 0), or None for torch's global generator.
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def _to(x: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    return x if device is None else x.to(device)
+
+
+def draw_noise(
+    shape: Sequence[int],
+    generator: GeneratorArg,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A standard normal tensor of ``shape``.
+
+    With a sequence of generators, row r (index r of dim 0) comes from ``generator[r]`` alone, so
+    a row's values do not depend on the batch it is in. Values are drawn on each generator's
+    device and then moved to ``device`` (when given).
+    """
+    shape = tuple(shape)
+    if generator is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    if isinstance(generator, torch.Generator):
+        return _to(torch.randn(shape, generator=generator, dtype=dtype, device=generator.device), device)
+    generators = list(generator)
+    if not all(isinstance(g, torch.Generator) for g in generators):
+        raise TypeError("generator must be None, a torch.Generator or a sequence of torch.Generator")
+    if len(shape) == 0 or len(generators) != shape[0]:
+        raise ValueError(f"got {len(generators)} per-row generators for a batch of shape {shape}")
+    rows = [_to(torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device), device) for g in generators]
+    return torch.stack(rows)
+
+
+def sample(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    schedule: NoiseSchedule,
+    sampler: str | Sampler = "ddpm",
+    steps: int | None = None,
+    *,
+    eta: float | None = None,
+    spacing: str = DEFAULT_SPACING,
+    generator: GeneratorArg = None,
+    noise: torch.Tensor | None = None,
+    noise_fn: Callable[[int], torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Run a sampler from pure noise to a clean sample of ``shape``.
+
+    Args:
+        eps_fn: the denoiser, called once per step as ``eps_fn(x_t, t)`` with t from
+            ``sampler.timesteps`` (see :func:`timesteps_for`); must return a tensor shaped like x_t.
+            Gradients are not disabled here: call under ``torch.inference_mode()`` as needed.
+        shape: the sample's shape; dim 0 is the batch.
+        schedule: the noise schedule the denoiser was trained with.
+        sampler: a name from :data:`SAMPLERS` or a ready :class:`Sampler` (then ``steps``, ``eta``
+            and ``spacing`` must be left at their defaults).
+        steps, eta, spacing: see :func:`make_sampler` and :func:`timesteps_for`.
+        generator: source of the initial noise and of the per-step noise of stochastic samplers
+            (None: torch's global generator; a sequence: one generator per row, which makes every
+            row independent of the batch size). Noise is drawn in order: x_T first, then one
+            tensor per step that needs it. With the global generator seeded as the reference seeds
+            it, ``ddpm`` draws exactly what the reference's ``p_sample_loop`` draws.
+        noise: the initial x_T, overriding ``generator`` for it; fixes dtype and device.
+        noise_fn: ``noise_fn(i)`` returns step i's noise (shaped like x), overriding ``generator``
+            for it; called only for steps that need noise (``sampler.needs_noise(i)``).
+        progress: called as ``progress(done, total)`` after each step.
+        dtype, device: of the sample when ``noise`` is not given.
+    """
+    if isinstance(sampler, Sampler):
+        if steps is not None or eta is not None or spacing != DEFAULT_SPACING:
+            raise ValueError("steps, eta and spacing are fixed by a ready Sampler; pass them to make_sampler instead")
+        if sampler.schedule != schedule:
+            raise ValueError(f"the sampler was built for {sampler.schedule!r}, not {schedule!r}")
+    else:
+        sampler = make_sampler(sampler, schedule, steps, eta=eta, spacing=spacing)
+    shape = tuple(as_int(s, "shape entry") for s in shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"shape must be non-empty with positive sizes, got {shape}")
+
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"initial noise has shape {got}, expected {shape}")
+        x = noise
+    else:
+        x = draw_noise(shape, generator, dtype=dtype, device=device)
+
+    n = sampler.num_steps
+    for i, t in enumerate(sampler.timesteps):
+        eps = eps_fn(x, t)
+        step_noise = None
+        if sampler.needs_noise(i):
+            if noise_fn is not None:
+                step_noise = noise_fn(i)
+                if not isinstance(step_noise, torch.Tensor) or step_noise.shape != x.shape:
+                    got = tuple(step_noise.shape) if isinstance(step_noise, torch.Tensor) else type(step_noise).__name__
+                    raise ValueError(f"noise_fn({i}) returned {got}, expected a tensor of shape {tuple(x.shape)}")
+                step_noise = step_noise.to(device=x.device, dtype=x.dtype)
+            else:
+                step_noise = draw_noise(shape, generator, dtype=x.dtype, device=x.device)
+        x = sampler.step(i, x, eps, step_noise)
+        if progress is not None:
+            progress(i + 1, n)
+    return x

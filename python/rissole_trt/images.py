@@ -1,0 +1,92 @@
+"""Reading and writing images: folders of PNG/JPEG, ``.npz`` arrays, PNG grids (atomic writes)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _fit(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` and centre-crop; transparency is composited onto white."""
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    if scale != 1.0:
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_images(path: str | os.PathLike, size: int, *, indices_key: str | None = None) -> np.ndarray:
+    """Load images as uint8 ``[N, size, size, 3]``.
+
+    ``path`` is a folder of image files (sorted by name; resized and centre-cropped to ``size``), a
+    single image file, or an ``.npz`` with an ``images`` array ``[N, H, W, 3]`` uint8. For an
+    ``.npz``, ``indices_key`` selects a subset by an index array stored beside it (``train_idx``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image file or folder: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data:
+                raise ValueError(f"{path} has no 'images' array (it has: {', '.join(data.files)})")
+            images = data["images"]
+            if indices_key is not None:
+                if indices_key not in data:
+                    raise ValueError(f"{path} has no '{indices_key}' array (it has: {', '.join(data.files)})")
+                images = images[data[indices_key]]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{path}: 'images' must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+        if images.shape[1:3] != (size, size):
+            images = np.stack([_fit(Image.fromarray(im), size) for im in images])
+        return np.ascontiguousarray(images)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images.append(_fit(image, size))
+        except OSError as error:
+            raise ValueError(f"cannot read image {file}: {error}") from error
+    return np.stack(images)
+
+
+def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tile uint8 ``[N, H, W, 3]`` images into one picture with white padding."""
+    n, h, w, c = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.full((rows * (h + padding) + padding, columns * (w + padding) + padding, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y:y + h, x:x + w] = image
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write one uint8 ``[H, W, 3]`` image as PNG atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(image).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,121 @@
+"""Building blocks shared by the autoencoder and the block UNet.
+
+Numerics follow the authors' reference (rissole_main/model/layers): GroupNorm with torch's
+default eps (1e-5), attention scaled by head_dim**-0.5, sinusoid tables computed in float32 with
+sin in even and cos in odd columns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["sinusoid_table", "SinusoidEmbedding", "Attention", "ResBlock", "UNetResBlock"]
+
+
+def sinusoid_table(n_rows: int, dim: int) -> torch.Tensor:
+    """Fixed float32 sinusoid table [n_rows, dim]: row r, columns 2i / 2i+1 = sin / cos(r / 10000**(2i/dim))."""
+    if dim % 2:
+        raise ValueError(f"sinusoid dim must be even, got {dim}")
+    rows = torch.arange(0, n_rows, dtype=torch.float32).unsqueeze(1)
+    two_i = torch.arange(0, dim, 2, dtype=torch.float32)
+    # Same expression and dtype as the reference so that the table matches it bit for bit.
+    denom = 10000 ** (two_i / dim)
+    table = torch.zeros(n_rows, dim)
+    table[:, 0::2] = torch.sin(rows / denom)
+    table[:, 1::2] = torch.cos(rows / denom)
+    return table
+
+
+class SinusoidEmbedding(nn.Module):
+    """Integer index -> fixed sinusoid row -> Linear -> SiLU -> Linear.
+
+    Used for the diffusion timestep and for the block position. The table is a non-persistent
+    buffer: it is a pure function of its size, so it is not stored with the weights.
+    """
+
+    def __init__(self, n_rows: int, sinusoid_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoid_table(n_rows, sinusoid_dim), persistent=False)
+        self.linear_1 = nn.Linear(sinusoid_dim, out_dim)
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """index: integer tensor [N] -> [N, out_dim]."""
+        rows = torch.index_select(self.table, 0, index.reshape(-1).long())
+        return self.linear_2(F.silu(self.linear_1(rows)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map (1x1 conv projections)."""
+
+    def __init__(self, channels: int, n_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        hidden = n_heads * head_dim
+        self.qkv = nn.Conv2d(channels, 3 * hidden, kernel_size=1, bias=False)
+        self.out = nn.Conv2d(hidden, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        # qkv channels are [q | k | v], each head-major: channel = head * head_dim + d.
+        qkv = self.qkv(x).reshape(-1, 3, self.n_heads, self.head_dim, h * w)
+        q, k, v = qkv.unbind(1)  # [B, heads, d, n]
+        sim = torch.matmul((q * self.scale).transpose(-2, -1), k)  # [B, heads, n_q, n_k]
+        attn = sim.softmax(dim=-1)
+        res = torch.matmul(attn, v.transpose(-2, -1))  # [B, heads, n, d]
+        res = res.transpose(-2, -1).reshape(-1, self.n_heads * self.head_dim, h, w)
+        return self.out(res)
+
+
+class ResBlock(nn.Module):
+    """Autoencoder residual block: (conv3x3, GroupNorm, SiLU) x 2 plus a (1x1 conv) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm1 = nn.GroupNorm(n_groups, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(n_groups, out_channels)
+        self.skip = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(self.conv1(x)))
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h + self.skip(x)
+
+
+class UNetResBlock(nn.Module):
+    """UNet residual block: conv, GroupNorm, Dropout, SiLU, + time bias (+ position bias), again, + shortcut.
+
+    The per-block projections of the time and position embeddings (``time_proj``, ``pos_proj``)
+    live here but are applied by the UNet's ``embed_time`` / ``embed_pos``, so that the forward
+    takes ready biases and nothing timestep-dependent is recomputed per step.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, n_groups: int,
+                 dropout: float, position_embedding: bool) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm1 = nn.GroupNorm(n_groups, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(n_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
+        self.time_proj = nn.Linear(emb_dim, out_channels)
+        self.pos_proj = nn.Linear(emb_dim, out_channels) if position_embedding else None
+        # Columns of this block's bias inside the UNet's concatenated embedding (set by the UNet).
+        self.bias_slice = (0, out_channels)
+
+    def forward(self, x: torch.Tensor, time_bias: torch.Tensor, pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, Cin, H, W]; time_bias / pos_bias [N or 1, Cout] (already projected)."""
+        h = F.silu(self.dropout(self.norm1(self.conv1(x))))
+        h = h + time_bias[:, :, None, None]
+        if pos_bias is not None:
+            h = h + pos_bias[:, :, None, None]
+        h = F.silu(self.dropout(self.norm2(self.conv2(h))))
+        return h + self.skip(x)

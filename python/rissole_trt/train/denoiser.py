@@ -1,0 +1,127 @@
+"""Training the block denoiser on quantised latents, conditioned on retrieved neighbour blocks.
+
+Retrieval is fixed during training (the autoencoder is frozen), so the neighbours of every training
+image, and of its mirror image, are searched once up front. Each step takes B images, all P blocks
+of each (B*P rows, each with its own timestep), gathers the same block of their k neighbours, and
+regresses the noise.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..config import ModelConfig
+from ..models.autoencoder import VQAutoencoder
+from ..models.rissole import RissoleModel
+from ..retrieval.database import compute_keys
+from ..retrieval.index import make_index
+from .autoencoder import images_to_tensor
+from .loop import TrainState, draw_batch, load_checkpoint, make_ema, train_loop
+
+#: How neighbours are chosen in training: ``exclude-self`` (ours), ``include-self`` (the reference,
+#: where an image is usually its own nearest neighbour), ``none`` (ablation: no retrieval, zeros).
+RETRIEVAL_MODES = ("exclude-self", "include-self", "none")
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig:
+    steps: int = 20000
+    batch_size: int = 16  # images per step; the denoiser sees batch_size * P block rows
+    lr: float = 2e-4
+    retrieval: str = "exclude-self"
+    key_kind: str = "first-block"
+    flip: bool = True
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in RETRIEVAL_MODES:
+            raise ValueError(f"retrieval must be one of {RETRIEVAL_MODES}, got {self.retrieval!r}")
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@torch.no_grad()
+def encode_all(autoencoder: VQAutoencoder, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
+    """Quantised latents of uint8 images, [N, C, h, w]."""
+    autoencoder.eval()
+    out = [autoencoder.encode(images_to_tensor(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def neighbour_ids(query_latents: torch.Tensor, db_latents: torch.Tensor, k: int, key_kind: str,
+                  block_factor: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Ids [N, k] of the k nearest database entries of each query latent (exact inner product)."""
+    index = make_index("flat", compute_keys(db_latents, key_kind, block_factor))
+    _, ids = index.search(compute_keys(query_latents, key_kind, block_factor), k, exclude=exclude)
+    return ids
+
+
+def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrainConfig, directory: str | Path,
+                   *, max_minutes: float | None = None, progress: bool = True) -> RissoleModel:
+    """Train (or resume) ``model.unet`` on uint8 images with ``model.autoencoder`` frozen.
+
+    The database is the training set itself. Returns the model with the EMA UNet weights, in eval mode.
+    """
+    directory = Path(directory)
+    config: ModelConfig = model.config
+    bf, k, p = config.unet.block_factor, config.unet.k, config.n_blocks
+    torch.manual_seed(train.seed)
+
+    latents = encode_all(model.autoencoder, images)
+    views = [latents]
+    if train.flip:
+        views.append(encode_all(model.autoencoder, images[:, :, ::-1]))
+    # Database blocks in gather layout [P, N, C, bs, bs].
+    db_blocks = ops.split_blocks(latents, bf).transpose(0, 1).contiguous()
+    n = len(images)
+    own = np.arange(n, dtype=np.int64)
+    if train.retrieval == "none":
+        ids = None
+    else:
+        exclude = own if train.retrieval == "exclude-self" else None
+        ids = [torch.from_numpy(neighbour_ids(v, latents, k, train.key_kind, bf, exclude)) for v in views]
+    targets = [ops.split_blocks(v, bf) for v in views]  # [N, P, C, bs, bs]
+
+    unet = model.unet.train()
+    ema = make_ema(unet)
+    generator = torch.Generator().manual_seed(train.seed)
+    optimizer = torch.optim.Adam(unet.parameters(), train.lr)
+    state = TrainState({"unet": unet}, {"unet": optimizer}, generator, ema={"unet": ema})
+    extra = {"config": config.to_json(), "train": asdict(train)}
+    previous = load_checkpoint(state, directory)
+    if previous is not None and (previous.get("config"), previous.get("train")) != (extra["config"], extra["train"]):
+        raise ValueError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
+
+    alpha_bars = model.alpha_bars
+    pos = torch.arange(p).repeat(train.batch_size)
+    cond_shape = (train.batch_size * p, k * config.unet.latent_channels, config.block_size, config.block_size)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        rows = draw_batch(n, train.batch_size, generator)
+        view = int(torch.randint(0, len(views), (1,), generator=generator)) if train.flip else 0
+        x0 = targets[view][rows].flatten(0, 1)  # [B*P, C, bs, bs]
+        if ids is None:
+            cond = torch.zeros(cond_shape)
+        else:
+            cond = ops.gather_blocks(db_blocks, ids[view][rows]).flatten(0, 1)
+        t = torch.randint(0, config.diffusion.n_steps, (len(x0),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        ab = alpha_bars[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        loss = F.mse_loss(unet(x_t, cond, t, pos if unet.pos_embed is not None else None), noise)
+        return {"loss": loss}
+
+    train_loop(state, step_fn, total_steps=train.steps, directory=directory, max_minutes=max_minutes,
+               checkpoint_every=train.checkpoint_every, ema_decay=train.ema_decay, grad_clip=train.grad_clip,
+               extra=extra, progress=progress)
+    unet.load_state_dict(ema.state_dict())
+    return model.eval()

@@ -1,0 +1,163 @@
+"""A small, exactly-resumable training loop shared by the autoencoder and the denoiser.
+
+Everything that decides the next step lives in the checkpoint: parameters, optimizer moments, EMA
+weights, the step counter, the global torch RNG (dropout, noise) and the data generator. So N steps,
+a stop and N more steps give bitwise the same weights on the CPU as 2N steps in one run.
+Checkpoints are plain tensors and numbers, loaded with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """What :func:`train_loop` updates and checkpoints."""
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    data_generator: torch.Generator
+    ema: dict[str, torch.nn.Module] = field(default_factory=dict)
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "ema": {k: m.state_dict() for k, m in self.ema.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "torch_rng": torch.get_rng_state(),
+            "data_rng": self.data_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        for key, module in self.ema.items():
+            module.load_state_dict(state["ema"][key])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        torch.set_rng_state(state["torch_rng"])
+        self.data_generator.set_state(state["data_rng"])
+
+
+def make_ema(module: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``module`` that :func:`update_ema` keeps as a moving average."""
+    ema = copy.deepcopy(module).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, module: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), module.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), module.buffers()):
+        e.copy_(b)
+
+
+def save_checkpoint(state: TrainState, directory: Path, extra: dict | None = None) -> Path:
+    """Write ``directory/checkpoint.pt`` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = state.state_dict()
+    payload["extra"] = extra or {}
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, directory / CHECKPOINT_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return directory / CHECKPOINT_NAME
+
+
+def load_checkpoint(state: TrainState, directory: Path) -> dict | None:
+    """Restore ``state`` from ``directory`` if it holds a checkpoint; returns its ``extra`` dict."""
+    path = directory / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which
+        raise ValueError(f"cannot read training checkpoint {path}: {error}") from error
+    state.load_state_dict(payload)
+    return payload.get("extra", {})
+
+
+def train_loop(
+    state: TrainState,
+    step_fn: Callable[[int], dict[str, torch.Tensor]],
+    *,
+    total_steps: int,
+    directory: Path,
+    max_minutes: float | None = None,
+    checkpoint_every: int = 500,
+    ema_decay: float = 0.999,
+    grad_clip: float | None = 1.0,
+    extra: dict | None = None,
+    progress: bool = True,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+) -> TrainState:
+    """Run ``step_fn`` until ``total_steps`` (counted across resumes) or the time budget.
+
+    ``step_fn(step)`` computes and returns the losses of one batch (key ``"loss"`` is optimised);
+    this loop does zero_grad / backward / clipping / optimizer step / EMA, checkpoints every
+    ``checkpoint_every`` steps and at the end, and stops with :class:`TrainingDiverged` (keeping the
+    last checkpoint) on a non-finite loss. Only the first optimizer in ``state.optimizers`` is stepped
+    here; others (a discriminator's) belong to ``step_fn``.
+    """
+    optimizer = next(iter(state.optimizers.values()))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    deadline = time.monotonic() + 60.0 * max_minutes if max_minutes else math.inf
+    bar = tqdm(total=total_steps, initial=state.step, disable=not progress, dynamic_ncols=True, unit="step")
+    try:
+        while state.step < total_steps and time.monotonic() < deadline:
+            losses = step_fn(state.step)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at step {state.step}; the last good checkpoint in {directory} is kept "
+                    "(try a lower learning rate or stronger gradient clipping)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            for key, ema in state.ema.items():
+                update_ema(ema, state.modules[key], ema_decay)
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()}, refresh=False)
+            if state.step % checkpoint_every == 0:
+                save_checkpoint(state, directory, extra)
+                if on_checkpoint:
+                    on_checkpoint(state)
+    finally:
+        bar.close()
+    save_checkpoint(state, directory, extra)
+    if on_checkpoint:
+        on_checkpoint(state)
+    return state
+
+
+def draw_batch(count: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one training batch, drawn from the data generator (so resume is exact)."""
+    return torch.randint(0, count, (batch_size,), generator=generator)

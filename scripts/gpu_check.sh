@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GPU check for the H200 machine (torch 2.11 + CUDA 13, Triton 3.6, no internet): build the
+# extension with its CUDA kernels, run the tests that use the GPU, print the build report.
+# Usage, from the repository root: bash scripts/gpu_check.sh   (log also lands in $OUT when set)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log="${OUT:-/tmp}/gpu_check.log"
+export PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+
+  echo "== build (RISSOLE_CUDA=ON)"
+  RISSOLE_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps --no-index .
+  python3 -c "import rissole_trt; print(rissole_trt.info(as_text=True))"
+
+  echo "== GPU tests"
+  RISSOLE_EXPECT_CUDA=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider
+  RISSOLE_EXPECT_CUDA=1 python3 -m pytest -q tests/test_build.py -p no:cacheprovider
+} 2>&1 | tee "$log"

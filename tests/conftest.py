@@ -1,0 +1,43 @@
+"""Shared pytest configuration: the opt-in `slow` marker, the `gpu` marker and the shared-data fixture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"  # read-only project data beside the checkout; absent in some CI runs
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def _cuda_usable() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = config.getoption("--runslow") or os.environ.get("RISSOLE_RUN_SLOW") == "1"
+    skip_slow = pytest.mark.skip(reason="slow test: run with --runslow or RISSOLE_RUN_SLOW=1")
+    skip_gpu = None
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords:
+            if skip_gpu is None:
+                skip_gpu = False if _cuda_usable() else pytest.mark.skip(reason="no CUDA device")
+            if skip_gpu:
+                item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared data folder (../shared); tests that need it skip where it is absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DIR} is absent")
+    return SHARED_DIR
