@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def test_round_trip(tmp_path: Path, key_kind: str) -> None:
         key_kind, key_dim((C, H, W), BF, key_kind), K, FP,
     )
     assert db.key_dim == (C * 4 * 4 if key_kind == "first-block" else C * H * W)
-    assert isinstance(db.codes, np.memmap) and isinstance(db.keys, np.memmap)
+    for arr in (db.codes, db.keys, db.labels):  # memory-mapped, read-only
+        assert isinstance(arr.base, mmap.mmap) and not arr.flags.writeable
     assert db.codes.dtype == np.uint16 and db.codes.shape == (4, 37, 4, 4)
     np.testing.assert_array_equal(db.codebook, codebook)
     np.testing.assert_array_equal(db.entry_codes(np.arange(37)), codes)
@@ -142,7 +144,7 @@ def test_first_block_key_is_the_reference_key() -> None:
 def test_neighbour_blocks_match_a_torch_gather(db_path: Path) -> None:
     db = Database.open(db_path)
     ids = np.array([[0, 36, 5], [5, 5, 1]], dtype=np.int64)
-    got = db.neighbour_blocks(torch.from_numpy(ids))
+    got = db.neighbour_blocks(ids)  # numpy ids, as the indexes return them
     assert got.shape == (2, 4, 3 * C, 4, 4) and got.dtype == torch.float32
     torch.testing.assert_close(got, gather_code_blocks_torch(np.asarray(db.codes), db.codebook, ids), rtol=0, atol=0)
     # channel n*C + c of block p is channel c of block p of neighbour n
@@ -178,6 +180,8 @@ def test_index_is_cached_and_hnsw_persists(db_path: Path) -> None:
     assert isinstance(loaded, HNSWIndex) and loaded.m == 8
     for a, b in zip(hnsw.search(db.keys[:5], 3), loaded.search(reopened.keys[:5], 3)):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="unknown HNSW parameters: bogus"):
+        reopened.index("hnsw", persist=True, bogus=1)
 
 
 # --------------------------------------------------------------------------- writing atomically
@@ -373,3 +377,13 @@ def test_entry_access_rejects_bad_ids(db_path: Path) -> None:
         db.entry_codes(np.array([37]))
     with pytest.raises(ValueError, match="1-D integer"):
         db.entry_latents(np.array([[1]]))
+
+
+def test_array_header_claiming_more_data_than_the_file_holds(db_path: Path) -> None:
+    keys = db_path / "keys.npy"
+    keys.write_bytes(keys.read_bytes()[:-256])
+    manifest = json.loads((db_path / "manifest.json").read_text())
+    manifest["files"]["keys.npy"]["bytes"] = keys.stat().st_size  # a manifest that agrees with the damage
+    (db_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatabaseError, match="keys.npy is not a readable .npy array: the file is shorter"):
+        Database.open(db_path)

@@ -6,24 +6,13 @@ import pytest
 import torch
 
 from reference_fixtures import paths
+from synthetic import smooth_images
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.errors import RissoleError
 from rissole_trt.models import RissoleModel
 from rissole_trt.retrieval.database import FingerprintMismatchError
-
-
-def smooth_images(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:64, 0:64] / 64.0
-    out = np.empty((n, 64, 64, 3), np.uint8)
-    for i in range(n):
-        f = rng.uniform(0.5, 3.0, 2)
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        for c in range(3):
-            out[i, :, :, c] = 127.5 + 100 * np.sin(2 * np.pi * (f[0] * x + f[1] * y) + phase[c])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +23,7 @@ def model() -> RissoleModel:
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    return smooth_images(24, seed=0)
+    return smooth_images(24)
 
 
 @pytest.fixture(scope="module")

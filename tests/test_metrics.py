@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from synthetic import smooth_images
+
 from rissole_trt.evaluation.metrics import (
     block_seam_ratio,
     laplacian_pyramid,
@@ -11,18 +13,6 @@ from rissole_trt.evaluation.metrics import (
     psnr,
     sliced_wasserstein,
 )
-
-
-def smooth_images(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
-    """Random smooth gradients and waves: no structure tied to the block grid."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        fx, fy, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi, 3)
-        for c in range(3):
-            out[i, :, :, c] = (127.5 + 100 * np.sin(2 * np.pi * (fx * x + fy * y) + phase[c])).astype(np.uint8)
-    return out
 
 
 def test_seam_ratio_of_seamless_images_is_about_one():

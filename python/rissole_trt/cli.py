@@ -22,6 +22,8 @@ COMMANDS = [
     "convert",
     "build_db",
     "generate",
+    "train",
+    "eval",
 ]
 
 PROG = "rissole-trt"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import weakref
@@ -178,6 +179,35 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _map_npy(path: Path, random_access: bool) -> np.ndarray:
+    """Memory-map a C-order ``.npy`` file read-only, without reading its data.
+
+    ``random_access`` tells the kernel (madvise MADV_RANDOM) not to read ahead around each page fault:
+    a gather touches a few hundred bytes per entry, scattered over the file, and read-ahead would
+    pull in far more than that from a database that is not in the page cache.
+    """
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        if fortran or dtype.hasobject:
+            raise ValueError("expected a C-order array of plain numbers")
+        offset = f.tell()
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if offset + nbytes > os.fstat(f.fileno()).st_size:
+            raise ValueError(f"the file is shorter than its header's {list(shape)} {dtype} array")
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if random_access and hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+    return np.ndarray(shape, dtype, buffer=mm, offset=offset)  # read-only: the buffer is
 
 
 def _pid_alive(pid: int) -> bool:
@@ -545,7 +575,10 @@ class Database:
             if verify == "full" and _sha256(f) != entry["sha256"]:
                 raise DatabaseError(f"{path}: {name} is corrupt (its sha256 differs from the manifest's)")
             try:
-                arr = np.load(f, mmap_mode=None if name == CODEBOOK else "r", allow_pickle=False)
+                if name == CODEBOOK:
+                    arr = np.load(f, allow_pickle=False)
+                else:
+                    arr = _map_npy(f, random_access=name == CODES)
             except (ValueError, OSError, EOFError) as e:
                 raise DatabaseError(f"{path}: {name} is not a readable .npy array: {e}") from e
             if arr.dtype != dtype or arr.shape != shape:
@@ -638,7 +671,7 @@ class Database:
 
     @property
     def codes(self) -> np.ndarray:
-        """uint16 ``[P, N, bh, bw]`` codes (read-only memmap)."""
+        """uint16 ``[P, N, bh, bw]`` codes (read-only, memory-mapped)."""
         return self._codes
 
     @property
@@ -648,12 +681,12 @@ class Database:
 
     @property
     def keys(self) -> np.ndarray:
-        """float32 ``[N, D]`` L2-normalised keys (read-only memmap)."""
+        """float32 ``[N, D]`` L2-normalised keys (read-only, memory-mapped)."""
         return self._keys
 
     @property
     def labels(self) -> np.ndarray | None:
-        """int64 ``[N]`` labels (read-only memmap), or None when the database has none."""
+        """int64 ``[N]`` labels (read-only, memory-mapped), or None when the database has none."""
         return self._labels
 
     @property
@@ -722,23 +755,27 @@ class Database:
         cache_key = (kind, str(device), persist, tuple(sorted(params.items())))
         if cache_key in self._indexes:
             return self._indexes[cache_key]
-        index = None
         kind = resolve_index_kind(kind, self.count, device)
         if persist and kind == "hnsw":
-            m = params.get("m", HNSWIndex.DEFAULT_M)
-            efc = params.get("ef_construction", HNSWIndex.DEFAULT_EF_CONSTRUCTION)
-            ef = params.get("ef_search", HNSWIndex.DEFAULT_EF_SEARCH)
-            sha = self._manifest["files"][KEYS]["sha256"][:16]
-            fpath = self.path / "indexes" / f"hnsw-M{m}-efc{efc}-{sha}.faiss"
-            if fpath.is_file():
-                index = HNSWIndex.load(fpath, self._keys, ef_search=ef)
-            else:
-                index = HNSWIndex(self._keys, m=m, ef_construction=efc, ef_search=ef)
-                fpath.parent.mkdir(exist_ok=True)
-                index.save(fpath)
-        if index is None:
+            index: SearchIndex = self._persistent_hnsw(**params)
+        else:
             index = make_index(kind, self._keys, device=device, **params)
         self._indexes[cache_key] = index
+        return index
+
+    def _persistent_hnsw(self, **params: Any) -> HNSWIndex:
+        unknown = set(params) - {"m", "ef_construction", "ef_search"}
+        if unknown:
+            raise TypeError(f"unknown HNSW parameters: {', '.join(sorted(unknown))}")
+        m = params.get("m", HNSWIndex.DEFAULT_M)
+        efc = params.get("ef_construction", HNSWIndex.DEFAULT_EF_CONSTRUCTION)
+        sha = self._manifest["files"][KEYS]["sha256"][:16]  # the keys' identity: files are immutable
+        fpath = self.path / "indexes" / f"hnsw-M{m}-efc{efc}-{sha}.faiss"
+        if fpath.is_file():
+            return HNSWIndex.load(fpath, self._keys, ef_search=params.get("ef_search", HNSWIndex.DEFAULT_EF_SEARCH))
+        index = HNSWIndex(self._keys, **params)
+        fpath.parent.mkdir(exist_ok=True)
+        index.save(fpath)
         return index
 
     def __repr__(self) -> str:

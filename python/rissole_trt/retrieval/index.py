@@ -24,6 +24,7 @@ quick). HNSW indexes can be written with :meth:`HNSWIndex.save` (atomic) and rea
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -57,15 +58,25 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "cuvs", "cagra")
 # stays the default up to and including 1M entries.
 AUTO_HNSW_MIN_COUNT = 1_000_001
 
+# FAISS computes exact inner products as BLAS products of query blocks with database blocks of this
+# many rows (FAISS's default is 1024). Larger database blocks make larger, more efficient GEMMs: 2.7x
+# faster for 256 queries over 640-d keys on this 2-core CPU, for 4096 x 8192 x 4 B = 128 MiB of scratch.
+_FAISS_BLAS_DATABASE_BS = 8192
+
 _NORM_TOL = 1e-3  # keys must have unit norm to within this (float32 round-off is ~1e-7)
 _CHECK_ROWS = 65536  # rows per chunk when validating (memory-mapped) keys
 
 
+@functools.lru_cache(maxsize=None)
 def _faiss() -> Any:
     try:
         import faiss
     except ImportError as e:  # pragma: no cover - faiss-cpu is a hard dependency
         raise RissoleError("faiss is not installed; install faiss-cpu") from e
+    # A process-wide FAISS setting; only ever raised, so a larger value chosen elsewhere is kept.
+    faiss.cvar.distance_compute_blas_database_bs = max(
+        faiss.cvar.distance_compute_blas_database_bs, _FAISS_BLAS_DATABASE_BS
+    )
     return faiss
 
 

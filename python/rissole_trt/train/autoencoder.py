@@ -148,3 +148,36 @@ class _CodeUsage(nn.Module):
     def __init__(self, last_used: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("last_used", last_used)
+
+
+AUTOENCODER_CONFIG = "autoencoder.json"
+AUTOENCODER_WEIGHTS = "autoencoder.safetensors"
+
+
+def save_autoencoder(autoencoder: VQAutoencoder, directory: str | Path) -> None:
+    """Write the trained autoencoder's config and weights (atomically) into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, write in ((AUTOENCODER_WEIGHTS, lambda p: save_file({k: v.contiguous() for k, v in autoencoder.state_dict().items()}, p)),
+                        (AUTOENCODER_CONFIG, lambda p: Path(p).write_text(autoencoder.config.to_json()))):
+        tmp = directory / f".{name}.tmp"
+        write(str(tmp))
+        tmp.replace(directory / name)
+
+
+def load_autoencoder(directory: str | Path) -> VQAutoencoder:
+    """Read what :func:`save_autoencoder` wrote."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in (AUTOENCODER_CONFIG, AUTOENCODER_WEIGHTS):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} holds no trained autoencoder ({name} is missing); run rissole-trt train-autoencoder")
+    model = VQAutoencoder(AutoencoderConfig.from_json((directory / AUTOENCODER_CONFIG).read_text()))
+    try:
+        model.load_state_dict(load_file(str(directory / AUTOENCODER_WEIGHTS)))
+    except Exception as error:
+        raise ValueError(f"cannot load {directory / AUTOENCODER_WEIGHTS}: {error}") from error
+    return model.eval()

@@ -66,10 +66,12 @@ def neighbour_ids(query_latents: torch.Tensor, db_latents: torch.Tensor, k: int,
 
 
 def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrainConfig, directory: str | Path,
-                   *, max_minutes: float | None = None, progress: bool = True) -> RissoleModel:
+                   *, max_minutes: float | None = None, progress: bool = True,
+                   model_dir: str | Path | None = None) -> RissoleModel:
     """Train (or resume) ``model.unet`` on uint8 images with ``model.autoencoder`` frozen.
 
-    The database is the training set itself. Returns the model with the EMA UNet weights, in eval mode.
+    The database is the training set itself. With ``model_dir``, the model with the EMA UNet weights
+    is saved there at every checkpoint. Returns the model with the EMA UNet weights, in eval mode.
     """
     directory = Path(directory)
     config: ModelConfig = model.config
@@ -96,7 +98,8 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     generator = torch.Generator().manual_seed(train.seed)
     optimizer = torch.optim.Adam(unet.parameters(), train.lr)
     state = TrainState({"unet": unet}, {"unet": optimizer}, generator, ema={"unet": ema})
-    extra = {"config": config.to_json(), "train": asdict(train)}
+    # Everything but the step budget must match for a resume (a longer run continues a shorter one).
+    extra = {"config": config.to_json(), "train": {k: v for k, v in asdict(train).items() if k != "steps"}}
     previous = load_checkpoint(state, directory)
     if previous is not None and (previous.get("config"), previous.get("train")) != (extra["config"], extra["train"]):
         raise ValueError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
@@ -120,8 +123,15 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
         loss = F.mse_loss(unet(x_t, cond, t, pos if unet.pos_embed is not None else None), noise)
         return {"loss": loss}
 
+    def export(_: TrainState) -> None:
+        if model_dir is not None:
+            snapshot = RissoleModel(config)
+            snapshot.autoencoder.load_state_dict(model.autoencoder.state_dict())
+            snapshot.unet.load_state_dict(ema.state_dict())
+            snapshot.save(model_dir, overwrite=True)
+
     train_loop(state, step_fn, total_steps=train.steps, directory=directory, max_minutes=max_minutes,
                checkpoint_every=train.checkpoint_every, ema_decay=train.ema_decay, grad_clip=train.grad_clip,
-               extra=extra, progress=progress)
+               extra=extra, progress=progress, on_checkpoint=export)
     unet.load_state_dict(ema.state_dict())
     return model.eval()

@@ -1,0 +1,110 @@
+"""``rissole-trt train-autoencoder`` and ``rissole-trt train``: train a RISSOLE model on the CPU or a GPU."""
+from __future__ import annotations
+
+import argparse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, metavar="PATH", help="folder of images or .npz with an 'images' array")
+    p.add_argument("--split", metavar="KEY", help="for an .npz: index array selecting the training images (e.g. train_idx)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--steps", type=int, required=True, help="total optimizer steps (counted across resumes)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time; rerun to resume")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-autoencoder", help="train the VQ autoencoder (first stage)",
+        description="Train the light VQ-GAN. Checkpoints and the result go to OUT; rerunning with the same OUT resumes.")
+    _common(p)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--latent-dim", type=int, default=10)
+    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--rec-loss", choices=("l1", "l2"), default="l1")
+    p.add_argument("--disc-weight", type=float, default=0.0, help="> 0 adds the patch discriminator (hinge loss)")
+    p.add_argument("--disc-start", type=int, default=2000)
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.set_defaults(func=run_autoencoder)
+
+    p = subparsers.add_parser(
+        "train", help="train the block denoiser (second stage) and write a model directory",
+        description="Train the block UNet on the quantised latents of the images, conditioned on the same block of the "
+                    "k nearest training images (excluding the image itself unless --retrieval include-self). "
+                    "Writes OUT/model (config.json + model.safetensors, EMA weights) at every checkpoint; rerunning resumes.")
+    _common(p)
+    p.add_argument("--autoencoder", required=True, metavar="DIR", help="output of train-autoencoder")
+    p.add_argument("--channels", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--block-factor", type=int, default=2)
+    p.add_argument("--no-position-embedding", action="store_true")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--retrieval", choices=("exclude-self", "include-self", "none"), default="exclude-self")
+    p.add_argument("--key", choices=("first-block", "whole-latent"), default="first-block")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.set_defaults(func=run_denoiser)
+
+
+def _setup(args: argparse.Namespace):
+    import torch
+
+    from ..images import load_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_images(args.images, args.image_size, indices_key=args.split)
+
+
+def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_autoencoder(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..config import AutoencoderConfig
+    from ..train import AutoencoderTrainConfig, save_autoencoder, train_autoencoder
+
+    images = _setup(args)
+    config = AutoencoderConfig(channels=tuple(args.channels), latent_dim=args.latent_dim, n_embeddings=args.codebook_size)
+    train = AutoencoderTrainConfig(steps=args.steps, rec_loss=args.rec_loss, disc_weight=args.disc_weight,
+                                   disc_start=args.disc_start, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                                   **_overrides(args, ("batch_size", "lr")))
+    out = Path(args.output)
+    model = train_autoencoder(images, config, train, out / "checkpoints", max_minutes=args.max_minutes,
+                              progress=not args.no_progress)
+    save_autoencoder(model, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_denoiser(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..config import DiffusionConfig, ModelConfig, UNetConfig
+    from ..models.rissole import RissoleModel
+    from ..train import DenoiserTrainConfig, load_autoencoder, train_denoiser
+
+    images = _setup(args)
+    autoencoder = load_autoencoder(args.autoencoder)
+    ae = autoencoder.config
+    unet = UNetConfig(latent_channels=ae.latent_dim, channels=tuple(args.channels), k=args.k,
+                      block_factor=args.block_factor, position_embedding=not args.no_position_embedding,
+                      dropout=args.dropout)
+    config = ModelConfig(autoencoder=ae, unet=unet, diffusion=DiffusionConfig(), image_size=args.image_size)
+    model = RissoleModel(config)
+    model.autoencoder.load_state_dict(autoencoder.state_dict())
+    train = DenoiserTrainConfig(steps=args.steps, retrieval=args.retrieval, key_kind=args.key,
+                                checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, seed=args.seed,
+                                **_overrides(args, ("batch_size", "lr")))
+    out = Path(args.output)
+    train_denoiser(images, model, train, out / "checkpoints", max_minutes=args.max_minutes,
+                   progress=not args.no_progress, model_dir=out / "model")
+    print(f"wrote {out / 'model'}")
+    return 0

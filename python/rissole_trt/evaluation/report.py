@@ -1,0 +1,66 @@
+"""The ``rissole-trt eval`` report: sample quality against held-out and training images."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..builder import images_to_model_input
+from ..engine import Engine
+from ..images import make_grid, save_png
+from .metrics import block_seam_ratio, memorisation_rate, psnr, sliced_wasserstein
+
+
+@torch.no_grad()
+def reconstruct(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Autoencoder round trip (encode, quantise, decode) of uint8 images."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images_to_model_input(images[start:start + batch_size], engine.device)
+        y = engine.model.decode(engine.model.encode(x))
+        out.append(y.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n: int = 512, seed: int = 0,
+             sampler: str = "ddpm", steps: int | None = None, batch_size: int = 32, exclude_self: bool = True,
+             progress: bool = True) -> tuple[dict, np.ndarray]:
+    """Generate ``n`` images and measure them; returns (report, generated images)."""
+    bf = engine.model.config.unet.block_factor
+    start = time.perf_counter()
+    generated = engine.generate(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                                exclude_self=exclude_self, progress=progress)
+    seconds = time.perf_counter() - start
+    report = {
+        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "exclude_self": exclude_self,
+                     "batch_size": batch_size, "real_images": len(real),
+                     "training_images": None if training is None else len(training)},
+        "generation_seconds": seconds,
+        "images_per_second": n / seconds,
+        "seam_ratio": {"generated": block_seam_ratio(generated, bf), "real": block_seam_ratio(real, bf)},
+        "swd": sliced_wasserstein(generated, real, seed=seed),
+        "autoencoder_psnr_db": psnr(real, reconstruct(engine, real)),
+        "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                     "torch_threads": torch.get_num_threads(), "device": str(engine.device)},
+    }
+    if training is not None:
+        report["memorisation"] = memorisation_rate(generated, training)
+    return report, generated
+
+
+def write_report(report: dict, generated: np.ndarray, path: str | os.PathLike, grid_images: int = 64) -> tuple[Path, Path]:
+    """Write the JSON report and a sample grid PNG beside it (same name, ``.png``); both atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+    grid = save_png(make_grid(generated[:grid_images]), path.with_suffix(".png"))
+    return path, grid
