@@ -41,11 +41,13 @@ def engine(model, db_path) -> Engine:
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 10), ("dpmpp_2m", 10)])
 def test_every_sampler_gives_images(engine, sampler, steps):
-    out = engine.generate(3, seed=1, sampler=sampler, steps=steps, batch_size=2, progress=False)
-    assert out.shape == (3, 64, 64, 3) and out.dtype == np.uint8
+    # DDPM runs all 1000 steps: one batch of two images keeps it to 1000 denoiser calls.
+    out = engine.generate(2, seed=1, sampler=sampler, steps=steps, batch_size=2, progress=False)
+    assert out.shape == (2, 64, 64, 3) and out.dtype == np.uint8
     assert out.std() > 0  # not a constant picture
-    again = engine.generate(3, seed=1, sampler=sampler, steps=steps, batch_size=2, progress=False)
-    np.testing.assert_array_equal(out, again)
+    if sampler != "ddpm":  # determinism of the stochastic path is tested below, at a tenth of the cost
+        again = engine.generate(2, seed=1, sampler=sampler, steps=steps, batch_size=1, progress=False)
+        np.testing.assert_array_equal(out, again)
 
 
 def test_same_seed_same_images_whatever_the_batch_size(engine):
