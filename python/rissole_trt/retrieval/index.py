@@ -52,15 +52,17 @@ __all__ = [
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "cuvs", "cagra")
 
-# "auto" switches from exact to approximate search at this many keys. Exact search on 1M 640-d keys
-# answers ~10^2 queries/s on two CPU cores (benchmarks/bench_retrieval.py), far faster than the
-# denoiser consumes queries, while an HNSW build at that size takes many minutes; so exact search
+# "auto" switches from exact to approximate search at this many keys. Exact search over 1M 640-d keys
+# answers ~18 queries/s in batches of 256 on two (busy) CPU cores (benchmarks/bench_retrieval.py):
+# a second or less per generated image, whose denoising takes far longer on a CPU, and no build at
+# all; an HNSW build took 79 s for 50k keys there, so ~30+ minutes for 1M. Exact search therefore
 # stays the default up to and including 1M entries.
 AUTO_HNSW_MIN_COUNT = 1_000_001
 
 # FAISS computes exact inner products as BLAS products of query blocks with database blocks of this
 # many rows (FAISS's default is 1024). Larger database blocks make larger, more efficient GEMMs: 2.7x
-# faster for 256 queries over 640-d keys on this 2-core CPU, for 4096 x 8192 x 4 B = 128 MiB of scratch.
+# faster for 256 queries over 640-d keys on the 2-core development CPU, for at most
+# 4096 x 8192 x 4 B = 128 MiB of scratch (FAISS's query blocks are 4096 rows).
 _FAISS_BLAS_DATABASE_BS = 8192
 
 _NORM_TOL = 1e-3  # keys must have unit norm to within this (float32 round-off is ~1e-7)
