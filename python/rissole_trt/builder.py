@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .images import to_model_input
 from .models.autoencoder import VQAutoencoder
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, DatabaseWriter
@@ -22,11 +22,6 @@ def autoencoder_fingerprint(autoencoder: VQAutoencoder) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def images_to_model_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 @torch.no_grad()
@@ -65,7 +60,7 @@ def build_database(
         with_labels=labels is not None, label_names=label_names, metadata=meta, overwrite=overwrite,
     ) as writer:
         for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="encoding", unit="batch"):
-            batch = images_to_model_input(images[start:start + batch_size], device)
+            batch = to_model_input(images[start:start + batch_size], device)
             codes = autoencoder.encode_indices(batch).cpu().numpy()
             writer.add(codes, labels=None if labels is None else labels[start:start + batch_size])
     return Database.open(path, expected_fingerprint=fingerprint)

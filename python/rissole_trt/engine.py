@@ -21,9 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
-from .builder import autoencoder_fingerprint, images_to_model_input
+from .builder import autoencoder_fingerprint
 from .diffusion import SAMPLERS, make_sampler, sample
 from .errors import RissoleError
+from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 
@@ -144,7 +145,7 @@ class Engine:
         if query is not None:
             images = self._check_query_images(query)
             with torch.no_grad():
-                latents = self.model.encode(images_to_model_input(images, self.device))
+                latents = self.model.encode(to_model_input(images, self.device))
             keys = compute_keys(latents.cpu(), self.database.key_kind, self.database.block_factor)
             keys = keys[np.arange(n) % len(keys)]
             chosen = np.full(n, -1, dtype=np.int64)
@@ -215,7 +216,7 @@ class Engine:
                                 progress=lambda done, total: bar.update(count))
                 latents = ops.merge_blocks(blocks, config.unet.block_factor)
                 images = self.model.decode(latents)
-                out[start:start + count] = images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                out[start:start + count] = from_model_output(images)
         finally:
             bar.close()
         return out

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -90,3 +91,13 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def to_model_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, H, W]`` in [-1, 1], the models' image range."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def from_model_output(images: torch.Tensor) -> np.ndarray:
+    """float ``[B, 3, H, W]`` in [-1, 1] (clamped) -> uint8 ``[B, H, W, 3]`` on the CPU."""
+    return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..builder import images_to_model_input
 from ..engine import Engine
-from ..images import make_grid, save_png
+from ..images import from_model_output, make_grid, save_png, to_model_input
 from .metrics import block_seam_ratio, memorisation_rate, psnr, sliced_wasserstein
 
 
@@ -22,9 +21,8 @@ def reconstruct(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.
     """Autoencoder round trip (encode, quantise, decode) of uint8 images."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = images_to_model_input(images[start:start + batch_size], engine.device)
-        y = engine.model.decode(engine.model.encode(x))
-        out.append(y.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        x = to_model_input(images[start:start + batch_size], engine.device)
+        out.append(from_model_output(engine.model.decode(engine.model.encode(x))))
     return np.concatenate(out)
 
 

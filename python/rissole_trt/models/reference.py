@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Union
 
 import torch
 
-from ..config import SINUSOID_ROWS, AutoencoderConfig, DiffusionConfig, UNetConfig
+from ..config import SINUSOID_ROWS, AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
 from .errors import RissoleModelError
 from .layers import sinusoid_table
 
@@ -414,7 +414,7 @@ def import_reference(
     block_factor: int = 2,
     image_size: int = 64,
     position_embedding: bool | None = None,
-) -> tuple["ModelConfig", dict[str, torch.Tensor], dict[str, str], ReferenceImport]:
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str], ReferenceImport]:
     """Read the authors' files; see :meth:`rissole_trt.models.RissoleModel.from_reference`.
 
     Returns (config, state dict in our names with ``unet.`` / ``autoencoder.`` prefixes,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
+from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from .loop import TrainState, draw_batch, load_checkpoint, train_loop
 
@@ -57,11 +58,6 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -76,7 +72,7 @@ def train_autoencoder(images: np.ndarray, config: AutoencoderConfig, train: Auto
     """
     directory = Path(directory)
     torch.manual_seed(train.seed)
-    data = images_to_tensor(images)
+    data = to_model_input(images)
     model = VQAutoencoder(config).train()
     modules: dict[str, nn.Module] = {"autoencoder": model}
     optimizers: dict[str, torch.optim.Optimizer] = {"autoencoder": torch.optim.Adam(model.parameters(), train.lr)}

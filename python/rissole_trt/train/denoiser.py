@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import ModelConfig
+from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from ..models.rissole import RissoleModel
 from ..retrieval.database import compute_keys
 from ..retrieval.index import make_index
-from .autoencoder import images_to_tensor
 from .loop import TrainState, draw_batch, load_checkpoint, make_ema, train_loop
 
 #: How neighbours are chosen in training: ``exclude-self`` (ours), ``include-self`` (the reference,
@@ -53,7 +53,7 @@ class DenoiserTrainConfig:
 def encode_all(autoencoder: VQAutoencoder, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
     """Quantised latents of uint8 images, [N, C, h, w]."""
     autoencoder.eval()
-    out = [autoencoder.encode(images_to_tensor(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    out = [autoencoder.encode(to_model_input(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 
 
@@ -98,8 +98,10 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     generator = torch.Generator().manual_seed(train.seed)
     optimizer = torch.optim.Adam(unet.parameters(), train.lr)
     state = TrainState({"unet": unet}, {"unet": optimizer}, generator, ema={"unet": ema})
-    # Everything but the step budget must match for a resume (a longer run continues a shorter one).
-    extra = {"config": config.to_json(), "train": {k: v for k, v in asdict(train).items() if k != "steps"}}
+    # Everything that changes the arithmetic must match for a resume; the step budget and the
+    # checkpoint interval may change (a longer run continues a shorter one).
+    extra = {"config": config.to_json(),
+             "train": {k: v for k, v in asdict(train).items() if k not in ("steps", "checkpoint_every")}}
     previous = load_checkpoint(state, directory)
     if previous is not None and (previous.get("config"), previous.get("train")) != (extra["config"], extra["train"]):
         raise ValueError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
