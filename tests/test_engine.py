@@ -105,7 +105,7 @@ def test_bad_arguments_fail_before_any_work(engine, monkeypatch, kwargs, error, 
     def no_work(*args, **kw):
         raise AssertionError("work started before the arguments were checked")
 
-    monkeypatch.setattr(engine.model, "denoiser", no_work)
+    monkeypatch.setattr(engine, "_denoiser", no_work)
     with pytest.raises(error, match=match):
         engine.generate(progress=False, **kwargs)
 
@@ -117,7 +117,7 @@ def test_database_of_another_autoencoder_is_refused(model, db_path):
 
 
 def test_unknown_backend_is_refused(model, db_path):
-    with pytest.raises(RissoleError, match="backend 'tensorrt' is not available"):
+    with pytest.raises(RissoleError, match="backend .tensorrt. is not available"):
         Engine(model, db_path, device="cpu", backend="tensorrt")
 
 

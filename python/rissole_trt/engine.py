@@ -28,8 +28,8 @@ from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 
-#: Denoiser backends an Engine can be asked for. Only ``torch`` is implemented so far.
-BACKENDS = ("auto", "torch")
+#: Denoiser backends an Engine can be asked for; ``auto`` is ``torch``. TensorRT is planned.
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def default_asset_paths() -> tuple[Path, Path]:
@@ -66,7 +66,8 @@ class Engine:
         database: a database directory (``rissole-trt build-db``), an opened :class:`Database`, or
             None for the default model's database.
         device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
-        backend: the denoiser backend; ``"auto"`` or ``"torch"``.
+        backend: the denoiser backend: ``"torch"`` (``"auto"``) or ``"onnxruntime"`` (CPU; the
+            per-step UNet is exported to ONNX once, when the Engine is created).
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`).
     """
 
@@ -76,9 +77,9 @@ class Engine:
         if backend not in BACKENDS:
             raise RissoleError(
                 f"backend {backend!r} is not available: this version implements {', '.join(BACKENDS)} "
-                "(ONNX Runtime and TensorRT denoisers are planned, see the README)")
+                "(a TensorRT denoiser is planned, see the README)")
         self.device = _resolve_device(device)
-        self.backend = "torch"
+        self.backend = "torch" if backend == "auto" else backend
         if model is None or database is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
@@ -103,6 +104,12 @@ class Engine:
                 f"do not match the model's {expected} with block factor {config.unet.block_factor}")
         self.index_kind = index
         self.index = self.database.index(index)
+        if self.backend == "onnxruntime":
+            from .runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            self._denoiser = OnnxRuntimeBackend(self.model).denoiser
+        else:
+            self._denoiser = self.model.denoiser
 
     # ------------------------------------------------------------------ validation
 
@@ -209,7 +216,7 @@ class Engine:
                 count = min(batch_size, n - start)
                 ids = retrieval.neighbour_ids[start:start + count]
                 cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
-                denoiser = self.model.denoiser(cond)
+                denoiser = self._denoiser(cond)
                 generators = self.image_generators(int(seed), start, count, self.device)
                 blocks = sample(denoiser, (count, p, c, bs, bs), schedule, plan,
                                 generator=generators, device=self.device,

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import numpy as np
 
     from ..builder import build_database
@@ -44,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         names, labels = np.unique(raw.astype(str), return_inverse=True)
     db = build_database(model, images, args.output, key_kind=args.key, batch_size=args.batch_size,
                         labels=labels, label_names=None if names is None else list(names), overwrite=args.overwrite,
-                        metadata={"source": str(args.images), "split": args.split})
+                        metadata={"source": Path(args.images).name, "split": args.split})
     print(f"wrote {db}")
     return 0

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -317,8 +317,12 @@ class BlockDenoiser:
     :meth:`BlockUNet.forward_hoisted`.
     """
 
-    def __init__(self, model: RissoleModel, cond: torch.Tensor, pos: torch.Tensor | None = None) -> None:
+    def __init__(self, model: RissoleModel, cond: torch.Tensor, pos: torch.Tensor | None = None, *,
+                 forward: Callable[..., torch.Tensor] | None = None) -> None:
         self.model = model
+        # The per-step network: the UNet itself, or another backend's equivalent with the
+        # signature of BlockUNet.forward_hoisted (ONNX Runtime, a prepacked UNet, ...).
+        self.forward = model.unet.forward_hoisted if forward is None else forward
         unet = model.unet
         p = model.config.n_blocks
         self.blocks = cond.ndim == 5
@@ -363,5 +367,5 @@ class BlockDenoiser:
             if not 0 <= step < self.time_table.shape[0]:
                 raise IndexError(f"t must lie in 0..{self.time_table.shape[0] - 1}, got {step}")
             time_bias = self.time_table[step:step + 1]
-        eps = self.model.unet.forward_hoisted(x_t, self.cond_feat, time_bias, self.pos_bias)
+        eps = self.forward(x_t, self.cond_feat, time_bias, self.pos_bias)
         return eps.reshape(shape)
