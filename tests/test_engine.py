@@ -138,3 +138,20 @@ def test_cli_build_db_and_generate(model, images, tmp_path):
     assert sorted(p.name for p in (tmp_path / "single").iterdir()) == ["0000.png", "0001.png", "0002.png"]
     # An existing database is not overwritten without --overwrite.
     assert cli.main(["build-db", "--model", str(model_dir), "--images", str(npz), "-o", str(db)]) == 2
+
+
+def test_prepacked_torch_backend_gives_the_eager_images(engine, model, db_path):
+    assert engine.backend == "torch"  # the default
+    eager = Engine(model, db_path, device="cpu", backend="eager")
+    kwargs = dict(n=3, seed=5, sampler="ddim", steps=6, batch_size=2, progress=False)
+    diff = np.abs(engine.generate(**kwargs).astype(int) - eager.generate(**kwargs).astype(int))
+    assert diff.max() <= 1  # same arithmetic up to float32 rounding order
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"precision": "fp8"}, "unknown precision"),
+    ({"backend": "eager", "precision": "bf16"}, "needs the torch backend"),
+])
+def test_bad_precision_is_refused(model, db_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Engine(model, db_path, device="cpu", **kwargs)

@@ -22,6 +22,7 @@ COMMANDS = [
     "convert",
     "build_db",
     "generate",
+    "bench",
     "train",
     "eval",
 ]

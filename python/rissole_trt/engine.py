@@ -11,6 +11,7 @@ seeded by (seed, image number), so the same seed gives the same images whatever 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,7 +30,9 @@ from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 
 #: Denoiser backends an Engine can be asked for; ``auto`` is ``torch``. TensorRT is planned.
-BACKENDS = ("auto", "torch", "onnxruntime")
+#: ``eager`` runs the plain model module (the specification), ``torch`` its prepacked twin.
+BACKENDS = ("auto", "torch", "eager", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
 
 
 def default_asset_paths() -> tuple[Path, Path]:
@@ -66,20 +69,28 @@ class Engine:
         database: a database directory (``rissole-trt build-db``), an opened :class:`Database`, or
             None for the default model's database.
         device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
-        backend: the denoiser backend: ``"torch"`` (``"auto"``) or ``"onnxruntime"`` (CPU; the
-            per-step UNet is exported to ONNX once, when the Engine is created).
+        backend: the denoiser backend: ``"torch"`` (``"auto"``; weights prepacked once, channels-last,
+            fused adds), ``"eager"`` (the plain module) or ``"onnxruntime"`` (CPU; the per-step UNet
+            is exported to ONNX once, when the Engine is created).
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (torch backend only; fast only on hardware
+            with bf16 arithmetic, which a warning says when it is missing).
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`).
     """
 
     def __init__(self, model: str | os.PathLike | RissoleModel | None = None,
                  database: str | os.PathLike | Database | None = None, *, device: str | torch.device = "auto",
-                 backend: str = "auto", index: str = "auto") -> None:
+                 backend: str = "auto", precision: str = "fp32", index: str = "auto") -> None:
         if backend not in BACKENDS:
             raise RissoleError(
                 f"backend {backend!r} is not available: this version implements {', '.join(BACKENDS)} "
                 "(a TensorRT denoiser is planned, see the README)")
-        self.device = _resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.backend = "torch" if backend == "auto" else backend
+        if precision != "fp32" and self.backend != "torch":
+            raise ValueError(f"precision {precision!r} needs the torch backend, not {self.backend!r}")
+        self.precision = precision
+        self.device = _resolve_device(device)
         if model is None or database is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
@@ -108,6 +119,14 @@ class Engine:
             from .runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             self._denoiser = OnnxRuntimeBackend(self.model).denoiser
+        elif self.backend == "torch":
+            from .runtime.torch_backend import TorchBackend
+
+            fast = TorchBackend(self.model, precision)
+            if not fast.native:
+                warnings.warn(f"{precision} is emulated on {self.device} (no native bf16 arithmetic): "
+                              "it runs many times slower than fp32 here", stacklevel=2)
+            self._denoiser = fast.denoiser
         else:
             self._denoiser = self.model.denoiser
 

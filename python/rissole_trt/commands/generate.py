@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--query", metavar="PATH", help="retrieve with these images (file, folder or .npz) instead")
     p.add_argument("--save-dir", metavar="DIR", help="also write every image as DIR/NNNN.png")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", help="torch (auto), eager or onnxruntime")
+    p.add_argument("--precision", default="fp32", help="fp32 (exact) or bf16 (torch backend)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import Engine
     from ..images import load_images, make_grid, save_png
 
-    engine = Engine(args.model, args.db, device=args.device)
+    engine = Engine(args.model, args.db, device=args.device, backend=args.backend, precision=args.precision)
     query = load_images(args.query, engine.model.config.image_size) if args.query else None
     query_ids = None
     if args.category:

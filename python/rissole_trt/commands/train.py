@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Writes OUT/model (config.json + model.safetensors, EMA weights) at every checkpoint; rerunning resumes.")
     _common(p)
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="output of train-autoencoder")
-    p.add_argument("--channels", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--channels", type=int, nargs="+", default=[48, 96])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--block-factor", type=int, default=2)
     p.add_argument("--no-position-embedding", action="store_true")

@@ -1,0 +1,1 @@
+"""Denoiser backends (``torch_backend``: prepacked, channels-last PyTorch in fp32 or bf16)."""
