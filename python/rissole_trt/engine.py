@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +36,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def default_asset_paths() -> tuple[Path, Path]:
     """Where the built-in default model and its database live inside the package."""
-    root = Path(str(resources.files("rissole_trt"))) / "assets" / "default"
+    root = Path(__file__).resolve().parent / "assets" / "default"
     return root / "model", root / "db"
 
 
