@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..images import from_model_output
 from ..diffusion import SAMPLERS, DEFAULT_STEPS, draw_noise, make_sampler
 from ..runtime.torch_backend import PRECISIONS, TorchBackend, bf16_native
 from .baseline import ReferenceChain
@@ -164,11 +165,6 @@ def _synthetic_database(model, path: Path, count: int, seed: int) -> Path:
     return path
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    # As Engine.generate does.
-    return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 # --------------------------------------------------------------------------- timing one variant
 
 
@@ -270,7 +266,7 @@ class _Bench:
             with timer("decode"):
                 images = self.decode(blocks)
             with timer("encode"):
-                _to_uint8(images)
+                from_model_output(images)
 
     def time_variants(self, variants: list[_Variant]) -> None:
         """Warm every variant up, then time them step by step in turn (round-robin), so that a change
@@ -390,7 +386,7 @@ class _Bench:
                                    TorchBackend(self.model, "fp32").denoiser(cond)),
                                   (variant.precision, self.make_denoiser(variant, cond))):
             blocks = sample(eps_fn, shape, self.model.schedule, make_sampler(name, self.model.schedule, steps), noise=x_t)
-            out[precision] = _to_uint8(self.decode(blocks)).astype(np.float64)
+            out[precision] = from_model_output(self.decode(blocks)).astype(np.float64)
         mse = float(np.mean((out["fp32"] - out[variant.precision]) ** 2))
         return {**info, "db": math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse),
                 "max_abs_diff_uint8": float(np.abs(out["fp32"] - out[variant.precision]).max())}
