@@ -26,7 +26,9 @@ __all__ = [
 
 #: Conditioning modes the block UNet implements. "add": neighbour conv + input conv, summed,
 #: parameter-free layer norm, conv (the reference's activate_cond_layer=True, use_addition=True).
-CONDITIONING_MODES = ("add",)
+#: "none": the same network without retrieval: a learned constant stands where the neighbour
+#: features were added (the no-retrieval ablation; such a model needs no database).
+CONDITIONING_MODES = ("add", "none")
 
 
 #: Rows of the fixed sinusoid tables for timesteps and block positions (the reference's max_len).
@@ -157,7 +159,8 @@ class UNetConfig(_JsonConfig):
             the reference does; see :class:`rissole_trt.models.unet.BlockUNet`.
         time_emb_dim: width of the time (and position) embedding after its MLP.
         pos_emb_dim: width of the fixed sinusoid fed to that MLP.
-        k: retrieved neighbours per block; the conditioning input has k * latent_channels channels.
+        k: retrieved neighbours per block; the conditioning input has k * latent_channels channels
+            (none with ``conditioning="none"``).
         block_factor: the latent is cut into block_factor x block_factor blocks.
         conditioning: how the neighbours enter the network, one of :data:`CONDITIONING_MODES`.
         position_embedding: add a block-position embedding in every residual block
@@ -221,9 +224,14 @@ class UNetConfig(_JsonConfig):
         object.__setattr__(self, "dropout", float(self.dropout))
 
     @property
+    def uses_retrieval(self) -> bool:
+        """Whether the UNet is conditioned on retrieved neighbour blocks."""
+        return self.conditioning != "none"
+
+    @property
     def cond_channels(self) -> int:
-        """Channels of the stacked neighbour blocks: k * latent_channels."""
-        return self.k * self.latent_channels
+        """Channels of the stacked neighbour blocks: k * latent_channels (0 without retrieval)."""
+        return self.k * self.latent_channels if self.uses_retrieval else 0
 
     @property
     def n_blocks(self) -> int:

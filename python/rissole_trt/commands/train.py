@@ -96,7 +96,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
     ae = autoencoder.config
     unet = UNetConfig(latent_channels=ae.latent_dim, channels=tuple(args.channels), k=args.k,
                       block_factor=args.block_factor, position_embedding=not args.no_position_embedding,
-                      dropout=args.dropout)
+                      dropout=args.dropout, conditioning="none" if args.retrieval == "none" else "add")
     config = ModelConfig(autoencoder=ae, unet=unet, diffusion=DiffusionConfig(), image_size=args.image_size)
     model = RissoleModel(config)
     model.autoencoder.load_state_dict(autoencoder.state_dict())

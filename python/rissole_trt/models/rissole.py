@@ -60,15 +60,15 @@ class RissoleModel(nn.Module):
     # ----------------------------------------------------------------- inference
 
     def _check_rows(self, x_t: torch.Tensor, cond: torch.Tensor) -> None:
-        c, k = self.config.unet.latent_channels, self.config.unet.k
-        bs = self.config.block_size
+        unet = self.config.unet
+        c, bs = unet.latent_channels, self.config.block_size
         if x_t.ndim != 4 or x_t.shape[1:] != (c, bs, bs):
             raise ValueError(f"x_t must be [N, {c}, {bs}, {bs}] (noisy latent blocks), got {list(x_t.shape)}")
-        if cond.shape != (x_t.shape[0], k * c, bs, bs):
-            raise ValueError(
-                f"cond must be [N={x_t.shape[0]}, k*C={k * c}, {bs}, {bs}] (k={k} neighbour blocks stacked on "
-                f"channels), got {list(cond.shape)}"
-            )
+        if cond.shape != (x_t.shape[0], unet.cond_channels, bs, bs):
+            what = (f"k={unet.k} neighbour blocks stacked on channels" if unet.uses_retrieval
+                    else "this model uses no retrieval: no neighbour channels")
+            raise ValueError(f"cond must be [N={x_t.shape[0]}, k*C={unet.cond_channels}, {bs}, {bs}] ({what}), "
+                             f"got {list(cond.shape)}")
 
     def _row_tensor(self, value: int | torch.Tensor, n: int, limit: int, name: str) -> torch.Tensor:
         """An int or a [n] integer tensor -> [n] int64 on the model's device, range-checked."""

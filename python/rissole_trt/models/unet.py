@@ -4,7 +4,9 @@ Computation (the reference's UNetLight with activate_cond_layer=True, use_additi
 
 1. "add" conditioning: neighbours [N, k*C, h, w] -> 3x3 conv to ch0/2 (``cond_conv``); noisy
    block -> conv to ch0/2 (``x_conv``); sum; parameter-free layer norm over (C, H, W), eps 1e-5;
-   3x3 conv to ch0 (``in_conv``).
+   3x3 conv to ch0 (``in_conv``). "none" conditioning (the no-retrieval ablation) adds a learned
+   per-channel constant (``cond_bias``) instead of the neighbour features: exactly what the neighbour
+   conv gives for all-zero neighbours.
 2. Down levels: two residual blocks, GroupNorm(1), stride-2 conv; middle: residual block,
    self-attention, residual block; up levels: transposed conv, concat skip, two residual blocks,
    GroupNorm(1); output conv.
@@ -70,7 +72,10 @@ class BlockUNet(nn.Module):
         half = chans[0] // 2
         kernel, pad = config.input_kernel_size, config.input_padding
         self.x_conv = nn.Conv2d(config.latent_channels, half, kernel_size=kernel, padding=pad)
-        self.cond_conv = nn.Conv2d(config.cond_channels, half, kernel_size=kernel, padding=pad)
+        if config.uses_retrieval:
+            self.cond_conv = nn.Conv2d(config.cond_channels, half, kernel_size=kernel, padding=pad)
+        else:
+            self.cond_bias = nn.Parameter(torch.zeros(half))
         self.in_conv = nn.Conv2d(half, chans[0], kernel_size=3, padding=config.init_padding)
 
         self.down = nn.ModuleList(
@@ -103,15 +108,20 @@ class BlockUNet(nn.Module):
     def condition(self, cond: torch.Tensor) -> torch.Tensor:
         """Neighbour conv: stacked neighbour blocks [N, k*C, h, w] -> [N, ch0/2, h', w'].
 
-        Constant across timesteps: compute once per generation.
+        Constant across timesteps: compute once per generation. A model without retrieval takes
+        [N, 0, h, w] (no neighbours) and returns its learned constant at that shape.
         """
         expected = self.config.cond_channels
         if cond.ndim != 4 or cond.shape[1] != expected:
-            raise ValueError(
-                f"cond must be [N, k*C={expected}, h, w] (k={self.config.k} neighbours of "
-                f"{self.config.latent_channels} channels), got {list(cond.shape)}"
-            )
-        return self.cond_conv(cond)
+            what = (f"k={self.config.k} neighbours of {self.config.latent_channels} channels"
+                    if self.config.uses_retrieval else "this model uses no retrieval")
+            raise ValueError(f"cond must be [N, k*C={expected}, h, w] ({what}), got {list(cond.shape)}")
+        if self.config.uses_retrieval:
+            return self.cond_conv(cond)
+        kernel, pad = self.config.input_kernel_size, self.config.input_padding
+        n, _, h, w = cond.shape
+        size = (h + 2 * pad - kernel + 1, w + 2 * pad - kernel + 1)
+        return self.cond_bias.view(1, -1, 1, 1).expand(n, -1, *size)
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps [T] -> every residual block's time bias, concatenated: [T, embedding_width].

@@ -24,7 +24,8 @@ from ..retrieval.index import make_index
 from .loop import TrainState, draw_batch, load_checkpoint, make_ema, train_loop
 
 #: How neighbours are chosen in training: ``exclude-self`` (ours), ``include-self`` (the reference,
-#: where an image is usually its own nearest neighbour), ``none`` (ablation: no retrieval, zeros).
+#: where an image is usually its own nearest neighbour), ``none`` (the ablation:
+#: a model with ``conditioning="none"``, no neighbours).
 RETRIEVAL_MODES = ("exclude-self", "include-self", "none")
 
 
@@ -76,6 +77,10 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     directory = Path(directory)
     config: ModelConfig = model.config
     bf, k, p = config.unet.block_factor, config.unet.k, config.n_blocks
+    if (train.retrieval == "none") == config.unet.uses_retrieval:
+        raise ValueError(f"retrieval {train.retrieval!r} needs a model with "
+                         f"{'conditioning none' if train.retrieval == 'none' else 'neighbour conditioning'}, "
+                         f"this one has conditioning {config.unet.conditioning!r}")
     torch.manual_seed(train.seed)
 
     latents = encode_all(model.autoencoder, images)
@@ -108,14 +113,14 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
 
     alpha_bars = model.alpha_bars
     pos = torch.arange(p).repeat(train.batch_size)
-    cond_shape = (train.batch_size * p, k * config.unet.latent_channels, config.block_size, config.block_size)
+    no_neighbours = torch.empty(train.batch_size * p, 0, config.block_size, config.block_size)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         rows = draw_batch(n, train.batch_size, generator)
         view = int(torch.randint(0, len(views), (1,), generator=generator)) if train.flip else 0
         x0 = targets[view][rows].flatten(0, 1)  # [B*P, C, bs, bs]
         if ids is None:
-            cond = torch.zeros(cond_shape)
+            cond = no_neighbours
         else:
             cond = ops.gather_blocks(db_blocks, ids[view][rows]).flatten(0, 1)
         t = torch.randint(0, config.diffusion.n_steps, (len(x0),), generator=generator)
