@@ -1,11 +1,13 @@
 """Training: exact resume, divergence handling, the CLI, on tiny models."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from synthetic import smooth_images
+from synthetic import cli_train_tiny, smooth_images
 
 from rissole_trt import cli
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
@@ -21,6 +23,7 @@ MODEL = ModelConfig(
     unet=UNetConfig(latent_channels=4, channels=(16, 32), n_groups=8, n_heads=2, dim_keys=4, k=2,
                     position_embedding=True, time_emb_dim=32, pos_emb_dim=16, dropout=0.1),
     diffusion=DiffusionConfig(n_steps=100), image_size=32)
+NO_RETRIEVAL = dataclasses.replace(MODEL, unet=dataclasses.replace(MODEL.unet, conditioning="none"))
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +76,21 @@ def test_autoencoder_learns_and_round_trips(tmp_path):
 def test_denoiser_resume_is_bitwise_exact(images, tmp_path, retrieval):
     def run(steps: int, directory) -> dict:
         torch.manual_seed(123)
-        model = RissoleModel(MODEL)
+        model = RissoleModel(MODEL if retrieval != "none" else NO_RETRIEVAL)
         cfg = DenoiserTrainConfig(steps=steps, batch_size=3, checkpoint_every=100, retrieval=retrieval)
         return _state(train_denoiser(images, model, cfg, directory, progress=False).unet)
 
     once = run(4, tmp_path / "once")
     run(2, tmp_path / "twice")
     _assert_bitwise_equal(once, run(4, tmp_path / "twice"))
+
+
+@pytest.mark.parametrize("config,retrieval", [(MODEL, "none"), (NO_RETRIEVAL, "exclude-self"),
+                                              (NO_RETRIEVAL, "include-self")])
+def test_retrieval_mode_must_match_the_model(images, tmp_path, config, retrieval):
+    with pytest.raises(ValueError, match="needs a model with"):
+        train_denoiser(images, RissoleModel(config), DenoiserTrainConfig(steps=1, batch_size=2, retrieval=retrieval),
+                       tmp_path, progress=False)
 
 
 def test_denoiser_checkpoint_of_another_setup_is_refused(images, tmp_path):
@@ -106,13 +117,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(images, tmp_path):
 
 
 def test_cli_trains_both_stages_and_writes_a_loadable_model(images, tmp_path):
-    npz = tmp_path / "data.npz"
-    np.savez(npz, images=images, train_idx=np.arange(10))
+    npz = cli_train_tiny(images[:10], tmp_path, 2, "--k", "3")
     common = ["--images", str(npz), "--split", "train_idx", "--image-size", "32", "--batch-size", "2", "--no-progress"]
-    assert cli.main(["train-autoencoder", *common, "--steps", "2", "--channels", "8", "16", "--latent-dim", "4",
-                     "--codebook-size", "32", "-o", str(tmp_path / "ae")]) == 0
-    assert cli.main(["train", *common, "--steps", "2", "--autoencoder", str(tmp_path / "ae"), "--channels", "16", "32",
-                     "--k", "3", "-o", str(tmp_path / "run")]) == 0
     model = RissoleModel.load(tmp_path / "run" / "model")
     assert model.config.unet.k == 3 and model.config.image_size == 32
     _assert_bitwise_equal(_state(model.autoencoder), _state(load_autoencoder(tmp_path / "ae")))

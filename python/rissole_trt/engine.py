@@ -66,7 +66,8 @@ class Engine:
         model: a model directory (:meth:`RissoleModel.save`), a loaded :class:`RissoleModel`, or None
             for the built-in default model.
         database: a database directory (``rissole-trt build-db``), an opened :class:`Database`, or
-            None for the default model's database.
+            None: the built-in database with the built-in model; none at all for a model without
+            retrieval (``conditioning="none"``), which must not be given one.
         device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
         backend: the denoiser backend: ``"torch"`` (``"auto"``; weights prepacked once, channels-last,
             fused adds), ``"eager"`` (the plain module) or ``"onnxruntime"`` (CPU; the per-step UNet
@@ -90,30 +91,27 @@ class Engine:
             raise ValueError(f"precision {precision!r} needs the torch backend, not {self.backend!r}")
         self.precision = precision
         self.device = _resolve_device(device)
-        if model is None or database is None:
+        if model is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
                 raise RissoleError("this install has no built-in default model; pass model= and database=")
-            model = default_model if model is None else model
+            model = default_model
             database = default_db if database is None else database
         if not isinstance(model, RissoleModel):
             model = RissoleModel.load(model)
         self.model = model.to(self.device).eval()
-        fingerprint = autoencoder_fingerprint(self.model.autoencoder)
-        if isinstance(database, Database):
-            if database.fingerprint != fingerprint:
-                raise RissoleError(f"database {database.path} was built with another autoencoder than this model's")
-            self.database = database
-        else:
-            self.database = Database.open(database, expected_fingerprint=fingerprint)
         config = self.model.config
-        expected = (config.autoencoder.latent_dim, config.latent_size, config.latent_size)
-        if self.database.latent_shape != expected or self.database.block_factor != config.unet.block_factor:
-            raise RissoleError(
-                f"database latents {self.database.latent_shape} with block factor {self.database.block_factor} "
-                f"do not match the model's {expected} with block factor {config.unet.block_factor}")
+        self.database: Database | None = None
+        self.index = None
         self.index_kind = index
-        self.index = self.database.index(index)
+        if not config.unet.uses_retrieval:
+            if database is not None:
+                raise RissoleError("this model uses no retrieval (conditioning 'none'); pass no database")
+        elif database is None:
+            raise RissoleError("this model conditions on retrieved neighbours: pass database= (rissole-trt build-db)")
+        else:
+            self.database = self._open_database(database)
+            self.index = self.database.index(index)
         if self.backend == "onnxruntime":
             from .runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -129,6 +127,26 @@ class Engine:
         else:
             self._denoiser = self.model.denoiser
 
+    def _open_database(self, database: str | os.PathLike | Database) -> Database:
+        fingerprint = autoencoder_fingerprint(self.model.autoencoder)
+        if isinstance(database, Database):
+            if database.fingerprint != fingerprint:
+                raise RissoleError(f"database {database.path} was built with another autoencoder than this model's")
+        else:
+            database = Database.open(database, expected_fingerprint=fingerprint)
+        config = self.model.config
+        expected = (config.autoencoder.latent_dim, config.latent_size, config.latent_size)
+        if database.latent_shape != expected or database.block_factor != config.unet.block_factor:
+            raise RissoleError(
+                f"database latents {database.latent_shape} with block factor {database.block_factor} "
+                f"do not match the model's {expected} with block factor {config.unet.block_factor}")
+        return database
+
+    def _require_database(self, what: str) -> Database:
+        if self.database is None:
+            raise RissoleError(f"{what} needs retrieval, and this model uses none (conditioning 'none')")
+        return self.database
+
     # ------------------------------------------------------------------ validation
 
     def _check_query_images(self, query: np.ndarray) -> np.ndarray:
@@ -141,12 +159,13 @@ class Engine:
         return query
 
     def _check_k(self, k: int | None, exclude_self: bool) -> int:
+        database = self._require_database("k")
         model_k = self.model.config.unet.k
         k = model_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        if k > self.database.count - int(exclude_self):
-            raise ValueError(f"k = {k} is larger than the database allows ({self.database.count} entries"
+        if k > database.count - int(exclude_self):
+            raise ValueError(f"k = {k} is larger than the database allows ({database.count} entries"
                              f"{', one of them the query itself' if exclude_self else ''})")
         if k != model_k:
             raise ValueError(f"this model was trained with k = {model_k} neighbours; k = {k} cannot be used")
@@ -166,6 +185,7 @@ class Engine:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if query is not None and query_ids is not None:
             raise ValueError("pass query (images) or query_ids (database entries), not both")
+        self._require_database("retrieve")
         k = self._check_k(k, exclude_self and query is None)
         if query is not None:
             images = self._check_query_images(query)
@@ -224,7 +244,14 @@ class Engine:
         config = self.model.config
         schedule = self.model.schedule
         plan = make_sampler(sampler, schedule, steps, eta=eta)  # validates steps and eta before any work
-        retrieval = self.retrieve(n, seed=seed, k=k, exclude_self=exclude_self, query=query, query_ids=query_ids)
+        if config.unet.uses_retrieval:
+            retrieval = self.retrieve(n, seed=seed, k=k, exclude_self=exclude_self, query=query, query_ids=query_ids)
+        else:
+            if k is not None or query is not None or query_ids is not None:
+                self._require_database("k, query and query_ids")
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+                raise ValueError(f"n must be a positive integer, got {n!r}")
+            retrieval = None
 
         p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size
         out = np.empty((n, config.image_size, config.image_size, 3), dtype=np.uint8)
@@ -232,16 +259,22 @@ class Engine:
         try:
             for start in range(0, n, batch_size):
                 count = min(batch_size, n - start)
-                ids = retrieval.neighbour_ids[start:start + count]
-                cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
+                if retrieval is None:
+                    cond = torch.empty((count, p, 0, bs, bs), device=self.device)  # no neighbours
+                else:
+                    ids = retrieval.neighbour_ids[start:start + count]
+                    cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
                 denoiser = self._denoiser(cond)
                 generators = self.image_generators(int(seed), start, count, self.device)
                 blocks = sample(denoiser, (count, p, c, bs, bs), schedule, plan,
                                 generator=generators, device=self.device,
                                 progress=lambda done, total: bar.update(count))
                 latents = ops.merge_blocks(blocks, config.unet.block_factor)
-                images = self.model.decode(latents)
-                out[start:start + count] = from_model_output(images)
+                # One image at a time: torch picks its CPU convolution algorithm by batch size
+                # (oneDNN or its own), and the two round differently; per image, the same seed
+                # gives the same pixels whatever the batch size. The decoder is a few % of the time.
+                for i in range(count):
+                    out[start + i] = from_model_output(self.model.decode(latents[i:i + 1]))[0]
         finally:
             bar.close()
         return out

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate N images and compare them with held-out real images (--real) and the training images "
                     "(--train, for the memorisation rate). Writes the JSON report and a PNG sample grid beside it.")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the built-in model)")
-    p.add_argument("--db", metavar="DIR", help="database directory (default: the built-in model's)")
+    p.add_argument("--db", metavar="DIR",
+                   help="database directory (the built-in model's by default; none for a model without retrieval)")
     p.add_argument("--real", required=True, metavar="PATH", help="held-out images: folder or .npz")
     p.add_argument("--real-split", metavar="KEY", help="for an .npz: index array of the held-out images (e.g. test_idx)")
     p.add_argument("--train", metavar="PATH", help="training images (folder or .npz) for the memorisation rate")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     report, generated = evaluate(engine, real, training, n=args.n, seed=args.seed, sampler=args.sampler,
                                  steps=args.steps, batch_size=args.batch_size, exclude_self=not args.include_self,
                                  progress=not args.no_progress)
-    report["settings"].update({"model": args.model or "built-in", "db": args.db or "built-in"})
+    report["settings"].update({"model": args.model or "built-in", "db": args.db or ("built-in" if engine.database is not None else None)})
     json_path, grid = write_report(report, generated, args.output)
     print(json.dumps({k: report[k] for k in ("seam_ratio", "swd", "autoencoder_psnr_db") + (("memorisation",) if training is not None else ())}, indent=1))
     print(f"wrote {json_path} and {grid}")

@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=16, help="number of images (default 16)")
     p.add_argument("-o", "--output", default="grid.png", metavar="PNG", help="grid image to write (default grid.png)")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the built-in model)")
-    p.add_argument("--db", metavar="DIR", help="database directory (default: the built-in model's)")
+    p.add_argument("--db", metavar="DIR",
+                   help="database directory (the built-in model's by default; none for a model without retrieval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="ddpm", help="ddpm (exact, 1000 steps), ddim or dpmpp_2m")
     p.add_argument("--steps", type=int, help="steps for ddim / dpmpp_2m")
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     query = load_images(args.query, engine.model.config.image_size) if args.query else None
     query_ids = None
     if args.category:
+        if engine.database is None:
+            raise ValueError("--category draws queries from the database, and this model uses no retrieval")
         names = engine.database.label_names
         if names is None or args.category not in names:
             raise ValueError(f"the database has no label {args.category!r}; labels: {', '.join(names or []) or 'none'}")

@@ -36,7 +36,9 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
                                 exclude_self=exclude_self, progress=progress)
     seconds = time.perf_counter() - start
     report = {
-        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "exclude_self": exclude_self,
+        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": steps,
+                     "retrieval": (("exclude-self" if exclude_self else "include-self")
+                                   if engine.model.config.unet.uses_retrieval else "none"),
                      "batch_size": batch_size, "real_images": len(real),
                      "training_images": None if training is None else len(training)},
         "generation_seconds": seconds,
@@ -49,6 +51,10 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
     }
     if training is not None:
         report["memorisation"] = memorisation_rate(generated, training)
+        # The target for SWD: as many real training images as generated ones against the same
+        # held-out images (what a perfect model's samples would score, sampling noise included).
+        pick = np.random.default_rng(seed).choice(len(training), size=min(n, len(training)), replace=False)
+        report["swd_training_images"] = sliced_wasserstein(training[np.sort(pick)], real, seed=seed)
     return report, generated
 
 
