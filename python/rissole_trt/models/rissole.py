@@ -344,7 +344,10 @@ class BlockDenoiser:
             if unet.pos_embed is not None:
                 if pos is None:
                     raise ValueError("this model uses the block-position embedding: pos is required")
-                self.pos_bias = unet.embed_pos(model._row_tensor(pos, n, p, "pos"))
+                if self.blocks:  # one row per position, repeated: no batch-size dependent GEMM shapes
+                    self.pos_bias = unet.embed_pos(torch.arange(p, device=cond.device)).repeat(self.batch, 1)
+                else:
+                    self.pos_bias = unet.embed_pos(model._row_tensor(pos, n, p, "pos"))
             steps = torch.arange(model.config.diffusion.n_steps, device=cond.device)
             self.time_table = unet.embed_time(steps)
 
