@@ -206,6 +206,17 @@ class Engine:
             scores, ids = self.index.search(self.database.keys[chosen], k, exclude=chosen if exclude_self else None)
         return Retrieval(chosen, ids.astype(np.int64), scores)
 
+    @torch.no_grad()
+    def decode(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Denoised blocks ``[B, P, C, bs, bs]`` -> images ``[B, 3, H, W]`` in [-1, 1].
+
+        One image at a time: torch picks its CPU convolution algorithm (oneDNN or its own) by batch
+        size, and the two round differently; per image, the same seed gives the same pixels whatever
+        the batch size. The decoder is a small part of the time (see ``rissole-trt bench``).
+        """
+        latents = ops.merge_blocks(blocks, self.model.config.unet.block_factor)
+        return torch.cat([self.model.decode(latents[i:i + 1]) for i in range(len(latents))])
+
     @staticmethod
     def image_generators(seed: int, first: int, count: int, device: torch.device) -> list[torch.Generator]:
         """One generator per image, seeded by (seed, image number): batch-size independent noise."""
@@ -269,12 +280,7 @@ class Engine:
                 blocks = sample(denoiser, (count, p, c, bs, bs), schedule, plan,
                                 generator=generators, device=self.device,
                                 progress=lambda done, total: bar.update(count))
-                latents = ops.merge_blocks(blocks, config.unet.block_factor)
-                # One image at a time: torch picks its CPU convolution algorithm by batch size
-                # (oneDNN or its own), and the two round differently; per image, the same seed
-                # gives the same pixels whatever the batch size. The decoder is a few % of the time.
-                for i in range(count):
-                    out[start + i] = from_model_output(self.model.decode(latents[i:i + 1]))[0]
+                out[start:start + count] = from_model_output(self.decode(blocks))
         finally:
             bar.close()
         return out

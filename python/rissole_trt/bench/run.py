@@ -38,7 +38,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import ops
 from ..images import from_model_output
 from ..diffusion import SAMPLERS, DEFAULT_STEPS, draw_noise, make_sampler
 from ..runtime.torch_backend import PRECISIONS, TorchBackend, bf16_native
@@ -234,7 +233,7 @@ class _Bench:
         return self.engine.database.neighbour_blocks(ids, device=self.device)
 
     def decode(self, blocks: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(ops.merge_blocks(blocks, self.model.config.unet.block_factor))
+        return self.engine.decode(blocks)
 
     def make_denoiser(self, variant: _Variant, cond: torch.Tensor):
         if variant.kind == "torch":
