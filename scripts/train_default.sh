@@ -15,5 +15,5 @@ rissole-trt train --images "$data" --split train_idx --autoencoder "$run/ae" --s
     --channels 48 96 --k 10 --batch-size 16 --lr 4e-4 --ema-decay 0.998 --checkpoint-every 250 --threads 1 \
     --max-minutes "$minutes" -o "$run/unet"
 rissole-trt build-db --model "$run/unet/model" --images "$data" --split train_idx --labels categories \
-    --overwrite -o "$run/db"
+    --no-store-keys --overwrite -o "$run/db"
 echo done

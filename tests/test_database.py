@@ -165,6 +165,31 @@ def test_written_keys_are_used_and_normalised(tmp_path: Path) -> None:
     assert db.labels is None and db.label_names is None
 
 
+@pytest.mark.parametrize("key_kind", ["first-block", "whole-latent"])
+def test_keys_not_stored_are_recomputed_bitwise_at_open(tmp_path: Path, key_kind: str) -> None:
+    write_db(tmp_path / "stored", key_kind=key_kind)
+    write_db(tmp_path / "derived", key_kind=key_kind, store_keys=False)
+    assert not (tmp_path / "derived" / "keys.npy").exists()
+    assert "keys.npy" not in json.loads((tmp_path / "derived" / "manifest.json").read_text())["files"]
+    stored = Database.open(tmp_path / "stored")
+    derived = Database.open(tmp_path / "derived", verify="full")
+    np.testing.assert_array_equal(derived.keys, stored.keys)
+    assert not derived.keys.flags.writeable and derived.key_dim == stored.key_dim
+    for a, b in zip(derived.index("flat").search(stored.keys[:5], 3), stored.index("flat").search(stored.keys[:5], 3)):
+        np.testing.assert_array_equal(a, b)
+    hnsw = derived.index("hnsw", persist=True, m=8, ef_construction=20)  # cached under the codes' identity
+    reloaded = Database.open(tmp_path / "derived").index("hnsw", persist=True, m=8, ef_construction=20)
+    assert len(list((tmp_path / "derived" / "indexes").iterdir())) == 1
+    for a, b in zip(hnsw.search(stored.keys[:5], 3), reloaded.search(stored.keys[:5], 3)):
+        np.testing.assert_array_equal(a, b)
+    codebook, codes, _ = make_content(2)
+    with DatabaseWriter(tmp_path / "given", count=2, codebook=codebook, latent_shape=(C, H, W), block_factor=BF,
+                        fingerprint=FP, store_keys=False) as w:
+        with pytest.raises(ValueError, match="store_keys=False"):
+            w.add(codes, keys=np.ones((2, C * 16)))
+        w.add(codes)
+
+
 def test_index_is_cached_and_hnsw_persists(db_path: Path) -> None:
     db = Database.open(db_path)
     flat = db.index("flat")

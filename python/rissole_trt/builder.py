@@ -37,8 +37,12 @@ def build_database(
     overwrite: bool = False,
     progress: bool = True,
     metadata: dict | None = None,
+    store_keys: bool = True,
 ) -> Database:
     """Encode uint8 images ``[N, S, S, 3]`` with the model's autoencoder and write a database.
+
+    ``store_keys=False`` writes no keys file: they are recomputed from the codes at every open
+    (see :mod:`rissole_trt.retrieval.database`).
 
     The database is written to a temporary sibling directory and renamed into place when complete,
     so an interrupted build leaves nothing at ``path``.
@@ -58,6 +62,7 @@ def build_database(
         path, count=len(images), codebook=autoencoder.codebook.detach().cpu(), latent_shape=latent_shape,
         block_factor=config.unet.block_factor, fingerprint=fingerprint, key_kind=key_kind,
         with_labels=labels is not None, label_names=label_names, metadata=meta, overwrite=overwrite,
+        store_keys=store_keys,
     ) as writer:
         for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="encoding", unit="batch"):
             batch = to_model_input(images[start:start + batch_size], device)

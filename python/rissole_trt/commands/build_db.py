@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("-o", "--output", required=True, metavar="DB", help="database directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing database at DB")
+    p.add_argument("--no-store-keys", action="store_true",
+                   help="write no keys file; recompute the keys from the codes when the database is opened "
+                        "(smaller on disk, for small databases such as the shipped one)")
     p.set_defaults(func=run)
 
 
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         names, labels = np.unique(raw.astype(str), return_inverse=True)
     db = build_database(model, images, args.output, key_kind=args.key, batch_size=args.batch_size,
                         labels=labels, label_names=None if names is None else list(names), overwrite=args.overwrite,
-                        metadata={"source": Path(args.images).name, "split": args.split})
+                        metadata={"source": Path(args.images).name, "split": args.split},
+                        store_keys=not args.no_store_keys)
     print(f"wrote {db}")
     return 0

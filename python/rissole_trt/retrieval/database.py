@@ -5,7 +5,7 @@ A database is a directory::
     manifest.json   format version, autoencoder fingerprint, geometry, key kind, count, checksums
     codes.npy       uint16 [P, N, bh, bw]   codebook index of every latent position, block-major
     codebook.npy    float32 [K, C]          the autoencoder's codebook the codes index into
-    keys.npy        float32 [N, D]          L2-normalised retrieval keys
+    keys.npy        float32 [N, D]          L2-normalised retrieval keys (optional, see below)
     labels.npy      int64 [N]               optional class label per entry (names in the manifest)
 
 Blocks: a latent ``[C, H, W]`` is cut into ``bf x bf`` blocks of ``bh x bw = H/bf x W/bf``, numbered
@@ -16,6 +16,10 @@ than float16 latents for a 10-channel latent while being exact (the model only s
 
 Keys: ``first-block`` (the reference's: block 0 of the quantised latent, flattened in ``(C, bh, bw)``
 order) or ``whole-latent`` (the whole quantised latent flattened ``(C, H, W)``), then L2-normalised.
+Keys computed from the codes need not be stored: a database written with ``store_keys=False`` has no
+keys.npy and recomputes them from codes and codebook when opened (a pass over the codes and N x D
+floats of memory, instead of D x 4 bytes per entry on disk: right for a small shipped database,
+wrong for a million entries, whose keys are memory-mapped).
 
 Arrays are opened memory-mapped, so a database of a million images opens instantly and only the rows a
 query touches are read. :class:`DatabaseWriter` builds a database in a temporary sibling directory
@@ -262,6 +266,7 @@ class DatabaseWriter:
         label_names: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
         overwrite: bool = False,
+        store_keys: bool = True,
     ) -> None:
         self.path = Path(path)
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
@@ -310,7 +315,8 @@ class DatabaseWriter:
         try:
             fmt = np.lib.format
             self._codes = fmt.open_memmap(self._tmp / CODES, "w+", np.uint16, (p, self.count, bh, bw))
-            self._keys = fmt.open_memmap(self._tmp / KEYS, "w+", np.float32, (self.count, self.key_dim))
+            self._keys = (fmt.open_memmap(self._tmp / KEYS, "w+", np.float32, (self.count, self.key_dim))
+                          if store_keys else None)
             self._labels = fmt.open_memmap(self._tmp / LABELS, "w+", np.int64, (self.count,)) if with_labels else None
             np.save(self._tmp / CODEBOOK, cb)
         except BaseException:
@@ -342,7 +348,10 @@ class DatabaseWriter:
                 f"codes must be in [0, {len(self.codebook)}), got values in [{codes.min()}, {codes.max()}]"
             )
         if keys is None:
-            keys = keys_from_codes(codes, self.codebook, self.key_kind, self.block_factor)
+            if self._keys is not None:
+                keys = keys_from_codes(codes, self.codebook, self.key_kind, self.block_factor)
+        elif self._keys is None:
+            raise ValueError("keys were given to a writer with store_keys=False, whose keys are computed from the codes")
         else:
             keys = _to_numpy(keys)
             if keys.shape != (b, self.key_dim):
@@ -358,7 +367,8 @@ class DatabaseWriter:
                 raise ValueError(f"labels must be in [0, {len(self.label_names)}) to index label_names")
         s = slice(self._n, self._n + b)
         self._codes[:, s] = split_code_blocks(codes.astype(np.uint16), self.block_factor)
-        self._keys[s] = keys
+        if self._keys is not None:
+            self._keys[s] = keys
         if labels is not None:
             self._labels[s] = labels
         self._n += b
@@ -390,7 +400,7 @@ class DatabaseWriter:
             raise ValueError(f"only {n} of the declared {self.count} entries were added; nothing was written")
         try:
             self._release_arrays()
-            files = [CODES, CODEBOOK, KEYS] + ([LABELS] if (self._tmp / LABELS).exists() else [])
+            files = [name for name in (CODES, CODEBOOK, KEYS, LABELS) if (self._tmp / name).exists()]
             checks = {}
             for name in files:
                 f = self._tmp / name
@@ -448,6 +458,23 @@ class DatabaseWriter:
 
 
 # --------------------------------------------------------------------------- reader
+
+
+def _check_codes(path: Path, codes: np.ndarray, codebook_size: int) -> None:
+    for start in range(0, codes.shape[1], _CODE_CHECK_ROWS):
+        if int(codes[:, start : start + _CODE_CHECK_ROWS].max()) >= codebook_size:
+            raise DatabaseError(f"{path}: {CODES} holds codes >= the codebook size {codebook_size}")
+
+
+def _keys_from_code_blocks(blocks: np.ndarray, codebook: np.ndarray, key_kind: str, block_factor: int,
+                           dim: int) -> np.ndarray:
+    """Keys ``[N, dim]`` of a database stored without them, from its block-major codes ``[P, N, bh, bw]``."""
+    keys = np.empty((blocks.shape[1], dim), np.float32)
+    for start in range(0, blocks.shape[1], _CODE_CHECK_ROWS):
+        chunk = merge_code_blocks(np.asarray(blocks[:, start : start + _CODE_CHECK_ROWS]), block_factor)
+        keys[start : start + len(chunk)] = keys_from_codes(chunk, codebook, key_kind, block_factor)
+    keys.flags.writeable = False
+    return keys
 
 
 def _require(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -550,8 +577,9 @@ class Database:
         expected = {
             CODES: (np.uint16, (p, count, bh, bw)),
             CODEBOOK: (np.float32, (k_size, int(latent_shape[0]))),
-            KEYS: (np.float32, (count, d)),
         }
+        if KEYS in files:
+            expected[KEYS] = (np.float32, (count, d))
         if LABELS in files:
             expected[LABELS] = (np.int64, (count,))
         for name, entry in files.items():
@@ -589,10 +617,10 @@ class Database:
             arrays[name] = arr
 
         if verify == "full":
-            codes = arrays[CODES]
-            for start in range(0, count, _CODE_CHECK_ROWS):
-                if int(codes[:, start : start + _CODE_CHECK_ROWS].max()) >= k_size:
-                    raise DatabaseError(f"{path}: {CODES} holds codes >= the codebook size {k_size}")
+            _check_codes(path, arrays[CODES], k_size)
+        if KEYS not in arrays:  # not stored: computed from the codes
+            arrays[KEYS] = _keys_from_code_blocks(arrays[CODES], arrays[CODEBOOK], key_kind, bf, d)
+        if verify == "full":
             if not np.isfinite(arrays[CODEBOOK]).all():
                 raise DatabaseError(f"{path}: {CODEBOOK} contains NaN or infinity")
             try:
@@ -769,7 +797,10 @@ class Database:
             raise TypeError(f"unknown HNSW parameters: {', '.join(sorted(unknown))}")
         m = params.get("m", HNSWIndex.DEFAULT_M)
         efc = params.get("ef_construction", HNSWIndex.DEFAULT_EF_CONSTRUCTION)
-        sha = self._manifest["files"][KEYS]["sha256"][:16]  # the keys' identity: files are immutable
+        # The keys' identity (files are immutable): their own checksum, or what they are computed from.
+        files = self._manifest["files"]
+        sha = (files[KEYS]["sha256"] if KEYS in files else
+               hashlib.sha256((files[CODES]["sha256"] + files[CODEBOOK]["sha256"]).encode()).hexdigest())[:16]
         fpath = self.path / "indexes" / f"hnsw-M{m}-efc{efc}-{sha}.faiss"
         if fpath.is_file():
             return HNSWIndex.load(fpath, self._keys, ef_search=params.get("ef_search", HNSWIndex.DEFAULT_EF_SEARCH))
