@@ -37,9 +37,7 @@ def denoising_error(model: RissoleModel, latents: torch.Tensor, cond: torch.Tens
     out = {}
     for t in TIMESTEPS:
         noise = torch.randn(blocks.shape, generator=generator)
-        ab = model.alpha_bars[t]
-        x_t = ab.sqrt() * blocks + (1 - ab).sqrt() * noise
-        out[f"t{t}"] = float((eps_fn(x_t, t) - noise).pow(2).mean())
+        out[f"t{t}"] = float((eps_fn(model.add_noise(blocks, noise, t), t) - noise).pow(2).mean())
     out["mean"] = float(np.mean(list(out.values())))
     return out
 

@@ -49,6 +49,11 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def _check_count(n: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+
+
 @dataclass(frozen=True)
 class Retrieval:
     """What generation conditions on: per image, the query (a database id or -1 for a user image)
@@ -181,8 +186,7 @@ class Engine:
         with ``seed`` from ``query_ids`` (e.g. one category) or from the whole database.
         ``exclude_self`` removes a database query from its own neighbours (the reference keeps it).
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        _check_count(n)
         if query is not None and query_ids is not None:
             raise ValueError("pass query (images) or query_ids (database entries), not both")
         self._require_database("retrieve")
@@ -260,8 +264,7 @@ class Engine:
         else:
             if k is not None or query is not None or query_ids is not None:
                 self._require_database("k, query and query_ids")
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-                raise ValueError(f"n must be a positive integer, got {n!r}")
+            _check_count(n)
             retrieval = None
 
         p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size

@@ -152,6 +152,11 @@ class RissoleModel(nn.Module):
         """Images in [-1, 1] -> codebook indices [B, S/2**L, S/2**L] (int64)."""
         return self.autoencoder.encode_indices(images)
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """The forward process: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) noise, for t an int or one per row of x0."""
+        ab = self.alpha_bars[t].view(-1, *([1] * (x0.ndim - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (quantised first, as the reference does) -> images in [-1, 1]."""

@@ -111,7 +111,6 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     if previous is not None and (previous.get("config"), previous.get("train")) != (extra["config"], extra["train"]):
         raise ValueError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
 
-    alpha_bars = model.alpha_bars
     pos = torch.arange(p).repeat(train.batch_size)
     no_neighbours = torch.empty(train.batch_size * p, 0, config.block_size, config.block_size)
 
@@ -125,8 +124,7 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
             cond = ops.gather_blocks(db_blocks, ids[view][rows]).flatten(0, 1)
         t = torch.randint(0, config.diffusion.n_steps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        ab = alpha_bars[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        x_t = model.add_noise(x0, noise, t)
         loss = F.mse_loss(unet(x_t, cond, t, pos if unet.pos_embed is not None else None), noise)
         return {"loss": loss}
 
