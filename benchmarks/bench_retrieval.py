@@ -62,14 +62,9 @@ def proc_memory() -> dict[str, float]:
 
 def timed_median(fn, min_time: float = 2.0, min_reps: int = 3, max_reps: int = 50) -> float:
     """Median seconds per call of ``fn`` (one warm-up call first)."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    from rissole_trt.bench.timing import time_calls
+
+    return statistics.median(time_calls(fn, min_time=min_time, min_reps=min_reps, max_reps=max_reps))
 
 
 # --------------------------------------------------------------------------- phase 1: write

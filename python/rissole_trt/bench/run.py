@@ -381,8 +381,9 @@ class _Bench:
         shape = (o.psnr_images, self.P, self.C, self.bs, self.bs)
         x_t = draw_noise(shape, self.generators(o.psnr_images), device=self.device)
         out = {}
+        exact = self.backends.get("fp32") or TorchBackend(self.model, "fp32")  # reuse the packed weights
         for precision, eps_fn in (("fp32", self.model.denoiser(cond) if variant.kind == "eager" else
-                                   TorchBackend(self.model, "fp32").denoiser(cond)),
+                                   exact.denoiser(cond)),
                                   (variant.precision, self.make_denoiser(variant, cond))):
             blocks = sample(eps_fn, shape, self.model.schedule, make_sampler(name, self.model.schedule, steps), noise=x_t)
             out[precision] = from_model_output(self.decode(blocks)).astype(np.float64)
