@@ -53,14 +53,19 @@ def _onednn_version() -> str | None:
     return match.group(1) if match else None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def machine_info(device: torch.device) -> dict:
     """CPU model, cores, ISA flags, frequency, torch build facts, versions, GPU when used."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cpus()
     from ..runtime.torch_backend import bf16_native
 
     hw = {
@@ -102,12 +107,10 @@ def _gemm(device: torch.device, dtype: torch.dtype, size: int):
 
 
 def _conv(device: torch.device, dtype: torch.dtype, batch: int):
-    from ..runtime.torch_backend import bf16_native, PreparedConv  # the same conv path the fast backend takes
+    from ..runtime.torch_backend import PreparedConv, packs_for_onednn  # the fast backend's conv path
 
     conv = nn.Conv2d(256, 256, 3, padding=1).to(device)
-    packed = device.type == "cpu" and torch.backends.mkldnn.is_available() and (
-        dtype == torch.float32 or bf16_native("cpu"))
-    op = PreparedConv(conv, dtype, packed)
+    op = PreparedConv(conv, dtype, packs_for_onednn(device, dtype))
     x = torch.randn(batch, 256, 8, 8, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     return (lambda: op(x)), 2 * batch * 256 * 256 * 9 * 64, [batch, 256, 8, 8]
 
@@ -135,10 +138,11 @@ def _measure(make, sizes, device: torch.device, dtype: torch.dtype, min_time: fl
 
 def measure_peak(device: torch.device, precisions: list[str], min_time: float = 1.0) -> dict:
     """{precision: {"gemm": {...}, "conv": {...}, "peak_gflops": max}} measured now on ``device``."""
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    from ..runtime.torch_backend import precision_dtype
+
     out = {}
     for precision in precisions:
-        dtype = dtypes[precision]
+        dtype = precision_dtype(precision)
         gemm = _measure(_gemm, (256, 512, 1024, 2048), device, dtype, min_time)
         conv = _measure(_conv, (4, 16, 64), device, dtype, min_time)
         out[precision] = {"gemm": gemm, "conv": conv, "peak_gflops": max(gemm["gflops"], conv["gflops"])}

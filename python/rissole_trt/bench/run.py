@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from ..images import from_model_output
-from ..diffusion import SAMPLERS, DEFAULT_STEPS, draw_noise, make_sampler
-from ..runtime.torch_backend import PRECISIONS, TorchBackend, bf16_native
+from ..diffusion import SAMPLERS, draw_noise, make_sampler, timesteps_for
+from ..runtime.torch_backend import PRECISIONS, TorchBackend, precision_native
 from .baseline import ReferenceChain
 from .flops import model_flops
-from .hardware import machine_info, measure_peak
+from .hardware import machine_info, measure_peak, usable_cpus
 from .timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
 
 __all__ = ["BenchOptions", "run_bench", "parse_sampler", "BACKENDS", "SCHEMA"]
@@ -58,22 +58,11 @@ def parse_sampler(spec: str, n_steps: int) -> tuple[str, int]:
     name, _, steps = spec.partition(":")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r} in {spec!r}; choose from {', '.join(SAMPLERS)} (e.g. ddim:50)")
-    if steps:
-        try:
-            count = int(steps)
-        except ValueError:
-            raise ValueError(f"sampler steps must be an integer, got {spec!r}") from None
-    else:
-        default = DEFAULT_STEPS[name]
-        count = n_steps if default is None else min(default, n_steps)
-    make_sampler(name, _schedule_stub(n_steps), count)  # validates steps with the sampler's own messages
-    return name, count
-
-
-def _schedule_stub(n_steps: int):
-    from ..diffusion import NoiseSchedule
-
-    return NoiseSchedule("linear", n_steps)
+    try:
+        count = int(steps) if steps else None
+    except ValueError:
+        raise ValueError(f"sampler steps must be an integer, got {spec!r}") from None
+    return name, len(timesteps_for(name, count, n_steps))  # the sampler's default and checks
 
 
 @dataclass
@@ -205,7 +194,7 @@ class _Bench:
         threads of one op wait for each other at every OpenMP barrier while one of them is
         descheduled, which can make small ops many times slower. Probed on the baseline's call
         (the UNet's full forward on one image per row, ``images`` rows), alternating twice."""
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        usable = usable_cpus()
         if usable == 1 or self.device.type != "cpu":
             return usable, None
         config = self.model.config
@@ -248,7 +237,7 @@ class _Bench:
         # An emulated precision, or a call predicted (at the measured peak) to take over a third of
         # the budget, is timed on one image's rows and scaled: a warm-up and two timed calls must fit.
         predicted = flops_row * variant.rows_per_call / (peak * 1e9) if peak else 0.0
-        emulated = variant.precision != "fp32" and not bf16_native(self.device)
+        emulated = not precision_native(variant.precision, self.device)
         scaled = variant.kind != "reference" and (emulated or predicted * 3 > self.o.budget_s) and self.B > 1
         return _Runner(self, variant, images=1 if scaled else self.B, predicted_s=predicted)
 
@@ -464,7 +453,7 @@ class _Runner:
             "name": v.name,
             "kind": v.kind,
             "precision": v.precision,
-            "precision_native": v.precision == "fp32" or bf16_native(b.device),
+            "precision_native": precision_native(v.precision, b.device),
             "rows_per_call": v.rows_per_call,
             "calls_per_step": v.calls_per_step,
             "timed_rows": self.rows,

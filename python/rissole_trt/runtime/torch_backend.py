@@ -39,7 +39,7 @@ from ..models.layers import Attention, UNetResBlock
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..models.unet import BlockUNet
 
-__all__ = ["PRECISIONS", "bf16_native", "PreparedConv", "SubPixelConvTranspose", "FastUNet", "FastBlockDenoiser", "TorchBackend"]
+__all__ = ["PRECISIONS", "precision_dtype", "bf16_native", "precision_native", "packs_for_onednn", "PreparedConv", "SubPixelConvTranspose", "FastUNet", "FastBlockDenoiser", "TorchBackend"]
 
 #: Precisions the torch backend runs in.
 PRECISIONS = ("fp32", "bf16")
@@ -47,7 +47,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _CL = torch.channels_last
 
 
-def _check_precision(precision: str) -> torch.dtype:
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision name; ValueError for an unknown one."""
     if precision not in _DTYPES:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return _DTYPES[precision]
@@ -61,6 +62,17 @@ def bf16_native(device: str | torch.device = "cpu") -> bool:
     if device.type == "cpu":
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def precision_native(precision: str, device: str | torch.device = "cpu") -> bool:
+    """False when ``device`` only emulates ``precision`` (bf16 without bf16 arithmetic)."""
+    return precision_dtype(precision) == torch.float32 or bf16_native(device)
+
+
+def packs_for_onednn(device: str | torch.device, dtype: torch.dtype) -> bool:
+    """Whether convolutions run with prepacked oneDNN weights: on the CPU, when oneDNN supports the dtype."""
+    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and (dtype == torch.float32 or bf16_native("cpu")))
 
 
 def _pair(v: int | tuple[int, ...]) -> list[int]:
@@ -216,12 +228,11 @@ class FastUNet:
     """
 
     def __init__(self, unet: BlockUNet, precision: str = "fp32") -> None:
-        self.dtype = _check_precision(precision)
+        self.dtype = precision_dtype(precision)
         self.precision = precision
         self.device = next(unet.parameters()).device
         # oneDNN packing on the CPU when it supports the dtype; plain channels-last convs otherwise.
-        self.packed = (self.device.type == "cpu" and torch.backends.mkldnn.is_available()
-                       and (self.dtype == torch.float32 or bf16_native("cpu")))
+        self.packed = packs_for_onednn(self.device, self.dtype)
         dt, pk = self.dtype, self.packed
         self.has_pos = unet.pos_embed is not None
         self.x_conv = PreparedConv(unet.x_conv, dt, pk)
@@ -298,7 +309,7 @@ class TorchBackend:
     @property
     def native(self) -> bool:
         """False when the precision is emulated on this device (bf16 on a CPU without bf16 arithmetic)."""
-        return self.precision == "fp32" or bf16_native(self.unet.device)
+        return precision_native(self.precision, self.unet.device)
 
     def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> FastBlockDenoiser:
         """An ``eps_fn(x_t, t)`` over the neighbours ``cond``, as :meth:`RissoleModel.denoiser`."""
