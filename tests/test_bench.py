@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reference_fixtures import paths
+from tolerances import TOLERANCES, assert_close
 from rissole_trt import cli
 from rissole_trt.bench import GOALS, BenchOptions, evaluate_goals, parse_sampler
 from rissole_trt.bench.baseline import reference_sample
@@ -109,14 +110,14 @@ def test_reference_loop_gives_the_same_images_as_our_sampler(short_model, ours):
         eps_fn = model.denoiser(cond) if ours == "eager" else TorchBackend(model, "fp32").denoiser(cond)
         got = sample(eps_fn, shape, model.schedule, "ddpm", noise=x_t, noise_fn=lambda i: step_noise[i])
         assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        assert_close(got, expected, "fp32_sampled")
 
         def images(blocks):
             from rissole_trt import ops
             z = model.decode(ops.merge_blocks(blocks, config.unet.block_factor))
             return z.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).to(torch.int16)
 
-        assert int((images(got) - images(expected)).abs().max()) <= 1
+        assert_close(images(got), images(expected), "images_uint8")
 
 
 def test_reference_loop_can_stop_early(short_model):
@@ -141,7 +142,8 @@ def test_bf16_backend_is_close_to_fp32(short_model):
         got = TorchBackend(short_model, "bf16").denoiser(cond)(x, 10)
     assert got.dtype == torch.float32 and got.shape == ref.shape
     # bf16 keeps 8 bits of mantissa: a few percent of the output's scale.
-    assert float((got - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.05
+    bf16 = TOLERANCES["bf16_eps"]
+    assert float((got - ref).abs().max()) < bf16.rtol * float(ref.abs().max()) + bf16.atol
     with pytest.raises(ValueError, match="unknown precision"):
         TorchBackend(short_model, "fp8")
 
@@ -156,7 +158,7 @@ def test_sub_pixel_upsampling_equals_the_transposed_conv(packed):
     assert not SubPixelConvTranspose.applies(nn.ConvTranspose2d(6, 5, kernel_size=3, stride=2, padding=1))
     x = torch.randn(3, 6, 4, 5).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        torch.testing.assert_close(SubPixelConvTranspose(up, torch.float32, packed)(x), up(x), atol=1e-5, rtol=1e-5)
+        assert_close(SubPixelConvTranspose(up, torch.float32, packed)(x), up(x), "fp32_reorder")
 
 
 # ----------------------------------------------------------------------------------------- options and goals

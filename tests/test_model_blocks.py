@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reference_fixtures import load_io, paths
+from tolerances import assert_close, tol
 from rissole_trt.diffusion import sample
 from rissole_trt.models import RissoleModel
 
@@ -30,7 +31,7 @@ def test_eps_batched_equals_one_call_per_position(model):
     assert batched.shape == x.shape
     for p in range(model.config.n_blocks):
         separate = model.eps(x[:, p], cond[:, p], t, p)
-        torch.testing.assert_close(batched[:, p], separate, rtol=0, atol=1e-5)
+        assert_close(batched[:, p], separate, "fp32_reorder")
     # Positions are really used: the same block at another position gives another ε.
     shifted = model.eps(x[:, 0], cond[:, 0], t, 1)
     assert (shifted - batched[:, 0]).abs().max() > 1e-3
@@ -70,15 +71,16 @@ def test_hoisted_denoiser_runs_the_neighbour_conv_once(model, sampler, steps):
         assert counter.calls == 1
     finally:
         counter.handle.remove()
-    torch.testing.assert_close(hoisted, plain, rtol=0, atol=1e-6)
-    torch.testing.assert_close(blocks.flatten(0, 1), plain, rtol=0, atol=1e-6)
+    # Other GEMM shapes (P rows of position bias, repeated) round differently on some ISAs.
+    assert_close(hoisted, plain, "fp32_sampled")
+    assert_close(blocks.flatten(0, 1), plain, "fp32_sampled")
 
 
 def test_hoisted_denoiser_matches_fixture_eps(model):
     """Per-row timesteps through the precomputed time table give the reference's ε."""
     io = load_io("ref_addpos_")
     eps = model.denoiser(io["cond"], io["pos"])(io["x"], io["t"])
-    torch.testing.assert_close(eps, io["eps"], rtol=0, atol=1e-4)
+    assert_close(eps, io["eps"], "fp32_fixture")
 
 
 def test_unet_forward_is_the_composition_of_its_parts(model):
@@ -87,7 +89,7 @@ def test_unet_forward_is_the_composition_of_its_parts(model):
     with torch.no_grad():
         parts = unet.forward_hoisted(io["x"], unet.condition(io["cond"]), unet.embed_time(io["t"]), unet.embed_pos(io["pos"]))
         whole = unet(io["x"], io["cond"], io["t"], io["pos"])
-    torch.testing.assert_close(parts, whole, rtol=0, atol=0)
+    assert_close(parts, whole, "bitwise")  # the same calls on the same tensors
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from synthetic import cli_train_tiny, smooth_images
+from tolerances import TOLERANCES, assert_close
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
@@ -59,8 +60,8 @@ def test_equals_the_retrieval_model_with_zero_neighbours(models):
     none = torch.empty(2, 4, 0, 4, 4)
     for t in (0, 25, 49):
         expected = with_retrieval.denoiser(zeros)(x, t)
-        torch.testing.assert_close(without.denoiser(none)(x, t), expected, rtol=0, atol=1e-6)
-        torch.testing.assert_close(TorchBackend(without).denoiser(none)(x, t), expected, rtol=0, atol=1e-5)
+        assert_close(without.denoiser(none)(x, t), expected, "fp32_reorder")
+        assert_close(TorchBackend(without).denoiser(none)(x, t), expected, "fp32_reorder")
     with pytest.raises(ValueError, match="this model uses no retrieval"):
         without.denoiser(zeros)
 
@@ -72,7 +73,7 @@ def test_onnx_export_of_a_model_without_retrieval(models, tmp_path):
     _, without = models
     x, none = torch.randn(3, 4, 4, 4, 4), torch.empty(3, 4, 0, 4, 4)
     ours = OnnxRuntimeBackend(without, cache_dir=tmp_path).denoiser(none)(x, 10)
-    torch.testing.assert_close(ours, without.denoiser(none)(x, 10), rtol=0, atol=1e-5)
+    assert_close(ours, without.denoiser(none)(x, 10), "onnx_fp32")
 
 
 def test_engine_needs_no_database_and_refuses_retrieval_arguments(models, tmp_path):
@@ -82,18 +83,18 @@ def test_engine_needs_no_database_and_refuses_retrieval_arguments(models, tmp_pa
     a = engine.generate(3, seed=5, sampler="ddim", steps=5, eta=1.0, batch_size=2, progress=False)
     b = engine.generate(3, seed=5, sampler="ddim", steps=5, eta=1.0, batch_size=3, progress=False)
     assert a.shape == (3, 32, 32, 3) and a.std() > 0
-    np.testing.assert_array_equal(a, b)
+    assert_close(a, b, "images_uint8")  # other batch shapes round differently on some ISAs
     with pytest.raises(RissoleError, match="uses none"):
         engine.generate(1, k=2, sampler="ddim", steps=2, progress=False)
     with pytest.raises(RissoleError, match="uses none"):
-        engine.retrieve(1)
+        engine.retrieve(engine.plan(1))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         engine.generate(0, sampler="ddim", steps=2, progress=False)
 
     db = build_database(with_retrieval, smooth_images(6, size=32), tmp_path / "db", progress=False)
-    with pytest.raises(RissoleError, match="pass no database"):
+    with pytest.raises(RissoleError, match="give it no database"):
         Engine(without, db, device="cpu")
-    with pytest.raises(RissoleError, match="pass database="):
+    with pytest.raises(RissoleError, match="needs a database"):
         Engine(with_retrieval, device="cpu")
 
 

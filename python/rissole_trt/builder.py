@@ -13,6 +13,7 @@ from .images import to_model_input
 from .models.autoencoder import VQAutoencoder
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, DatabaseWriter
+from .errors import InvalidArgumentError
 
 
 def autoencoder_fingerprint(autoencoder: VQAutoencoder) -> str:
@@ -50,9 +51,9 @@ def build_database(
     config = model.config
     size = config.image_size
     if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 [N, {size}, {size}, 3] for this model, got {images.dtype} {images.shape}")
+        raise InvalidArgumentError(f"images must be uint8 [N, {size}, {size}, 3] for this model, got {images.dtype} {images.shape}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
     autoencoder = model.autoencoder
     latent_shape = (config.autoencoder.latent_dim, config.latent_size, config.latent_size)

@@ -29,8 +29,9 @@ COMMANDS = [
 
 PROG = "rissole-trt"
 
-# Errors that mean bad input or a missing optional piece: printed as one line, exit code 2.
-USER_ERRORS = (RissoleError, ValueError, IndexError, OSError, ImportError)
+# Errors that mean bad input, a missing optional piece or a failing file system: one line, exit code 2.
+# Anything else is a bug in rissole_trt and keeps its traceback.
+USER_ERRORS = (RissoleError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from .diffusion.schedules import SCHEDULES
+from .errors import InvalidArgumentError
 
 __all__ = [
     "AutoencoderConfig",
@@ -37,20 +38,20 @@ SINUSOID_ROWS = 5000
 
 def _positive_int(owner: str, name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+        raise InvalidArgumentError(f"{owner}.{name} must be a positive integer, got {value!r}")
 
 
 def _non_negative_int(owner: str, name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{owner}.{name} must be a non-negative integer, got {value!r}")
+        raise InvalidArgumentError(f"{owner}.{name} must be a non-negative integer, got {value!r}")
 
 
 def _channel_list(owner: str, name: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{owner}.{name} must be a list of positive integers, got {value!r}")
+        raise InvalidArgumentError(f"{owner}.{name} must be a list of positive integers, got {value!r}")
     channels = tuple(value)
     if not channels:
-        raise ValueError(f"{owner}.{name} must not be empty")
+        raise InvalidArgumentError(f"{owner}.{name} must not be empty")
     for i, c in enumerate(channels):
         _positive_int(owner, f"{name}[{i}]", c)
     return channels
@@ -77,15 +78,15 @@ class _JsonConfig:
     def from_dict(cls, data: Mapping[str, Any]):
         """Build from a dict as written by :meth:`to_dict`; unknown or missing keys are errors."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+            raise InvalidArgumentError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
         # Every field is required: a file never silently picks up a default.
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+            raise InvalidArgumentError(f"{cls.__name__}: unknown keys {unknown}")
         missing = sorted(names - set(data))
         if missing:
-            raise ValueError(f"{cls.__name__}: missing keys {missing}")
+            raise InvalidArgumentError(f"{cls.__name__}: missing keys {missing}")
         kwargs = dict(data)
         for name, sub in cls._nested.items():
             if name in kwargs:
@@ -102,7 +103,7 @@ class _JsonConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{cls.__name__}: invalid JSON: {exc}") from exc
+            raise InvalidArgumentError(f"{cls.__name__}: invalid JSON: {exc}") from exc
         return cls.from_dict(data)
 
 
@@ -135,7 +136,7 @@ class AutoencoderConfig(_JsonConfig):
             _positive_int(owner, name, getattr(self, name))
         for c in self.channels:
             if c % self.n_groups:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{owner}: channels {list(self.channels)} must all be divisible by "
                     f"n_groups={self.n_groups} (GroupNorm), {c} is not"
                 )
@@ -202,25 +203,25 @@ class UNetConfig(_JsonConfig):
             _non_negative_int(owner, name, getattr(self, name))
         for c in self.channels:
             if c % self.n_groups:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{owner}: channels {list(self.channels)} must all be divisible by "
                     f"n_groups={self.n_groups} (GroupNorm), {c} is not"
                 )
         if self.channels[0] % 2:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{owner}: channels[0]={self.channels[0]} must be even (the two input convs "
                 "produce channels[0] // 2 each)"
             )
         if self.pos_emb_dim % 2:
-            raise ValueError(f"{owner}: pos_emb_dim={self.pos_emb_dim} must be even (sin/cos pairs)")
+            raise InvalidArgumentError(f"{owner}: pos_emb_dim={self.pos_emb_dim} must be even (sin/cos pairs)")
         if self.conditioning not in CONDITIONING_MODES:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{owner}: unknown conditioning {self.conditioning!r}; known: {list(CONDITIONING_MODES)}"
             )
         if not isinstance(self.position_embedding, bool):
-            raise ValueError(f"{owner}.position_embedding must be true or false, got {self.position_embedding!r}")
+            raise InvalidArgumentError(f"{owner}.position_embedding must be true or false, got {self.position_embedding!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{owner}.dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise InvalidArgumentError(f"{owner}.dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
 
     @property
@@ -252,13 +253,13 @@ class UNetConfig(_JsonConfig):
         inner = self.inner_size(block_size)
         levels = 2 ** len(self.channels)
         if inner < 1 or inner % levels:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"UNetConfig: a {block_size}x{block_size} block becomes {inner}x{inner} after the input "
                 f"convs; it must be a positive multiple of 2**len(channels)={levels}"
             )
         out = self.output_size(block_size)
         if out != block_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"UNetConfig: the output conv (kernel {self.final_kernel_size}, padding "
                 f"{self.final_padding}) gives {out}x{out} blocks, not {block_size}x{block_size}"
             )
@@ -279,17 +280,17 @@ class DiffusionConfig(_JsonConfig):
     def __post_init__(self) -> None:
         owner = "DiffusionConfig"
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"{owner}: unknown schedule {self.schedule!r}; known: {list(SCHEDULES)}")
+            raise InvalidArgumentError(f"{owner}: unknown schedule {self.schedule!r}; known: {list(SCHEDULES)}")
         _positive_int(owner, "n_steps", self.n_steps)
         if self.n_steps > SINUSOID_ROWS:
-            raise ValueError(f"{owner}: n_steps={self.n_steps} exceeds the time embedding table ({SINUSOID_ROWS})")
+            raise InvalidArgumentError(f"{owner}: n_steps={self.n_steps} exceeds the time embedding table ({SINUSOID_ROWS})")
         for name in ("beta_1", "beta_2"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
+                raise InvalidArgumentError(f"{owner}.{name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if not 0.0 < self.beta_1 < self.beta_2 < 1.0:
-            raise ValueError(f"{owner}: need 0 < beta_1 < beta_2 < 1, got beta_1={self.beta_1}, beta_2={self.beta_2}")
+            raise InvalidArgumentError(f"{owner}: need 0 < beta_1 < beta_2 < 1, got beta_1={self.beta_1}, beta_2={self.beta_2}")
 
 
 @dataclass(frozen=True)
@@ -310,26 +311,26 @@ class ModelConfig(_JsonConfig):
     def __post_init__(self) -> None:
         for name, cls in self._nested.items():
             if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"ModelConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+                raise InvalidArgumentError(f"ModelConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         _positive_int("ModelConfig", "image_size", self.image_size)
         ae, unet = self.autoencoder, self.unet
         if self.image_size % ae.downsampling:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ModelConfig: image_size={self.image_size} must be divisible by "
                 f"2**len(autoencoder.channels)={ae.downsampling}"
             )
         if unet.latent_channels != ae.latent_dim:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ModelConfig: unet.latent_channels={unet.latent_channels} differs from "
                 f"autoencoder.latent_dim={ae.latent_dim}"
             )
         if self.latent_size % unet.block_factor:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ModelConfig: latent size {self.latent_size} is not divisible by "
                 f"block_factor={unet.block_factor}"
             )
         if unet.n_blocks > SINUSOID_ROWS:
-            raise ValueError(f"ModelConfig: {unet.n_blocks} blocks exceed the position table ({SINUSOID_ROWS})")
+            raise InvalidArgumentError(f"ModelConfig: {unet.n_blocks} blocks exceed the position table ({SINUSOID_ROWS})")
         unet.check_block_size(self.block_size)
 
     @property

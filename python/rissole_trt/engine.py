@@ -1,20 +1,27 @@
 """The Engine: query -> retrieve -> gather neighbour blocks -> denoise all blocks -> decode.
 
     engine = rissole_trt.Engine("model_dir", "db_dir")
-    images = engine.generate(16, seed=0, sampler="dpmpp_2m", steps=20)   # uint8 [16, H, W, 3]
+    images = engine.generate(16, seed=0)                      # uint8 [16, H, W, 3]
 
-Per batch of images, retrieval, the neighbour gather and every timestep-independent part of the
-denoiser (neighbour conv, position and time embeddings) run once; each sampler step is one denoiser
-call over all P blocks of all images in the batch. Each image draws its noise from its own generator
-seeded by (seed, image number), so the same seed gives the same images whatever the batch size.
+    plan = engine.plan(1_000_000, seed=0)                      # small, picklable, O(1) in n
+    part = engine.generate_batch(plan, 5000, 100)             # images 5000..5099 of that run
+    for start, images in engine.generate_iter(plan): ...      # any n, one batch at a time
+
+Image i of a plan depends on (seed, i) alone: its query is drawn from its own generator and its
+noise from another, so any slice of a plan can be generated anywhere (another process, another
+machine) and gives bitwise the images of the full run. Batches are aligned to the plan's
+``batch_size``: a slice runs the whole batches it touches, because GEMMs and convolutions of other
+shapes round differently on some CPUs. Per batch, retrieval, the neighbour gather and every
+timestep-independent part of the denoiser run once; each sampler step is one denoiser call over all
+P blocks of all images in the batch.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,15 +30,19 @@ from tqdm.auto import tqdm
 from . import ops
 from .builder import autoencoder_fingerprint
 from .diffusion import SAMPLERS, make_sampler, sample
-from .errors import RissoleError
+from .errors import (InvalidArgumentError, NonFiniteError, OutOfMemoryError, OutOfRangeError, RissoleError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
+from .runtime import registry
 
-#: Denoiser backends an Engine can be asked for; ``auto`` is ``torch``. TensorRT is planned.
-#: ``eager`` runs the plain model module (the specification), ``torch`` its prepacked twin.
-BACKENDS = ("auto", "torch", "eager", "onnxruntime")
+#: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``).
 PRECISIONS = ("fp32", "bf16")
+#: The sampler a user gets without asking: DPM-Solver++(2M) with 20 steps gave the best SWD per
+#: second of compute on the built-in model (README, "Quality"); ``ddpm`` is the exact one.
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20
+
+ProgressCallback = Callable[[int, int], None]
 
 
 def default_asset_paths() -> tuple[Path, Path]:
@@ -43,20 +54,42 @@ def default_asset_paths() -> tuple[Path, Path]:
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise InvalidArgumentError(f"unknown device {str(device)!r}; use auto, cpu or cuda[:i]") from error
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"device {str(device)!r} is not supported; use auto, cpu or cuda[:i]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RissoleError("device 'cuda' was requested but torch sees no CUDA device")
     return device
 
 
-def _check_count(n: object) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _image_seed(seed: int, image: int, stream: int) -> int:
+    """A 63-bit seed for one image's stream (0: noise, 1: query) from (seed, image number)."""
+    return int(np.random.SeedSequence([seed, image, stream]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def memory_available() -> int:
+    """Bytes this process can still allocate without swapping (MemAvailable on Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
 class Retrieval:
-    """What generation conditions on: per image, the query (a database id or -1 for a user image)
+    """What a batch conditions on: per image, the query (a database id or -1 for a user image)
     and the ids of its k neighbours."""
 
     query_ids: np.ndarray  # int64 [n]
@@ -64,8 +97,40 @@ class Retrieval:
     scores: np.ndarray  # float32 [n, k]
 
 
+@dataclass(frozen=True, eq=False)
+class GenerationPlan:
+    """Everything that decides the images of one run; small and picklable, whatever ``n``.
+
+    Image i's query and noise follow from (``seed``, i) alone. ``query_pool`` holds the database
+    ids queries are drawn from (None: the whole database), ``query_keys`` the retrieval keys of
+    user query images (image i uses row i mod m). Make one with :meth:`Engine.plan`.
+    """
+
+    n: int
+    seed: int
+    sampler: str
+    steps: int | None
+    eta: float | None
+    batch_size: int
+    k: int | None
+    exclude_self: bool
+    query_pool: np.ndarray | None = field(default=None, repr=False)
+    query_keys: np.ndarray | None = field(default=None, repr=False)
+
+    def batches(self, start: int = 0, count: int | None = None) -> list[tuple[int, int]]:
+        """``(first, count)`` of the aligned batches that images ``start .. start+count-1`` lie in."""
+        count = self.n - start if count is None else count
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
+        _positive_int(count, "count")
+        if start + count > self.n:
+            raise OutOfRangeError(f"images {start}..{start + count - 1} lie outside the plan's {self.n} images")
+        first = start - start % self.batch_size
+        return [(b, min(self.batch_size, self.n - b)) for b in range(first, start + count, self.batch_size)]
+
+
 class Engine:
-    """A loaded model and database, ready to generate.
+    """A loaded model, its database and a denoiser backend, ready to generate.
 
     Args:
         model: a model directory (:meth:`RissoleModel.save`), a loaded :class:`RissoleModel`, or None
@@ -74,32 +139,24 @@ class Engine:
             None: the built-in database with the built-in model; none at all for a model without
             retrieval (``conditioning="none"``), which must not be given one.
         device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
-        backend: the denoiser backend: ``"torch"`` (``"auto"``; weights prepacked once, channels-last,
-            fused adds), ``"eager"`` (the plain module) or ``"onnxruntime"`` (CPU; the per-step UNet
-            is exported to ONNX once, when the Engine is created).
-        precision: ``"fp32"`` (exact) or ``"bf16"`` (torch backend only; fast only on hardware
-            with bf16 arithmetic, which a warning says when it is missing).
+        backend: a denoiser backend of :mod:`rissole_trt.runtime` (``rissole-trt info`` lists them)
+            or ``"auto"``: the first available one in the device's order (:data:`AUTO_ORDER`).
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (fast only on hardware with bf16 arithmetic;
+            a warning says when it is emulated).
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`).
     """
 
     def __init__(self, model: str | os.PathLike | RissoleModel | None = None,
                  database: str | os.PathLike | Database | None = None, *, device: str | torch.device = "auto",
                  backend: str = "auto", precision: str = "fp32", index: str = "auto") -> None:
-        if backend not in BACKENDS:
-            raise RissoleError(
-                f"backend {backend!r} is not available: this version implements {', '.join(BACKENDS)} "
-                "(a TensorRT denoiser is planned, see the README)")
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.backend = "torch" if backend == "auto" else backend
-        if precision != "fp32" and self.backend != "torch":
-            raise ValueError(f"precision {precision!r} needs the torch backend, not {self.backend!r}")
-        self.precision = precision
+            raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.device = _resolve_device(device)
+        spec = registry.select(backend, self.device, precision)  # refuses before any loading
         if model is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
-                raise RissoleError("this install has no built-in default model; pass model= and database=")
+                raise RissoleError("this install has no built-in default model; give a model and a database")
             model = default_model
             database = default_db if database is None else database
         if not isinstance(model, RissoleModel):
@@ -111,26 +168,19 @@ class Engine:
         self.index_kind = index
         if not config.unet.uses_retrieval:
             if database is not None:
-                raise RissoleError("this model uses no retrieval (conditioning 'none'); pass no database")
+                raise RissoleError("this model uses no retrieval (conditioning 'none'); give it no database")
         elif database is None:
-            raise RissoleError("this model conditions on retrieved neighbours: pass database= (rissole-trt build-db)")
+            raise RissoleError("this model conditions on retrieved neighbours: it needs a database (rissole-trt build-db)")
         else:
             self.database = self._open_database(database)
             self.index = self.database.index(index)
-        if self.backend == "onnxruntime":
-            from .runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-            self._denoiser = OnnxRuntimeBackend(self.model).denoiser
-        elif self.backend == "torch":
-            from .runtime.torch_backend import TorchBackend
-
-            fast = TorchBackend(self.model, precision)
-            if not fast.native:
-                warnings.warn(f"{precision} is emulated on {self.device} (no native bf16 arithmetic): "
-                              "it runs many times slower than fp32 here", stacklevel=2)
-            self._denoiser = fast.denoiser
-        else:
-            self._denoiser = self.model.denoiser
+        self.backend = spec.name
+        self.precision = precision
+        self.runtime = spec.build(self.model, precision)
+        if not self.runtime.native:
+            warnings.warn(f"{precision} is emulated on {self.device} (no native bf16 arithmetic): "
+                          "it runs many times slower than fp32 here", stacklevel=2)
+        self._denoiser = self.runtime.denoiser
 
     def _open_database(self, database: str | os.PathLike | Database) -> Database:
         fingerprint = autoencoder_fingerprint(self.model.autoencoder)
@@ -159,8 +209,9 @@ class Engine:
         query = np.asarray(query)
         if query.ndim == 3:
             query = query[None]
-        if query.ndim != 4 or query.shape[1:] != (size, size, 3) or query.dtype != np.uint8:
-            raise ValueError(f"query images must be uint8 [m, {size}, {size}, 3], got {query.dtype} {list(query.shape)}")
+        if query.ndim != 4 or query.shape[1:] != (size, size, 3) or query.dtype != np.uint8 or len(query) == 0:
+            raise InvalidArgumentError(
+                f"query images must be uint8 [m >= 1, {size}, {size}, 3], got {query.dtype} {list(query.shape)}")
         return query
 
     def _check_k(self, k: int | None, exclude_self: bool) -> int:
@@ -168,46 +219,87 @@ class Engine:
         model_k = self.model.config.unet.k
         k = model_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
         if k > database.count - int(exclude_self):
-            raise ValueError(f"k = {k} is larger than the database allows ({database.count} entries"
-                             f"{', one of them the query itself' if exclude_self else ''})")
+            raise InvalidArgumentError(f"k = {k} is larger than the database allows ({database.count} entries"
+                                       f"{', one of them the query itself' if exclude_self else ''})")
         if k != model_k:
-            raise ValueError(f"this model was trained with k = {model_k} neighbours; k = {k} cannot be used")
+            raise InvalidArgumentError(f"this model was trained with k = {model_k} neighbours; k = {k} cannot be used")
         return int(k)
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, n: int, *, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
+             k: int | None = None, batch_size: int = 16, exclude_self: bool = True,
+             query: np.ndarray | None = None, query_ids: Sequence[int] | None = None,
+             eta: float | None = None) -> GenerationPlan:
+        """Check every setting and fix what the n images will be, without generating any.
+
+        Args:
+            n: number of images.
+            seed: seeds every image's query and noise (image i: from (seed, i)).
+            sampler: ``dpmpp_2m`` (default, 20 steps), ``ddim`` or ``ddpm`` (exact, all T steps).
+            steps: sampler steps (ddim / dpmpp_2m; default from the sampler).
+            k: neighbours per block; must be the model's k (the default).
+            batch_size: images denoised together (each contributes P block rows).
+            exclude_self: a database query is not its own neighbour (the reference behaviour is False).
+            query: user images ``[m, H, W, 3]`` uint8 to retrieve with instead of database entries
+                (image i uses ``query[i % m]``).
+            query_ids: database ids to draw queries from (e.g. one category).
+            eta: DDIM noise (0 deterministic).
+        """
+        n = _positive_int(n, "n")
+        if sampler not in SAMPLERS:
+            raise InvalidArgumentError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if sampler == DEFAULT_SAMPLER and steps is None:
+            steps = DEFAULT_STEPS
+        batch_size = _positive_int(batch_size, "batch_size")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        make_sampler(sampler, self.model.schedule, steps, eta=eta)  # validates steps and eta
+        pool = keys = None
+        if not self.model.config.unet.uses_retrieval:
+            if k is not None or query is not None or query_ids is not None:
+                self._require_database("k, query and query_ids")
+        else:
+            if query is not None and query_ids is not None:
+                raise InvalidArgumentError("give query (images) or query_ids (database entries), not both")
+            k = self._check_k(k, exclude_self and query is None)
+            if query is not None:
+                images = self._check_query_images(query)
+                with torch.no_grad():
+                    latents = self.model.encode(to_model_input(images, self.device))
+                keys = compute_keys(latents.cpu(), self.database.key_kind, self.database.block_factor)
+            elif query_ids is not None:
+                pool = np.asarray(query_ids)
+                if pool.ndim != 1 or pool.size == 0 or not np.issubdtype(pool.dtype, np.integer):
+                    raise InvalidArgumentError("query_ids must be a non-empty 1-D sequence of database ids")
+                if pool.min() < 0 or pool.max() >= self.database.count:
+                    bad = pool[(pool < 0) | (pool >= self.database.count)][0]
+                    raise OutOfRangeError(f"query id {int(bad)} is outside the database [0, {self.database.count})")
+                pool = pool.astype(np.int64)
+        return GenerationPlan(n=n, seed=int(seed), sampler=sampler, steps=steps, eta=eta, batch_size=batch_size,
+                              k=k, exclude_self=bool(exclude_self), query_pool=pool, query_keys=keys)
 
     # ------------------------------------------------------------------ the steps
 
-    def retrieve(self, n: int, *, seed: int = 0, k: int | None = None, exclude_self: bool = True,
-                 query: np.ndarray | None = None, query_ids: Sequence[int] | None = None) -> Retrieval:
-        """Choose n queries and search their neighbours (the retrieval half of :meth:`generate`).
-
-        Queries: user images ``query`` (image i uses ``query[i % m]``), else database entries drawn
-        with ``seed`` from ``query_ids`` (e.g. one category) or from the whole database.
-        ``exclude_self`` removes a database query from its own neighbours (the reference keeps it).
-        """
-        _check_count(n)
-        if query is not None and query_ids is not None:
-            raise ValueError("pass query (images) or query_ids (database entries), not both")
-        self._require_database("retrieve")
-        k = self._check_k(k, exclude_self and query is None)
-        if query is not None:
-            images = self._check_query_images(query)
-            with torch.no_grad():
-                latents = self.model.encode(to_model_input(images, self.device))
-            keys = compute_keys(latents.cpu(), self.database.key_kind, self.database.block_factor)
-            keys = keys[np.arange(n) % len(keys)]
-            chosen = np.full(n, -1, dtype=np.int64)
-            scores, ids = self.index.search(keys, k)
+    def retrieve(self, plan: GenerationPlan, start: int = 0, count: int | None = None) -> Retrieval:
+        """Queries and neighbours of images ``start .. start+count-1`` of ``plan`` (default: all)."""
+        database = self._require_database("retrieve")
+        count = plan.n - start if count is None else count
+        plan.batches(start, count)  # range check
+        images = np.arange(start, start + count)
+        if plan.query_keys is not None:
+            keys = plan.query_keys[images % len(plan.query_keys)]
+            chosen = np.full(count, -1, dtype=np.int64)
+            scores, ids = self.index.search(keys, plan.k)
         else:
-            pool = np.arange(self.database.count) if query_ids is None else np.asarray(query_ids)
-            if pool.ndim != 1 or pool.size == 0 or not np.issubdtype(pool.dtype, np.integer):
-                raise ValueError("query_ids must be a non-empty 1-D sequence of database ids")
-            if pool.min() < 0 or pool.max() >= self.database.count:
-                bad = pool[(pool < 0) | (pool >= self.database.count)][0]
-                raise IndexError(f"query id {int(bad)} is outside the database [0, {self.database.count})")
-            chosen = np.random.default_rng(seed).choice(pool.astype(np.int64), size=n, replace=True)
-            scores, ids = self.index.search(self.database.keys[chosen], k, exclude=chosen if exclude_self else None)
+            size = database.count if plan.query_pool is None else len(plan.query_pool)
+            draws = np.array([np.random.default_rng(_image_seed(plan.seed, int(i), 1)).integers(size)
+                              for i in images], dtype=np.int64)
+            chosen = draws if plan.query_pool is None else plan.query_pool[draws]
+            scores, ids = self.index.search(database.keys[chosen], plan.k,
+                                            exclude=chosen if plan.exclude_self else None)
         return Retrieval(chosen, ids.astype(np.int64), scores)
 
     @torch.no_grad()
@@ -215,75 +307,97 @@ class Engine:
         """Denoised blocks ``[B, P, C, bs, bs]`` -> images ``[B, 3, H, W]`` in [-1, 1].
 
         One image at a time: torch picks its CPU convolution algorithm (oneDNN or its own) by batch
-        size, and the two round differently; per image, the same seed gives the same pixels whatever
-        the batch size. The decoder is a small part of the time (see ``rissole-trt bench``).
+        size, and the two round differently; per image, the decoder's arithmetic does not depend on
+        the batch. The decoder is a small part of the time (see ``rissole-trt bench``).
         """
         latents = ops.merge_blocks(blocks, self.model.config.unet.block_factor)
         return torch.cat([self.model.decode(latents[i:i + 1]) for i in range(len(latents))])
 
     @staticmethod
     def image_generators(seed: int, first: int, count: int, device: torch.device) -> list[torch.Generator]:
-        """One generator per image, seeded by (seed, image number): batch-size independent noise."""
-        gens = []
-        for i in range(first, first + count):
-            state = int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> 1)
-            gens.append(torch.Generator(device=device).manual_seed(state))
-        return gens
+        """One noise generator per image, seeded by (seed, image number): batch-independent noise."""
+        return [torch.Generator(device=device).manual_seed(_image_seed(seed, i, 0))
+                for i in range(first, first + count)]
+
+    def _checked(self, denoiser, first: int, count: int):
+        """``denoiser`` that stops with :class:`NonFiniteError` as soon as ε is NaN or infinite."""
+        def eps_fn(x_t: torch.Tensor, t) -> torch.Tensor:
+            eps = denoiser(x_t, t)
+            if not bool(torch.isfinite(eps).all()):
+                bad = (~torch.isfinite(eps)).flatten(1).any(1).nonzero().flatten().tolist()
+                raise NonFiniteError(
+                    f"the denoiser returned NaN or infinite values at timestep {int(t) if not isinstance(t, torch.Tensor) or t.ndim == 0 else t.tolist()} "
+                    f"for images {[first + i for i in bad[:8]]}: the model's weights are broken "
+                    "(load it with verify=True, or retrain)")
+            return eps
+        return eps_fn
 
     @torch.no_grad()
-    def generate(self, n: int, seed: int = 0, sampler: str = "ddpm", steps: int | None = None,
+    def _run_batch(self, plan: GenerationPlan, first: int, count: int, on_step: Callable[[], None] | None) -> np.ndarray:
+        config = self.model.config
+        p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size
+        if self.database is None:
+            cond = torch.empty((count, p, 0, bs, bs), device=self.device)  # no neighbours
+        else:
+            ids = self.retrieve(plan, first, count).neighbour_ids
+            cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
+        denoiser = self._checked(self._denoiser(cond), first, count)
+        generators = self.image_generators(plan.seed, first, count, self.device)
+        blocks = sample(denoiser, (count, p, c, bs, bs), self.model.schedule, plan.sampler, plan.steps, eta=plan.eta,
+                        generator=generators, device=self.device,
+                        progress=None if on_step is None else lambda done, total: on_step())
+        return from_model_output(self.decode(blocks))
+
+    def generate_batch(self, plan: GenerationPlan, start: int, count: int) -> np.ndarray:
+        """Images ``start .. start+count-1`` of ``plan``, uint8 ``[count, H, W, 3]``, bitwise as in
+        :meth:`generate` (the aligned batches the slice touches are run whole)."""
+        parts = []
+        for first, size in plan.batches(start, count):
+            images = self._run_batch(plan, first, size, None)
+            lo, hi = max(start, first) - first, min(start + count, first + size) - first
+            parts.append(images[lo:hi])
+        return np.concatenate(parts)
+
+    def generate_iter(self, plan: GenerationPlan, *, progress: bool = False,
+                      callback: ProgressCallback | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first image number, uint8 images)`` batch by batch: memory stays one batch.
+
+        ``callback(images_done, n)`` is called after each batch; ``progress`` shows a bar of images.
+        """
+        num_steps = make_sampler(plan.sampler, self.model.schedule, plan.steps, eta=plan.eta).num_steps
+        with tqdm(total=plan.n, disable=not progress, unit="img", desc="generating", dynamic_ncols=True) as bar:
+            done = 0
+            for first, size in plan.batches():
+                # The bar moves by fractions of the batch at each sampler step.
+                on_step = (lambda: bar.update(size / num_steps)) if progress else None
+                images = self._run_batch(plan, first, size, on_step)
+                done += size
+                if progress:
+                    bar.n = done
+                    bar.refresh()
+                if callback is not None:
+                    callback(done, plan.n)
+                yield first, images
+
+    def generate(self, n: int, *, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
                  k: int | None = None, batch_size: int = 16, exclude_self: bool = True,
                  query: np.ndarray | None = None, query_ids: Sequence[int] | None = None,
-                 eta: float | None = None, progress: bool = True) -> np.ndarray:
-        """Generate ``n`` images, uint8 ``[n, H, W, 3]``.
+                 eta: float | None = None, progress: bool = True,
+                 callback: ProgressCallback | None = None) -> np.ndarray:
+        """Generate ``n`` images, uint8 ``[n, H, W, 3]``: :meth:`plan` then every batch of it.
 
-        Args:
-            n: number of images.
-            seed: seeds the choice of queries and every image's noise.
-            sampler: ``ddpm`` (exact, all T steps), ``ddim`` or ``dpmpp_2m``.
-            steps: sampler steps (ddim / dpmpp_2m; default from the sampler).
-            k: neighbours per block; must be the model's k (the default).
-            batch_size: images denoised together (each contributes P block rows).
-            exclude_self: a database query is not its own neighbour (the reference behaviour is False).
-            query: user images ``[m, H, W, 3]`` uint8 to retrieve with instead of database entries.
-            query_ids: database ids to draw queries from (e.g. one category).
-            eta: DDIM noise (0 deterministic).
-            progress: show a progress bar.
+        Arguments as in :meth:`plan`; ``progress`` shows a bar, ``callback(images_done, n)`` is called
+        after each batch. An output that cannot fit in memory is refused before any work (use
+        :meth:`generate_iter`).
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        config = self.model.config
-        schedule = self.model.schedule
-        plan = make_sampler(sampler, schedule, steps, eta=eta)  # validates steps and eta before any work
-        if config.unet.uses_retrieval:
-            retrieval = self.retrieve(n, seed=seed, k=k, exclude_self=exclude_self, query=query, query_ids=query_ids)
-        else:
-            if k is not None or query is not None or query_ids is not None:
-                self._require_database("k, query and query_ids")
-            _check_count(n)
-            retrieval = None
-
-        p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size
-        out = np.empty((n, config.image_size, config.image_size, 3), dtype=np.uint8)
-        bar = tqdm(total=n * plan.num_steps, disable=not progress, unit="step", desc="generating", dynamic_ncols=True)
-        try:
-            for start in range(0, n, batch_size):
-                count = min(batch_size, n - start)
-                if retrieval is None:
-                    cond = torch.empty((count, p, 0, bs, bs), device=self.device)  # no neighbours
-                else:
-                    ids = retrieval.neighbour_ids[start:start + count]
-                    cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
-                denoiser = self._denoiser(cond)
-                generators = self.image_generators(int(seed), start, count, self.device)
-                blocks = sample(denoiser, (count, p, c, bs, bs), schedule, plan,
-                                generator=generators, device=self.device,
-                                progress=lambda done, total: bar.update(count))
-                out[start:start + count] = from_model_output(self.decode(blocks))
-        finally:
-            bar.close()
+        plan = self.plan(n, seed=seed, sampler=sampler, steps=steps, k=k, batch_size=batch_size,
+                         exclude_self=exclude_self, query=query, query_ids=query_ids, eta=eta)
+        size = self.model.config.image_size
+        need = plan.n * size * size * 3
+        if need > memory_available():
+            raise OutOfMemoryError(f"{plan.n} images need {need / 2**30:.1f} GiB and {memory_available() / 2**30:.1f} GiB "
+                                   "is available; generate fewer at a time (Engine.generate_iter streams any n)")
+        out = np.empty((plan.n, size, size, 3), dtype=np.uint8)
+        for first, images in self.generate_iter(plan, progress=progress, callback=callback):
+            out[first:first + len(images)] = images
         return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from .errors import InvalidArgumentError, MissingFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -37,31 +38,31 @@ def load_images(path: str | os.PathLike, size: int, *, indices_key: str | None =
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such image file or folder: {path}")
+        raise MissingFileError(f"no such image file or folder: {path}")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "images" not in data:
-                raise ValueError(f"{path} has no 'images' array (it has: {', '.join(data.files)})")
+                raise InvalidArgumentError(f"{path} has no 'images' array (it has: {', '.join(data.files)})")
             images = data["images"]
             if indices_key is not None:
                 if indices_key not in data:
-                    raise ValueError(f"{path} has no '{indices_key}' array (it has: {', '.join(data.files)})")
+                    raise InvalidArgumentError(f"{path} has no '{indices_key}' array (it has: {', '.join(data.files)})")
                 images = images[data[indices_key]]
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"{path}: 'images' must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+            raise InvalidArgumentError(f"{path}: 'images' must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
         if images.shape[1:3] != (size, size):
             images = np.stack([_fit(Image.fromarray(im), size) for im in images])
         return np.ascontiguousarray(images)
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InvalidArgumentError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     images = []
     for file in files:
         try:
             with Image.open(file) as image:
                 images.append(_fit(image, size))
         except OSError as error:
-            raise ValueError(f"cannot read image {file}: {error}") from error
+            raise InvalidArgumentError(f"cannot read image {file}: {error}") from error
     return np.stack(images)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from .errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
 
 __all__ = [
     "split_blocks",
@@ -55,30 +56,30 @@ def cuda_kernels_available() -> bool:
 
 def _elem_size(t: torch.Tensor, name: str) -> int:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     try:
         return _ELEM_SIZE[t.dtype]
     except KeyError:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}") from None
+        raise InvalidTypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}") from None
 
 
 def _check_bf(bf: int) -> int:
     if isinstance(bf, bool) or not isinstance(bf, (int, np.integer)) or bf < 1:
-        raise ValueError(f"block factor bf must be a positive integer, got {bf!r}")
+        raise InvalidArgumentError(f"block factor bf must be a positive integer, got {bf!r}")
     return int(bf)
 
 
 def _check_ndim(t: torch.Tensor, ndim: int, name: str, layout: str) -> None:
     if t.dim() != ndim:
-        raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
+        raise InvalidArgumentError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
 
 
 def _ids_tensor(ids: Any) -> torch.Tensor:
     ids = torch.as_tensor(ids)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
+        raise InvalidTypeError(f"ids must be an integer tensor, got {ids.dtype}")
     if ids.dim() != 2:
-        raise ValueError(f"ids must have shape [B, k], got {tuple(ids.shape)}")
+        raise InvalidArgumentError(f"ids must have shape [B, k], got {tuple(ids.shape)}")
     return ids.to(torch.int64)
 
 
@@ -101,7 +102,7 @@ def _cuda_launch(t: torch.Tensor, op: str) -> tuple[int, int]:
 
 def _check_device(t: torch.Tensor, op: str) -> None:
     if t.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{op}: tensors on {t.device} are not supported (use cpu or cuda)")
+        raise InvalidArgumentError(f"{op}: tensors on {t.device} are not supported (use cpu or cuda)")
 
 
 # --------------------------------------------------------------------------- split / merge
@@ -131,7 +132,7 @@ def split_blocks(z: torch.Tensor, bf: int) -> torch.Tensor:
     _check_device(z, "split_blocks")
     b, c, h, w = z.shape
     if h % bf or w % bf:
-        raise ValueError(f"latent height {h} and width {w} must be divisible by the block factor {bf}")
+        raise InvalidArgumentError(f"latent height {h} and width {w} must be divisible by the block factor {bf}")
     z = z.contiguous()
     out = torch.empty((b, bf * bf, c, h // bf, w // bf), dtype=z.dtype, device=z.device)
     if z.is_cuda:
@@ -150,7 +151,7 @@ def merge_blocks(blocks: torch.Tensor, bf: int) -> torch.Tensor:
     _check_device(blocks, "merge_blocks")
     b, p, c, bh, bw = blocks.shape
     if p != bf * bf:
-        raise ValueError(f"blocks has {p} blocks per image, expected bf * bf = {bf * bf} for bf = {bf}")
+        raise InvalidArgumentError(f"blocks has {p} blocks per image, expected bf * bf = {bf * bf} for bf = {bf}")
     blocks = blocks.contiguous()
     h, w = bh * bf, bw * bf
     out = torch.empty((b, c, h, w), dtype=blocks.dtype, device=blocks.device)
@@ -216,15 +217,15 @@ def _codes_view(codes: Any) -> tuple[torch.Tensor | np.ndarray, tuple[int, ...]]
     """Check the codes array; returns it (torch tensor or numpy array, untouched) and its shape."""
     if isinstance(codes, np.ndarray):
         if codes.dtype != np.uint16:
-            raise TypeError(f"codes must be uint16, got numpy {codes.dtype}")
+            raise InvalidTypeError(f"codes must be uint16, got numpy {codes.dtype}")
     elif isinstance(codes, torch.Tensor):
         if codes.dtype not in _CODE_DTYPES:
-            raise TypeError(f"codes must be torch.uint16 or an int16 view of uint16 codes, got {codes.dtype}")
+            raise InvalidTypeError(f"codes must be torch.uint16 or an int16 view of uint16 codes, got {codes.dtype}")
         _check_device(codes, "gather_code_blocks")
     else:
-        raise TypeError(f"codes must be a torch.Tensor or numpy array, got {type(codes).__name__}")
+        raise InvalidTypeError(f"codes must be a torch.Tensor or numpy array, got {type(codes).__name__}")
     if codes.ndim != 4:
-        raise ValueError(f"codes must have shape [P, N, bh, bw], got {tuple(codes.shape)}")
+        raise InvalidArgumentError(f"codes must have shape [P, N, bh, bw], got {tuple(codes.shape)}")
     return codes, tuple(codes.shape)
 
 
@@ -270,7 +271,7 @@ def gather_code_blocks(codes: torch.Tensor | np.ndarray, codebook: torch.Tensor,
         )
         bad = int(flag.item())  # synchronises: a bad code must raise here, not later
         if bad:
-            raise IndexError(f"code {bad - 1} is out of range for a codebook of {kk} entries")
+            raise OutOfRangeError(f"code {bad - 1} is out of range for a codebook of {kk} entries")
     else:
         ids = ids.to("cpu").contiguous()
         _core().gather_code_blocks(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import AutoencoderConfig, ModelConfig, UNetConfig
+from .errors import InvalidArgumentError
 
 __all__ = ["Preset", "PRESETS", "preset_config", "make_preset_model"]
 
@@ -59,7 +60,7 @@ PRESETS: dict[str, Preset] = {
 def preset_config(name: str) -> ModelConfig:
     """The :class:`ModelConfig` of preset ``name`` (ValueError naming the presets otherwise)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InvalidArgumentError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name].config
 
 

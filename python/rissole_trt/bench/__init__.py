@@ -18,7 +18,7 @@ reduced precision to fp32, and the goals met or missed (:mod:`.report`).
 """
 
 from .report import GOALS, evaluate_goals, format_report, write_json, write_plot
-from .run import BACKENDS, SCHEMA, BenchOptions, parse_sampler, run_bench
+from .run import SCHEMA, BenchOptions, parse_sampler, run_bench
 
 __all__ = ["BenchOptions", "run_bench", "parse_sampler", "format_report", "write_json", "write_plot",
-           "evaluate_goals", "GOALS", "BACKENDS", "SCHEMA"]
+           "evaluate_goals", "GOALS", "SCHEMA"]

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from .timing import Timer
+from ..errors import InvalidArgumentError
 
 __all__ = ["ReferenceCoefficients", "ReferenceChain", "reference_sample"]
 
@@ -119,11 +120,11 @@ def reference_sample(
     config = model.config
     p_count, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size
     if cond.ndim != 5 or cond.shape[1] != p_count:
-        raise ValueError(f"cond must be [B, P={p_count}, k*C, bs, bs], got {list(cond.shape)}")
+        raise InvalidArgumentError(f"cond must be [B, P={p_count}, k*C, bs, bs], got {list(cond.shape)}")
     b, device = cond.shape[0], cond.device
     shape = (b, c, bs, bs)
     if noise is not None and tuple(noise.shape) != (b, p_count) + shape[1:]:
-        raise ValueError(f"noise must be [B, P, C, bs, bs] = {[b, p_count, *shape[1:]]}, got {list(noise.shape)}")
+        raise InvalidArgumentError(f"noise must be [B, P, C, bs, bs] = {[b, p_count, *shape[1:]]}, got {list(noise.shape)}")
     timesteps = list(range(config.diffusion.n_steps - 1, -1, -1))[:n_steps]
     coefs = ReferenceCoefficients.from_schedule(model.schedule, device)
     out = torch.empty((b, p_count) + shape[1:], device=device)

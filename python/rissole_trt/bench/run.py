@@ -3,9 +3,8 @@
 Vocabulary:
 
 * a **variant** is a way of running the denoiser: the ``reference`` baseline (eager fp32, one block
-  position per call, full forward every step), ``torch`` (the fast backend of
-  :mod:`rissole_trt.runtime.torch_backend`) in a precision, or ``eager`` (``RissoleModel.denoiser``,
-  what the Engine runs today). Each variant is timed once, in a run of the real pipeline:
+  position per call, full forward every step), or a backend of :mod:`rissole_trt.runtime` (built
+  through its registry) in a precision it serves. Each variant is timed once, in a run of the real pipeline:
   retrieve -> gather -> prepare (hoisting) -> ``timing_steps`` sampler steps -> decode -> uint8.
 * a **configuration** is a variant with a sampler and its number of steps. Its end-to-end time is
   composed from measured parts: the fixed phases of its variant (medians over ``repeats``), plus
@@ -40,28 +39,28 @@ import torch
 
 from ..images import from_model_output
 from ..diffusion import SAMPLERS, draw_noise, make_sampler, timesteps_for
-from ..runtime.torch_backend import PRECISIONS, TorchBackend, precision_native
+from ..runtime import registry
+from ..runtime.torch_backend import PRECISIONS, precision_native
 from .baseline import ReferenceChain
 from .flops import model_flops
 from .hardware import machine_info, measure_peak, usable_cpus
 from .timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
+from ..errors import InvalidArgumentError
 
-__all__ = ["BenchOptions", "run_bench", "parse_sampler", "BACKENDS", "SCHEMA"]
+__all__ = ["BenchOptions", "run_bench", "parse_sampler", "SCHEMA"]
 
 SCHEMA = "rissole_trt.bench/1"
-#: Denoiser backends the benchmark can time besides the reference baseline.
-BACKENDS = ("torch", "eager")
 
 
 def parse_sampler(spec: str, n_steps: int) -> tuple[str, int]:
     """``"ddpm"``, ``"ddim:50"``, ``"dpmpp_2m:20"`` or a bare name (its default steps) -> (name, steps)."""
     name, _, steps = spec.partition(":")
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r} in {spec!r}; choose from {', '.join(SAMPLERS)} (e.g. ddim:50)")
+        raise InvalidArgumentError(f"unknown sampler {name!r} in {spec!r}; choose from {', '.join(SAMPLERS)} (e.g. ddim:50)")
     try:
         count = int(steps) if steps else None
     except ValueError:
-        raise ValueError(f"sampler steps must be an integer, got {spec!r}") from None
+        raise InvalidArgumentError(f"sampler steps must be an integer, got {spec!r}") from None
     return name, len(timesteps_for(name, count, n_steps))  # the sampler's default and checks
 
 
@@ -90,33 +89,34 @@ class BenchOptions:
 
     def validate(self) -> None:
         if (self.preset is None) == (self.model is None):
-            raise ValueError("give exactly one of a preset (--preset) or a saved model (--model)")
+            raise InvalidArgumentError("give exactly one of a preset (--preset) or a saved model (--model)")
         if self.baseline not in (None, "reference"):
-            raise ValueError(f"unknown baseline {self.baseline!r}; the only baseline is 'reference'")
+            raise InvalidArgumentError(f"unknown baseline {self.baseline!r}; the only baseline is 'reference'")
         for name in ("images", "timing_steps", "repeats", "db_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.psnr_images < 0:
-            raise ValueError(f"psnr_images must be >= 0, got {self.psnr_images}")
+            raise InvalidArgumentError(f"psnr_images must be >= 0, got {self.psnr_images}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {self.threads}")
+            raise InvalidArgumentError(f"threads must be a positive integer, got {self.threads}")
         if not self.budget_s > 0 or not self.peak_time > 0:
-            raise ValueError("budget_s and peak_time must be positive")
-        bad = [b for b in self.backends if b not in BACKENDS]
-        if bad or not self.backends:
-            raise ValueError(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+            raise InvalidArgumentError("budget_s and peak_time must be positive")
+        if not self.backends:
+            raise InvalidArgumentError("give at least one backend")
+        for backend in self.backends:
+            registry.get_spec(backend)  # refuses an unknown name
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
-            raise ValueError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
+            raise InvalidArgumentError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
         if not self.samplers:
-            raise ValueError("give at least one sampler")
+            raise InvalidArgumentError("give at least one sampler")
 
 
 @dataclass
 class _Variant:
     name: str
-    kind: str  # "reference" | "torch" | "eager"
+    kind: str  # "reference" or a registered backend name
     precision: str
     rows_per_call: int
     calls_per_step: int
@@ -170,7 +170,7 @@ class _Bench:
         self.device = torch.device("cuda" if o.device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if o.device == "auto" else o.device))
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+            raise InvalidArgumentError("device 'cuda' was requested but torch sees no CUDA device")
         t0 = time.perf_counter()
         self.model = _load_model(o, self.device)
         self.threads, self.threads_probe = (o.threads, None) if o.threads else self.pick_threads()
@@ -216,7 +216,7 @@ class _Bench:
         return self.engine.image_generators(self.o.seed, first, count, self.device)
 
     def retrieve(self, seed: int):
-        return self.engine.retrieve(self.B, seed=seed)
+        return self.engine.retrieve(self.engine.plan(self.B, seed=seed))
 
     def gather(self, ids: np.ndarray) -> torch.Tensor:
         return self.engine.database.neighbour_blocks(ids, device=self.device)
@@ -225,9 +225,7 @@ class _Bench:
         return self.engine.decode(blocks)
 
     def make_denoiser(self, variant: _Variant, cond: torch.Tensor):
-        if variant.kind == "torch":
-            return self.backends[variant.precision].denoiser(cond)
-        return self.model.denoiser(cond)
+        return self.backends[(variant.kind, variant.precision)].denoiser(cond)
 
     # -- timing
 
@@ -370,9 +368,8 @@ class _Bench:
         shape = (o.psnr_images, self.P, self.C, self.bs, self.bs)
         x_t = draw_noise(shape, self.generators(o.psnr_images), device=self.device)
         out = {}
-        exact = self.backends.get("fp32") or TorchBackend(self.model, "fp32")  # reuse the packed weights
-        for precision, eps_fn in (("fp32", self.model.denoiser(cond) if variant.kind == "eager" else
-                                   exact.denoiser(cond)),
+        # Against the specification: the eager module in fp32.
+        for precision, eps_fn in (("fp32", self.model.denoiser(cond)),
                                   (variant.precision, self.make_denoiser(variant, cond))):
             blocks = sample(eps_fn, shape, self.model.schedule, make_sampler(name, self.model.schedule, steps), noise=x_t)
             out[precision] = from_model_output(self.decode(blocks)).astype(np.float64)
@@ -471,7 +468,7 @@ class _Runner:
             **self.memory,
             "peak_rss_is_process_peak": not self.reset_ok,
         }
-        if v.kind == "torch":
+        if v.kind != "reference" and v.kind != "eager":
             v.result["eps_max_abs_diff_vs_eager"] = b.eps_difference(v, self.cond)
         if b.o.profile:
             v.result["profile"] = b.profile(v, self.cond, self.shape, b.generators(self.images))
@@ -544,14 +541,18 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] | None = None) -
             variants.append(_Variant("reference fp32", "reference", "fp32", bench.B, bench.P))
         bench.backends = {}
         for backend in dict.fromkeys(options.backends):
-            if backend == "eager":
-                variants.append(_Variant("eager fp32", "eager", "fp32", bench.B * bench.P, 1))
-                continue
+            spec = registry.get_spec(backend)
             for precision in precisions:
+                ok, reason = registry.availability(spec, bench.device.type, precision)
+                if not ok:
+                    log(f"{backend} {precision}: skipped ({reason})")
+                    continue
                 t = time.perf_counter()
-                bench.backends[precision] = TorchBackend(bench.model, precision)
-                log(f"torch backend {precision}: prepared in {time.perf_counter() - t:.2f} s")
-                variants.append(_Variant(f"torch {precision}", "torch", precision, bench.B * bench.P, 1))
+                bench.backends[(backend, precision)] = spec.build(bench.model, precision)
+                log(f"{backend} backend {precision}: prepared in {time.perf_counter() - t:.2f} s")
+                variants.append(_Variant(f"{backend} {precision}", backend, precision, bench.B * bench.P, 1))
+        if len(variants) == int(options.baseline == "reference"):
+            raise InvalidArgumentError("none of the requested backends can run the requested precisions here")
         log(f"warming up {len(variants)} denoiser variant(s); then up to {options.timing_steps} steps each "
             f"(budget {options.budget_s:.0f} s per variant)")
         bench.time_variants(variants)

@@ -19,10 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", metavar="DIR", help="the model's database (default: a synthetic one of --db-size entries)")
     p.add_argument("--baseline", choices=["reference", "none"], default="reference",
                    help="time the authors' sampling procedure as the baseline (default) or not")
-    p.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "eager"],
-                   help="denoiser backends: torch (prepacked, channels-last; default), eager (RissoleModel.denoiser)")
+    p.add_argument("--backend", nargs="+", default=["torch"], metavar="NAME",
+                   help="denoiser backends to time (rissole-trt info lists them; default torch)")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                   help="precisions of the torch backend (default: fp32 bf16)")
+                   help="precisions to time each backend in, where it serves them (default: fp32 bf16)")
     p.add_argument("--sampler", nargs="+", default=["ddpm", "ddim:50", "dpmpp_2m:20"], metavar="NAME[:STEPS]",
                    help="samplers to compose with each backend (default: ddpm ddim:50 dpmpp_2m:20)")
     p.add_argument("--images", type=int, default=16,

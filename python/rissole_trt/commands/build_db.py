@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from ..errors import InvalidArgumentError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     labels = names = None
     if args.labels:
         if not args.images.endswith(".npz"):
-            raise ValueError("--labels needs an .npz input")
+            raise InvalidArgumentError("--labels needs an .npz input")
         with np.load(args.images, allow_pickle=False) as data:
             if args.labels not in data:
-                raise ValueError(f"{args.images} has no '{args.labels}' array")
+                raise InvalidArgumentError(f"{args.images} has no '{args.labels}' array")
             raw = data[args.labels]
             if args.split:
                 raw = raw[data[args.split]]

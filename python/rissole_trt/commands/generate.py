@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from ..errors import InvalidArgumentError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     query_ids = None
     if args.category:
         if engine.database is None:
-            raise ValueError("--category draws queries from the database, and this model uses no retrieval")
+            raise InvalidArgumentError("--category draws queries from the database, and this model uses no retrieval")
         names = engine.database.label_names
         if names is None or args.category not in names:
-            raise ValueError(f"the database has no label {args.category!r}; labels: {', '.join(names or []) or 'none'}")
+            raise InvalidArgumentError(f"the database has no label {args.category!r}; labels: {', '.join(names or []) or 'none'}")
         query_ids = np.nonzero(engine.database.labels == names.index(args.category))[0]
     images = engine.generate(args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
                              batch_size=args.batch_size, exclude_self=not args.include_self, query=query,

@@ -15,6 +15,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast where the CPU has bf16 arithmetic (auto), or force one; may change on resume")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -56,8 +58,12 @@ def _setup(args: argparse.Namespace):
 
     from ..images import load_images
 
+    from ..train.loop import resolve_training_precision
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.precision = resolve_training_precision(args.precision)
+    print(f"training precision: {args.precision}")
     return load_images(args.images, args.image_size, indices_key=args.split)
 
 
@@ -75,6 +81,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
     config = AutoencoderConfig(channels=tuple(args.channels), latent_dim=args.latent_dim, n_embeddings=args.codebook_size)
     train = AutoencoderTrainConfig(steps=args.steps, rec_loss=args.rec_loss, disc_weight=args.disc_weight,
                                    disc_start=args.disc_start, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                                   precision=args.precision,
                                    **_overrides(args, ("batch_size", "lr")))
     out = Path(args.output)
     model = train_autoencoder(images, config, train, out / "checkpoints", max_minutes=args.max_minutes,
@@ -102,6 +109,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
     model.autoencoder.load_state_dict(autoencoder.state_dict())
     train = DenoiserTrainConfig(steps=args.steps, retrieval=args.retrieval, key_kind=args.key,
                                 checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, seed=args.seed,
+                                precision=args.precision,
                                 **_overrides(args, ("batch_size", "lr")))
     out = Path(args.output)
     train_denoiser(images, model, train, out / "checkpoints", max_minutes=args.max_minutes,

@@ -19,6 +19,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from .schedules import NoiseSchedule, as_int
+from ..errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
 
 __all__ = [
     "SAMPLERS",
@@ -47,7 +48,7 @@ DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20
 
 def _check_sampler_name(sampler: str) -> None:
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+        raise InvalidArgumentError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
 
 
 def timesteps_for(sampler: str, steps: int | None, n_steps: int, spacing: str = DEFAULT_SPACING) -> list[int]:
@@ -68,20 +69,20 @@ def timesteps_for(sampler: str, steps: int | None, n_steps: int, spacing: str = 
     """
     _check_sampler_name(sampler)
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; valid spacings: {', '.join(SPACINGS)}")
+        raise InvalidArgumentError(f"unknown timestep spacing {spacing!r}; valid spacings: {', '.join(SPACINGS)}")
     n_steps = as_int(n_steps, "n_steps")
     if n_steps < 1:
-        raise ValueError(f"the schedule's number of steps must be positive, got {n_steps}")
+        raise InvalidArgumentError(f"the schedule's number of steps must be positive, got {n_steps}")
     if steps is None:
         default = DEFAULT_STEPS[sampler]
         steps = n_steps if default is None else min(default, n_steps)
     steps = as_int(steps, "steps")
     if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise InvalidArgumentError(f"steps must be positive, got {steps}")
     if steps > n_steps:
-        raise ValueError(f"steps={steps} is more than the schedule's {n_steps} timesteps")
+        raise InvalidArgumentError(f"steps={steps} is more than the schedule's {n_steps} timesteps")
     if sampler == "ddpm" and steps != n_steps:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"ddpm samples with all {n_steps} timesteps (got steps={steps}); use 'ddim' or 'dpmpp_2m' for fewer steps"
         )
     if steps == n_steps:
@@ -106,9 +107,9 @@ def _ddpm_coefs(schedule: NoiseSchedule, t: int) -> tuple[float, float, float]:
 
 def _check_like(name: str, value: torch.Tensor, x: torch.Tensor) -> None:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a tensor, got {type(value).__name__}")
     if value.shape != x.shape:
-        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected x's shape {tuple(x.shape)}")
+        raise InvalidArgumentError(f"{name} has shape {tuple(value.shape)}, expected x's shape {tuple(x.shape)}")
 
 
 def ddpm_step(
@@ -130,12 +131,12 @@ def ddpm_step(
         _check_like("noise", noise, x)
     if isinstance(t, torch.Tensor) and t.dim() > 0:
         if t.dim() != 1 or t.shape[0] != x.shape[0] or t.dtype.is_floating_point:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"per-row t must be a 1-D integer tensor of length {x.shape[0]}, got {t.dtype} {tuple(t.shape)}"
             )
         rows = [schedule.check_timestep(r) for r in t.tolist()]
         if noise is None and any(rows):
-            raise ValueError("noise is required for the DDPM step when any t > 0")
+            raise InvalidArgumentError("noise is required for the DDPM step when any t > 0")
         # One float64 coefficient triple per row, cast to x's dtype and broadcast over its rows.
         coefs = torch.tensor([_ddpm_coefs(schedule, r) for r in rows], dtype=torch.float64)
         coefs = coefs.to(device=x.device, dtype=x.dtype).T.reshape(3, -1, *([1] * (x.dim() - 1)))
@@ -148,7 +149,7 @@ def ddpm_step(
     if t == 0:  # σ_0 = 0: the reference returns the mean and draws no noise
         return mean
     if noise is None:
-        raise ValueError(f"noise is required for the DDPM step at t={t} > 0")
+        raise InvalidArgumentError(f"noise is required for the DDPM step at t={t} > 0")
     return mean + sigma * noise
 
 
@@ -165,7 +166,7 @@ class Sampler(ABC):
 
     def __init__(self, schedule: NoiseSchedule, timesteps: Sequence[int]) -> None:
         if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+            raise InvalidTypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.schedule = schedule
         self._timesteps = tuple(schedule.check_timestep(t) for t in timesteps)
         self._next = 0
@@ -187,13 +188,13 @@ class Sampler(ABC):
         """Advance from ``timesteps[i]`` to the next timestep (clean data after the last)."""
         i = as_int(i, "step index")
         if not 0 <= i < self.num_steps:
-            raise IndexError(f"step index {i} out of range 0..{self.num_steps - 1}")
+            raise OutOfRangeError(f"step index {i} out of range 0..{self.num_steps - 1}")
         if i != 0 and i != self._next:
             raise RuntimeError(f"{self.name}: steps must be taken in order; expected step {self._next}, got {i}")
         _check_like("eps", eps, x)
         if self.needs_noise(i):
             if noise is None:
-                raise ValueError(f"{self.name} step {i} (t={self._timesteps[i]}) needs noise")
+                raise InvalidArgumentError(f"{self.name} step {i} (t={self._timesteps[i]}) needs noise")
             _check_like("noise", noise, x)
         out = self._step(i, x, eps, noise)
         self._next = i + 1
@@ -243,7 +244,7 @@ class DDIMSampler(Sampler):
         spacing: str = DEFAULT_SPACING,
     ) -> None:
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+            raise InvalidArgumentError(f"eta must be a number in [0, 1], got {eta!r}")
         super().__init__(schedule, timesteps_for("ddim", steps, schedule.n_steps, spacing))
         self.eta = float(eta)
         # Per step: x' = a·x + b·ε + σ·z, coefficients in float64.
@@ -318,7 +319,7 @@ def make_sampler(
     """
     _check_sampler_name(name)
     if eta is not None and name != "ddim":
-        raise ValueError(f"eta applies to the 'ddim' sampler only, not {name!r}")
+        raise InvalidArgumentError(f"eta applies to the 'ddim' sampler only, not {name!r}")
     if name == "ddpm":
         # Validates steps (must be None or T) and spacing with the same messages as the others.
         timesteps_for("ddpm", steps, schedule.n_steps, spacing)

@@ -8,6 +8,7 @@ import torch
 
 from .samplers import DEFAULT_SPACING, Sampler, make_sampler
 from .schedules import NoiseSchedule, as_int
+from ..errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["EpsFn", "GeneratorArg", "draw_noise", "sample"]
 
@@ -42,9 +43,9 @@ def draw_noise(
         return _to(torch.randn(shape, generator=generator, dtype=dtype, device=generator.device), device)
     generators = list(generator)
     if not all(isinstance(g, torch.Generator) for g in generators):
-        raise TypeError("generator must be None, a torch.Generator or a sequence of torch.Generator")
+        raise InvalidTypeError("generator must be None, a torch.Generator or a sequence of torch.Generator")
     if len(shape) == 0 or len(generators) != shape[0]:
-        raise ValueError(f"got {len(generators)} per-row generators for a batch of shape {shape}")
+        raise InvalidArgumentError(f"got {len(generators)} per-row generators for a batch of shape {shape}")
     rows = [_to(torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device), device) for g in generators]
     return torch.stack(rows)
 
@@ -89,19 +90,19 @@ def sample(
     """
     if isinstance(sampler, Sampler):
         if steps is not None or eta is not None or spacing != DEFAULT_SPACING:
-            raise ValueError("steps, eta and spacing are fixed by a ready Sampler; pass them to make_sampler instead")
+            raise InvalidArgumentError("steps, eta and spacing are fixed by a ready Sampler; pass them to make_sampler instead")
         if sampler.schedule != schedule:
-            raise ValueError(f"the sampler was built for {sampler.schedule!r}, not {schedule!r}")
+            raise InvalidArgumentError(f"the sampler was built for {sampler.schedule!r}, not {schedule!r}")
     else:
         sampler = make_sampler(sampler, schedule, steps, eta=eta, spacing=spacing)
     shape = tuple(as_int(s, "shape entry") for s in shape)
     if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"shape must be non-empty with positive sizes, got {shape}")
+        raise InvalidArgumentError(f"shape must be non-empty with positive sizes, got {shape}")
 
     if noise is not None:
         if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise ValueError(f"initial noise has shape {got}, expected {shape}")
+            raise InvalidArgumentError(f"initial noise has shape {got}, expected {shape}")
         x = noise
     else:
         x = draw_noise(shape, generator, dtype=dtype, device=device)
@@ -115,7 +116,7 @@ def sample(
                 step_noise = noise_fn(i)
                 if not isinstance(step_noise, torch.Tensor) or step_noise.shape != x.shape:
                     got = tuple(step_noise.shape) if isinstance(step_noise, torch.Tensor) else type(step_noise).__name__
-                    raise ValueError(f"noise_fn({i}) returned {got}, expected a tensor of shape {tuple(x.shape)}")
+                    raise InvalidArgumentError(f"noise_fn({i}) returned {got}, expected a tensor of shape {tuple(x.shape)}")
                 step_noise = step_noise.to(device=x.device, dtype=x.dtype)
             else:
                 step_noise = draw_noise(shape, generator, dtype=x.dtype, device=x.device)

@@ -18,6 +18,7 @@ import numbers
 import operator
 
 import torch
+from ..errors import InvalidArgumentError, OutOfRangeError
 
 __all__ = ["SCHEDULES", "make_betas", "NoiseSchedule"]
 
@@ -32,25 +33,25 @@ _COSINE_CLIP = (0.0001, 0.9999)
 def as_int(value: object, name: str) -> int:
     """``value`` as a Python int (accepts numpy/torch integers), else a ValueError naming it."""
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}") from None
 
 
 def _check_params(kind: str, n_steps: int, beta_1: float, beta_2: float) -> None:
     if kind not in SCHEDULES:
-        raise ValueError(f"unknown beta schedule {kind!r}; valid schedules: {', '.join(SCHEDULES)}")
+        raise InvalidArgumentError(f"unknown beta schedule {kind!r}; valid schedules: {', '.join(SCHEDULES)}")
     if as_int(n_steps, "n_steps") < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+        raise InvalidArgumentError(f"n_steps must be a positive integer, got {n_steps!r}")
     for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+            raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
     # The reference demands beta_1 < beta_2 < 1 for every schedule (cosine ignores the values);
     # beta_1 > 0 is ours: with beta = 0 at t = 0 the ε parameterisation divides by 1 - alpha_bar = 0.
     if not 0.0 < beta_1 < beta_2 < 1.0:
-        raise ValueError(f"need 0 < beta_1 < beta_2 < 1, got beta_1={beta_1}, beta_2={beta_2}")
+        raise InvalidArgumentError(f"need 0 < beta_1 < beta_2 < 1, got beta_1={beta_1}, beta_2={beta_2}")
 
 
 def make_betas(
@@ -70,7 +71,7 @@ def make_betas(
     """
     _check_params(kind, n_steps, beta_1, beta_2)
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        raise InvalidArgumentError(f"dtype must be a floating-point dtype, got {dtype}")
     n_steps = as_int(n_steps, "n_steps")
     f64 = torch.float64
     if kind == "linear":
@@ -106,7 +107,7 @@ class NoiseSchedule:
     ) -> None:
         betas = make_betas(kind, n_steps, beta_1, beta_2, dtype=torch.float64)
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+            raise InvalidArgumentError(f"dtype must be a floating-point dtype, got {dtype}")
         self._kind, self._n_steps = kind, as_int(n_steps, "n_steps")
         self._beta_1, self._beta_2 = float(beta_1), float(beta_2)
         self._dtype = dtype
@@ -169,7 +170,7 @@ class NoiseSchedule:
         """Return ``t`` as an int after checking it is a valid timestep index (0..T-1)."""
         t = as_int(t, "timestep")
         if not 0 <= t < self._n_steps:
-            raise IndexError(f"timestep {t} out of range 0..{self._n_steps - 1}")
+            raise OutOfRangeError(f"timestep {t} out of range 0..{self._n_steps - 1}")
         return t
 
     def alpha_bar(self, t: int) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ..errors import InvalidArgumentError
 
 __all__ = [
     "block_seam_ratio",
@@ -27,9 +28,9 @@ __all__ = [
 def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{name} must be [N, H, W, 3], got shape {images.shape}")
+        raise InvalidArgumentError(f"{name} must be [N, H, W, 3], got shape {images.shape}")
     if images.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
+        raise InvalidArgumentError(f"{name} is empty")
     return images
 
 
@@ -43,9 +44,9 @@ def block_seam_ratio(images: np.ndarray, block_factor: int) -> float:
     images = _check_images(images).astype(np.float64)
     n, h, w, _ = images.shape
     if block_factor < 2:
-        raise ValueError("block_factor must be >= 2: with one block there is no seam")
+        raise InvalidArgumentError("block_factor must be >= 2: with one block there is no seam")
     if h % block_factor or w % block_factor:
-        raise ValueError(f"image size {h}x{w} is not divisible by block_factor {block_factor}")
+        raise InvalidArgumentError(f"image size {h}x{w} is not divisible by block_factor {block_factor}")
     dx = np.abs(np.diff(images, axis=2)).mean(axis=(0, 1, 3))  # [W-1], pair (j, j+1)
     dy = np.abs(np.diff(images, axis=1)).mean(axis=(0, 2, 3))  # [H-1]
     seam_x = (np.arange(1, w) % (w // block_factor)) == 0
@@ -54,7 +55,7 @@ def block_seam_ratio(images: np.ndarray, block_factor: int) -> float:
     at_seam = (dx[seam_x].sum() * h + dy[seam_y].sum() * w) / (seam_x.sum() * h + seam_y.sum() * w)
     elsewhere = (dx[~seam_x].sum() * h + dy[~seam_y].sum() * w) / ((~seam_x).sum() * h + (~seam_y).sum() * w)
     if elsewhere == 0:
-        raise ValueError("images are flat away from the block boundaries: the ratio is undefined")
+        raise InvalidArgumentError("images are flat away from the block boundaries: the ratio is undefined")
     return float(at_seam / elsewhere)
 
 
@@ -122,7 +123,7 @@ def sliced_wasserstein(images_a: np.ndarray, images_b: np.ndarray, *, levels: in
     a = _check_images(images_a, "images_a")
     b = _check_images(images_b, "images_b")
     if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"image sets differ in size: {a.shape[1:]} vs {b.shape[1:]}")
+        raise InvalidArgumentError(f"image sets differ in size: {a.shape[1:]} vs {b.shape[1:]}")
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b))
     a = a[rng.choice(len(a), n, replace=False)] if len(a) > n else a
@@ -138,7 +139,7 @@ def sliced_wasserstein(images_a: np.ndarray, images_b: np.ndarray, *, levels: in
     for level_a, level_b in zip(pyr_a, pyr_b):
         h, w = level_a.shape[-2:]
         if h < patch_size or w < patch_size:
-            raise ValueError(f"pyramid level {h}x{w} is smaller than the {patch_size}x{patch_size} patch")
+            raise InvalidArgumentError(f"pyramid level {h}x{w} is smaller than the {patch_size}x{patch_size} patch")
         # The same patch positions in both sets, so that a set compared with itself gives 0.
         ys = rng.integers(0, h - patch_size + 1, size=(n, patches_per_image))
         xs = rng.integers(0, w - patch_size + 1, size=(n, patches_per_image))
@@ -160,7 +161,7 @@ def nearest_neighbour_distances(queries: np.ndarray, reference: np.ndarray, *, e
     q = torch.from_numpy(_check_images(queries, "queries").reshape(len(queries), -1).astype(np.float32)) / 255.0
     r = torch.from_numpy(_check_images(reference, "reference").reshape(len(reference), -1).astype(np.float32)) / 255.0
     if q.shape[1] != r.shape[1]:
-        raise ValueError("queries and reference images differ in size")
+        raise InvalidArgumentError("queries and reference images differ in size")
     r_sq = (r.double() ** 2).sum(dim=1)
     out = np.empty(len(q))
     for start in range(0, len(q), chunk):
@@ -177,7 +178,7 @@ def memorisation_rate(generated: np.ndarray, training: np.ndarray, percentile: f
     """Share of generated images closer to their nearest training image than the ``percentile``-th
     percentile of nearest-neighbour distances among the training images themselves."""
     if len(training) < 2:
-        raise ValueError("memorisation needs at least two training images")
+        raise InvalidArgumentError("memorisation needs at least two training images")
     train_nn = nearest_neighbour_distances(training, training, exclude_same_index=True)
     threshold = float(np.percentile(train_nn, percentile))
     gen_nn = nearest_neighbour_distances(generated, training)
@@ -194,7 +195,7 @@ def psnr(original: np.ndarray, reconstructed: np.ndarray) -> float:
     a = _check_images(original, "original").astype(np.float64)
     b = _check_images(reconstructed, "reconstructed").astype(np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+        raise InvalidArgumentError(f"shapes differ: {a.shape} vs {b.shape}")
     mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
     with np.errstate(divide="ignore"):
         values = 10.0 * np.log10(255.0 ** 2 / mse)

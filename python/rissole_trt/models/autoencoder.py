@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import AutoencoderConfig
 from .layers import Attention, ResBlock
+from ..errors import InvalidArgumentError
 
 __all__ = ["VQAutoencoder", "Encoder", "Decoder", "VectorQuantizer"]
 
@@ -131,16 +132,16 @@ class VQAutoencoder(nn.Module):
 
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != self.config.in_channels:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"images must be [B, {self.config.in_channels}, H, W], got {list(images.shape)}"
             )
         down = self.config.downsampling
         if images.shape[2] % down or images.shape[3] % down:
-            raise ValueError(f"image height and width must be multiples of {down}, got {list(images.shape[2:])}")
+            raise InvalidArgumentError(f"image height and width must be multiples of {down}, got {list(images.shape[2:])}")
 
     def _check_latent(self, z: torch.Tensor) -> None:
         if z.ndim != 4 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"latents must be [B, {self.config.latent_dim}, h, w], got {list(z.shape)}")
+            raise InvalidArgumentError(f"latents must be [B, {self.config.latent_dim}, h, w], got {list(z.shape)}")
 
     def encode_continuous(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> un-quantised latents."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import InvalidArgumentError
 
 __all__ = ["sinusoid_table", "SinusoidEmbedding", "Attention", "ResBlock", "UNetResBlock"]
 
@@ -17,7 +18,7 @@ __all__ = ["sinusoid_table", "SinusoidEmbedding", "Attention", "ResBlock", "UNet
 def sinusoid_table(n_rows: int, dim: int) -> torch.Tensor:
     """Fixed float32 sinusoid table [n_rows, dim]: row r, columns 2i / 2i+1 = sin / cos(r / 10000**(2i/dim))."""
     if dim % 2:
-        raise ValueError(f"sinusoid dim must be even, got {dim}")
+        raise InvalidArgumentError(f"sinusoid dim must be even, got {dim}")
     rows = torch.arange(0, n_rows, dtype=torch.float32).unsqueeze(1)
     two_i = torch.arange(0, dim, 2, dtype=torch.float32)
     # Same expression and dtype as the reference so that the table matches it bit for bit.

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Union
 import torch
 
 from ..config import SINUSOID_ROWS, AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
-from .errors import RissoleModelError
+from ..errors import InvalidArgumentError, MissingFileError, RissoleModelError
 from .layers import sinusoid_table
 
 __all__ = [
@@ -81,7 +81,7 @@ def read_reference_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler fails on garbage with almost any exception type
@@ -102,7 +102,7 @@ def load_yaml(source: PathOrDict, what: str) -> dict[str, Any]:
         return dict(source)
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     try:
         import yaml
     except ImportError as exc:  # pragma: no cover - pyyaml is a dependency
@@ -424,16 +424,16 @@ def import_reference(
 
     for name, value in (("unet_config", unet_config), ("vqgan_config", vqgan_config), ("ddpm_config", ddpm_config)):
         if value is None:
-            raise ValueError(f"{name} is required (the authors' YAML file or its parsed dict)")
+            raise InvalidArgumentError(f"{name} is required (the authors' YAML file or its parsed dict)")
     if checkpoint is not None:
         if vqgan_checkpoint is not None or unet_checkpoint is not None:
-            raise ValueError("pass either checkpoint (a whole DDPM checkpoint) or vqgan_checkpoint and unet_checkpoint, not both")
+            raise InvalidArgumentError("pass either checkpoint (a whole DDPM checkpoint) or vqgan_checkpoint and unet_checkpoint, not both")
         unet_state, ae_state = _split_ddpm_checkpoint(read_reference_checkpoint(checkpoint), Path(checkpoint))
         ref_prefix_unet, ref_prefix_ae = _PREFIX_UNET, _PREFIX_AE
         unet_what = ae_what = f"checkpoint {checkpoint}"
     else:
         if vqgan_checkpoint is None or unet_checkpoint is None:
-            raise ValueError("pass checkpoint (a whole DDPM checkpoint) or both vqgan_checkpoint and unet_checkpoint")
+            raise InvalidArgumentError("pass checkpoint (a whole DDPM checkpoint) or both vqgan_checkpoint and unet_checkpoint")
         unet_state = _read_part(unet_checkpoint, "UNet")
         ae_state = _read_part(vqgan_checkpoint, "VQ-GAN")
         ref_prefix_unet = ref_prefix_ae = ""

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..diffusion.schedules import NoiseSchedule, as_int
 from .autoencoder import VQAutoencoder
-from .errors import RissoleModelError
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError, RissoleModelError
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
 
@@ -47,7 +47,7 @@ class RissoleModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+            raise InvalidTypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = config
         self.autoencoder = VQAutoencoder(config.autoencoder)
         self.unet = BlockUNet(config.unet)
@@ -63,11 +63,11 @@ class RissoleModel(nn.Module):
         unet = self.config.unet
         c, bs = unet.latent_channels, self.config.block_size
         if x_t.ndim != 4 or x_t.shape[1:] != (c, bs, bs):
-            raise ValueError(f"x_t must be [N, {c}, {bs}, {bs}] (noisy latent blocks), got {list(x_t.shape)}")
+            raise InvalidArgumentError(f"x_t must be [N, {c}, {bs}, {bs}] (noisy latent blocks), got {list(x_t.shape)}")
         if cond.shape != (x_t.shape[0], unet.cond_channels, bs, bs):
             what = (f"k={unet.k} neighbour blocks stacked on channels" if unet.uses_retrieval
                     else "this model uses no retrieval: no neighbour channels")
-            raise ValueError(f"cond must be [N={x_t.shape[0]}, k*C={unet.cond_channels}, {bs}, {bs}] ({what}), "
+            raise InvalidArgumentError(f"cond must be [N={x_t.shape[0]}, k*C={unet.cond_channels}, {bs}, {bs}] ({what}), "
                              f"got {list(cond.shape)}")
 
     def _row_tensor(self, value: int | torch.Tensor, n: int, limit: int, name: str) -> torch.Tensor:
@@ -75,16 +75,16 @@ class RissoleModel(nn.Module):
         device = self.betas.device
         if isinstance(value, torch.Tensor):
             if value.dtype.is_floating_point or value.dtype == torch.bool:
-                raise ValueError(f"{name} must hold integers, got {value.dtype}")
+                raise InvalidArgumentError(f"{name} must hold integers, got {value.dtype}")
             if value.ndim == 0:
                 value = value.reshape(1).expand(n)
             if value.shape != (n,):
-                raise ValueError(f"{name} must be an int or a tensor of shape [{n}], got {list(value.shape)}")
+                raise InvalidArgumentError(f"{name} must be an int or a tensor of shape [{n}], got {list(value.shape)}")
             rows = value.to(device=device, dtype=torch.long)
         else:
             rows = torch.full((n,), as_int(value, name), dtype=torch.long, device=device)
         if n and (int(rows.min()) < 0 or int(rows.max()) >= limit):
-            raise IndexError(f"{name} values must lie in 0..{limit - 1}, got {int(rows.min())}..{int(rows.max())}")
+            raise OutOfRangeError(f"{name} values must lie in 0..{limit - 1}, got {int(rows.min())}..{int(rows.max())}")
         return rows
 
     @torch.no_grad()
@@ -106,7 +106,7 @@ class RissoleModel(nn.Module):
         pos_rows = None
         if self.unet.pos_embed is not None:
             if pos is None:
-                raise ValueError("this model uses the block-position embedding: pos is required")
+                raise InvalidArgumentError("this model uses the block-position embedding: pos is required")
             pos_rows = self._row_tensor(pos, n, self.config.n_blocks, "pos")
         return self.unet(x_t, cond, t_rows, pos_rows)
 
@@ -123,7 +123,7 @@ class RissoleModel(nn.Module):
         """
         p = self.config.n_blocks
         if x_t.ndim != 5 or x_t.shape[1] != p or cond.ndim != 5 or cond.shape[:2] != x_t.shape[:2]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"x_t and cond must be [B, P={p}, ...] with the same B and P, got {list(x_t.shape)} and {list(cond.shape)}"
             )
         b = x_t.shape[0]
@@ -250,9 +250,9 @@ class RissoleModel(nn.Module):
         path = Path(path)
         if path.exists():
             if not overwrite:
-                raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+                raise OutputExistsError(f"{path} exists (pass overwrite=True to replace it)")
             if not path.is_dir() or (any(path.iterdir()) and not (path / CONFIG_FILE).is_file()):
-                raise FileExistsError(f"{path} exists and is not a saved model; not replacing it")
+                raise OutputExistsError(f"{path} exists and is not a saved model; not replacing it")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
@@ -280,11 +280,11 @@ class RissoleModel(nn.Module):
 
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"model directory not found: {path}")
+            raise MissingFileError(f"model directory not found: {path}")
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
         for file in (config_path, weights_path):
             if not file.is_file():
-                raise FileNotFoundError(f"{path} is not a saved model: {file.name} is missing")
+                raise MissingFileError(f"{path} is not a saved model: {file.name} is missing")
         config = _read_config(config_path)
         try:
             state = load_file(str(weights_path), device="cpu")
@@ -333,9 +333,9 @@ class BlockDenoiser:
         self.blocks = cond.ndim == 5
         if self.blocks:
             if pos is not None:
-                raise ValueError("with cond as blocks [B, P, ...] the positions are implied; pass pos=None")
+                raise InvalidArgumentError("with cond as blocks [B, P, ...] the positions are implied; pass pos=None")
             if cond.shape[1] != p:
-                raise ValueError(f"cond as blocks must be [B, P={p}, k*C, bs, bs], got {list(cond.shape)}")
+                raise InvalidArgumentError(f"cond as blocks must be [B, P={p}, k*C, bs, bs], got {list(cond.shape)}")
             self.batch = cond.shape[0]
             cond = cond.flatten(0, 1)
             pos = torch.arange(p, device=cond.device).repeat(self.batch)
@@ -348,7 +348,7 @@ class BlockDenoiser:
             self.pos_bias = None
             if unet.pos_embed is not None:
                 if pos is None:
-                    raise ValueError("this model uses the block-position embedding: pos is required")
+                    raise InvalidArgumentError("this model uses the block-position embedding: pos is required")
                 if self.blocks:  # one row per position, repeated: no batch-size dependent GEMM shapes
                     self.pos_bias = unet.embed_pos(torch.arange(p, device=cond.device)).repeat(self.batch, 1)
                 else:
@@ -363,7 +363,7 @@ class BlockDenoiser:
         if self.blocks:
             x_t = x_t.flatten(0, 1)
         if x_t.shape[0] != self.rows:
-            raise ValueError(f"x_t has {x_t.shape[0]} rows, the neighbours given at creation {self.rows}")
+            raise InvalidArgumentError(f"x_t has {x_t.shape[0]} rows, the neighbours given at creation {self.rows}")
         if isinstance(t, torch.Tensor) and t.ndim == 1:
             n_rows_t = self.batch if self.blocks else self.rows
             rows = self.model._row_tensor(t, n_rows_t, self.time_table.shape[0], "t")
@@ -373,7 +373,7 @@ class BlockDenoiser:
         else:
             step = as_int(t, "t")
             if not 0 <= step < self.time_table.shape[0]:
-                raise IndexError(f"t must lie in 0..{self.time_table.shape[0] - 1}, got {step}")
+                raise OutOfRangeError(f"t must lie in 0..{self.time_table.shape[0] - 1}, got {step}")
             time_bias = self.time_table[step:step + 1]
         eps = self.forward(x_t, self.cond_feat, time_bias, self.pos_bias)
         return eps.reshape(shape)

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..config import SINUSOID_ROWS, UNetConfig
 from .layers import Attention, SinusoidEmbedding, UNetResBlock
+from ..errors import InvalidArgumentError
 
 __all__ = ["BlockUNet"]
 
@@ -115,7 +116,7 @@ class BlockUNet(nn.Module):
         if cond.ndim != 4 or cond.shape[1] != expected:
             what = (f"k={self.config.k} neighbours of {self.config.latent_channels} channels"
                     if self.config.uses_retrieval else "this model uses no retrieval")
-            raise ValueError(f"cond must be [N, k*C={expected}, h, w] ({what}), got {list(cond.shape)}")
+            raise InvalidArgumentError(f"cond must be [N, k*C={expected}, h, w] ({what}), got {list(cond.shape)}")
         if self.config.uses_retrieval:
             return self.cond_conv(cond)
         kernel, pad = self.config.input_kernel_size, self.config.input_padding
@@ -140,7 +141,7 @@ class BlockUNet(nn.Module):
         if self.pos_embed is None:
             return None
         if pos is None:
-            raise ValueError("this model uses the block-position embedding: pos (block positions) is required")
+            raise InvalidArgumentError("this model uses the block-position embedding: pos (block positions) is required")
         emb = self.pos_embed(pos)
         return torch.cat([block.pos_proj(emb) for block in self._res_blocks], dim=1)
 
@@ -160,7 +161,7 @@ class BlockUNet(nn.Module):
             ε prediction [N, C, h, w].
         """
         if (pos_bias is None) != (self.pos_embed is None):
-            raise ValueError(
+            raise InvalidArgumentError(
                 "pos_bias is required for a model with position embedding and must be None without one"
             )
         h = self.x_conv(x) + cond_feat

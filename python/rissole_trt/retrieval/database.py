@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rissole_trt.retrieval.index import HNSWIndex, SearchIndex, check_keys, make_index, resolve_index_kind
+from ..errors import DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -66,26 +67,18 @@ _HASH_CHUNK = 8 << 20
 _CODE_CHECK_ROWS = 65536
 
 
-class DatabaseError(ValueError):
-    """A database directory that is incomplete, corrupt, inconsistent or of an unknown format."""
-
-
-class FingerprintMismatchError(DatabaseError):
-    """The database was built with another autoencoder than the one it is used with."""
-
-
 # --------------------------------------------------------------------------- geometry and keys
 
 
 def block_geometry(latent_shape: Sequence[int], block_factor: int) -> tuple[int, int, int]:
     """``(P, bh, bw)`` for a latent ``[C, H, W]`` cut into ``bf x bf`` blocks; ValueError if it does not divide."""
     if len(latent_shape) != 3 or any(not isinstance(v, (int, np.integer)) or v < 1 for v in latent_shape):
-        raise ValueError(f"latent_shape must be three positive integers [C, H, W], got {list(latent_shape)}")
+        raise InvalidArgumentError(f"latent_shape must be three positive integers [C, H, W], got {list(latent_shape)}")
     if isinstance(block_factor, bool) or not isinstance(block_factor, (int, np.integer)) or block_factor < 1:
-        raise ValueError(f"block_factor must be a positive integer, got {block_factor!r}")
+        raise InvalidArgumentError(f"block_factor must be a positive integer, got {block_factor!r}")
     _, h, w = (int(v) for v in latent_shape)
     if h % block_factor or w % block_factor:
-        raise ValueError(f"latent height {h} and width {w} must be divisible by the block factor {block_factor}")
+        raise InvalidArgumentError(f"latent height {h} and width {w} must be divisible by the block factor {block_factor}")
     return block_factor * block_factor, h // block_factor, w // block_factor
 
 
@@ -99,7 +92,7 @@ def key_dim(latent_shape: Sequence[int], block_factor: int, key_kind: str) -> in
 
 def _check_key_kind(key_kind: str) -> None:
     if key_kind not in KEY_KINDS:
-        raise ValueError(f"unknown key kind {key_kind!r}; choose one of {', '.join(KEY_KINDS)}")
+        raise InvalidArgumentError(f"unknown key kind {key_kind!r}; choose one of {', '.join(KEY_KINDS)}")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -125,10 +118,10 @@ def merge_code_blocks(blocks: np.ndarray, block_factor: int) -> np.ndarray:
 def _normalise_rows(x: np.ndarray, what: str) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
-        raise ValueError(f"{what} contain NaN or infinity")
+        raise InvalidArgumentError(f"{what} contain NaN or infinity")
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if (norms == 0).any():
-        raise ValueError(f"{what} row {int(np.nonzero(norms == 0)[0][0])} is all zeros and cannot be normalised")
+        raise InvalidArgumentError(f"{what} row {int(np.nonzero(norms == 0)[0][0])} is all zeros and cannot be normalised")
     return x * (1.0 / norms).astype(np.float32)[:, None]
 
 
@@ -142,7 +135,7 @@ def compute_keys(latents: Any, key_kind: str, block_factor: int) -> np.ndarray:
     _check_key_kind(key_kind)
     z = _to_numpy(latents)
     if z.ndim != 4:
-        raise ValueError(f"latents must have shape [B, C, H, W], got {z.shape}")
+        raise InvalidArgumentError(f"latents must have shape [B, C, H, W], got {z.shape}")
     _, bh, bw = block_geometry(z.shape[1:], block_factor)
     if key_kind == "first-block":
         z = z[:, :, :bh, :bw]
@@ -156,7 +149,7 @@ def keys_from_codes(codes: Any, codebook: Any, key_kind: str, block_factor: int)
     codes = _to_numpy(codes)
     codebook = _to_numpy(codebook)
     if codes.ndim != 3:
-        raise ValueError(f"codes must have shape [B, H, W], got {codes.shape}")
+        raise InvalidArgumentError(f"codes must have shape [B, H, W], got {codes.shape}")
     _, bh, bw = block_geometry((codebook.shape[1], *codes.shape[1:]), block_factor)
     if key_kind == "first-block":  # look up only the codes the key uses
         codes = codes[:, :bh, :bw]
@@ -199,13 +192,13 @@ def _map_npy(path: Path, random_access: bool) -> np.ndarray:
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            raise ValueError(f"unsupported .npy format version {version}")
+            raise InvalidArgumentError(f"unsupported .npy format version {version}")
         if fortran or dtype.hasobject:
-            raise ValueError("expected a C-order array of plain numbers")
+            raise InvalidArgumentError("expected a C-order array of plain numbers")
         offset = f.tell()
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if offset + nbytes > os.fstat(f.fileno()).st_size:
-            raise ValueError(f"the file is shorter than its header's {list(shape)} {dtype} array")
+            raise InvalidArgumentError(f"the file is shorter than its header's {list(shape)} {dtype} array")
         if nbytes == 0:
             return np.zeros(shape, dtype)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -270,26 +263,26 @@ class DatabaseWriter:
     ) -> None:
         self.path = Path(path)
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-            raise ValueError(f"count must be a positive integer, got {count!r}")
+            raise InvalidArgumentError(f"count must be a positive integer, got {count!r}")
         if not isinstance(fingerprint, str) or not fingerprint:
-            raise ValueError("fingerprint must be a non-empty string identifying the autoencoder")
+            raise InvalidArgumentError("fingerprint must be a non-empty string identifying the autoencoder")
         _check_key_kind(key_kind)
         p, bh, bw = block_geometry(latent_shape, block_factor)
         latent_shape = tuple(int(v) for v in latent_shape)
         cb = np.ascontiguousarray(_to_numpy(codebook), dtype=np.float32)
         if cb.ndim != 2 or cb.shape[1] != latent_shape[0]:
-            raise ValueError(f"codebook must have shape [K, C] with C = {latent_shape[0]}, got {cb.shape}")
+            raise InvalidArgumentError(f"codebook must have shape [K, C] with C = {latent_shape[0]}, got {cb.shape}")
         if not 1 <= cb.shape[0] <= MAX_CODEBOOK_SIZE:
-            raise ValueError(f"codebook size {cb.shape[0]} is outside [1, {MAX_CODEBOOK_SIZE}] (codes are uint16)")
+            raise InvalidArgumentError(f"codebook size {cb.shape[0]} is outside [1, {MAX_CODEBOOK_SIZE}] (codes are uint16)")
         if not np.isfinite(cb).all():
-            raise ValueError("codebook contains NaN or infinity")
+            raise InvalidArgumentError("codebook contains NaN or infinity")
         if label_names is not None:
             label_names = [str(s) for s in label_names]
             with_labels = True
         if metadata is not None:
             json.dumps(metadata)  # fail now, not at close, if it cannot be stored
         if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} already exists (pass overwrite=True to replace it)")
+            raise OutputExistsError(f"{self.path} already exists (pass overwrite=True to replace it)")
 
         self.count = int(count)
         self.codebook = cb
@@ -333,38 +326,38 @@ class DatabaseWriter:
         (normalised here; computed from the codes and codebook when omitted), ``labels`` int ``[B]``
         (required exactly when the writer was created with labels)."""
         if self._done:
-            raise ValueError("this DatabaseWriter is already closed")
+            raise InvalidArgumentError("this DatabaseWriter is already closed")
         codes = _to_numpy(codes)
         _, h, w = self.latent_shape
         if codes.ndim != 3 or codes.shape[1:] != (h, w):
-            raise ValueError(f"codes must have shape [B, {h}, {w}], got {codes.shape}")
+            raise InvalidArgumentError(f"codes must have shape [B, {h}, {w}], got {codes.shape}")
         if not np.issubdtype(codes.dtype, np.integer):
-            raise ValueError(f"codes must be integer codebook indices, got {codes.dtype}")
+            raise InvalidArgumentError(f"codes must be integer codebook indices, got {codes.dtype}")
         b = codes.shape[0]
         if self._n + b > self.count:
-            raise ValueError(f"adding {b} entries to {self._n} exceeds the declared count {self.count}")
+            raise InvalidArgumentError(f"adding {b} entries to {self._n} exceeds the declared count {self.count}")
         if b and (codes.min() < 0 or codes.max() >= len(self.codebook)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"codes must be in [0, {len(self.codebook)}), got values in [{codes.min()}, {codes.max()}]"
             )
         if keys is None:
             if self._keys is not None:
                 keys = keys_from_codes(codes, self.codebook, self.key_kind, self.block_factor)
         elif self._keys is None:
-            raise ValueError("keys were given to a writer with store_keys=False, whose keys are computed from the codes")
+            raise InvalidArgumentError("keys were given to a writer with store_keys=False, whose keys are computed from the codes")
         else:
             keys = _to_numpy(keys)
             if keys.shape != (b, self.key_dim):
-                raise ValueError(f"keys must have shape [{b}, {self.key_dim}] ({self.key_kind}), got {keys.shape}")
+                raise InvalidArgumentError(f"keys must have shape [{b}, {self.key_dim}] ({self.key_kind}), got {keys.shape}")
             keys = _normalise_rows(keys, "keys")
         if (labels is None) != (self._labels is None):
-            raise ValueError("labels must be given with every batch exactly when the writer was created with labels")
+            raise InvalidArgumentError("labels must be given with every batch exactly when the writer was created with labels")
         if labels is not None:
             labels = _to_numpy(labels)
             if labels.shape != (b,) or (b and not np.issubdtype(labels.dtype, np.integer)):
-                raise ValueError(f"labels must be integers of shape [{b}], got {labels.dtype} {labels.shape}")
+                raise InvalidArgumentError(f"labels must be integers of shape [{b}], got {labels.dtype} {labels.shape}")
             if self.label_names is not None and b and (labels.min() < 0 or labels.max() >= len(self.label_names)):
-                raise ValueError(f"labels must be in [0, {len(self.label_names)}) to index label_names")
+                raise InvalidArgumentError(f"labels must be in [0, {len(self.label_names)}) to index label_names")
         s = slice(self._n, self._n + b)
         self._codes[:, s] = split_code_blocks(codes.astype(np.uint16), self.block_factor)
         if self._keys is not None:
@@ -393,11 +386,11 @@ class DatabaseWriter:
         added. Returns the database path.
         """
         if self._done:
-            raise ValueError("this DatabaseWriter is already closed")
+            raise InvalidArgumentError("this DatabaseWriter is already closed")
         if self._n != self.count:
             n = self._n
             self.abort()
-            raise ValueError(f"only {n} of the declared {self.count} entries were added; nothing was written")
+            raise InvalidArgumentError(f"only {n} of the declared {self.count} entries were added; nothing was written")
         try:
             self._release_arrays()
             files = [name for name in (CODES, CODEBOOK, KEYS, LABELS) if (self._tmp / name).exists()]
@@ -428,7 +421,7 @@ class DatabaseWriter:
             _fsync(self._tmp)
             if self.path.exists():
                 if not self._overwrite:
-                    raise FileExistsError(f"{self.path} appeared while the database was being written")
+                    raise OutputExistsError(f"{self.path} appeared while the database was being written")
                 old = self.path.parent / f".old-{self.path.name}-{os.getpid()}"
                 os.replace(self.path, old)
                 try:
@@ -528,10 +521,10 @@ class Database:
         for an unknown format version, a corrupt manifest, a missing, truncated or corrupt file.
         """
         if verify not in ("size", "full"):
-            raise ValueError(f"verify must be 'size' or 'full', got {verify!r}")
+            raise InvalidArgumentError(f"verify must be 'size' or 'full', got {verify!r}")
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"database directory {path} does not exist")
+            raise MissingFileError(f"database directory {path} does not exist")
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise DatabaseError(f"{path} is not a rissole_trt database: {MANIFEST} is missing")
@@ -679,7 +672,7 @@ class Database:
         """Block side for square blocks (ValueError for a non-square latent)."""
         bh, bw = self.block_shape
         if bh != bw:
-            raise ValueError(f"blocks are {bh} x {bw}, not square; use block_shape")
+            raise InvalidArgumentError(f"blocks are {bh} x {bw}, not square; use block_shape")
         return bh
 
     @property
@@ -733,11 +726,11 @@ class Database:
     def _check_ids(self, ids: Any) -> np.ndarray:
         ids = _to_numpy(ids)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+            raise InvalidArgumentError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
         ids = ids.astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.count):
             bad = ids[(ids < 0) | (ids >= self.count)][0]
-            raise IndexError(f"id {int(bad)} is outside the database [0, {self.count})")
+            raise OutOfRangeError(f"id {int(bad)} is outside the database [0, {self.count})")
         return ids
 
     def entry_codes(self, ids: Any) -> np.ndarray:
@@ -794,7 +787,7 @@ class Database:
     def _persistent_hnsw(self, **params: Any) -> HNSWIndex:
         unknown = set(params) - {"m", "ef_construction", "ef_search"}
         if unknown:
-            raise TypeError(f"unknown HNSW parameters: {', '.join(sorted(unknown))}")
+            raise InvalidTypeError(f"unknown HNSW parameters: {', '.join(sorted(unknown))}")
         m = params.get("m", HNSWIndex.DEFAULT_M)
         efc = params.get("ef_construction", HNSWIndex.DEFAULT_EF_CONSTRUCTION)
         # The keys' identity (files are immutable): their own checksum, or what they are computed from.

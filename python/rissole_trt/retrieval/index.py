@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from rissole_trt.errors import RissoleError
+from ..errors import InvalidArgumentError, MissingFileError
 
 __all__ = [
     "INDEX_KINDS",
@@ -92,23 +93,23 @@ def check_keys(keys: Any) -> np.ndarray:
     chunks, so a memory-mapped file is never loaded whole. Raises ValueError naming the problem.
     """
     if not isinstance(keys, np.ndarray):
-        raise ValueError(f"keys must be a numpy float32 array [N, D], got {type(keys).__name__}")
+        raise InvalidArgumentError(f"keys must be a numpy float32 array [N, D], got {type(keys).__name__}")
     if keys.ndim != 2 or keys.shape[0] == 0 or keys.shape[1] == 0:
-        raise ValueError(f"keys must have shape [N, D] with N, D >= 1, got {keys.shape}")
+        raise InvalidArgumentError(f"keys must have shape [N, D] with N, D >= 1, got {keys.shape}")
     if keys.dtype != np.float32:
-        raise ValueError(f"keys must be float32, got {keys.dtype}")
+        raise InvalidArgumentError(f"keys must be float32, got {keys.dtype}")
     if not keys.flags.c_contiguous:
-        raise ValueError("keys must be C-contiguous")
+        raise InvalidArgumentError("keys must be C-contiguous")
     for start in range(0, keys.shape[0], _CHECK_ROWS):
         chunk = np.asarray(keys[start : start + _CHECK_ROWS])
         if not np.isfinite(chunk).all():
             row = start + int(np.nonzero(~np.isfinite(chunk).all(axis=1))[0][0])
-            raise ValueError(f"keys row {row} is not finite")
+            raise InvalidArgumentError(f"keys row {row} is not finite")
         norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64))
         bad = np.nonzero(np.abs(norms - 1.0) > _NORM_TOL)[0]
         if bad.size:
             row = start + int(bad[0])
-            raise ValueError(f"keys must be L2-normalised; row {row} has norm {norms[bad[0]]:.6g}")
+            raise InvalidArgumentError(f"keys must be L2-normalised; row {row} has norm {norms[bad[0]]:.6g}")
     return keys
 
 
@@ -121,24 +122,24 @@ def normalize_queries(queries: Any, dim: int) -> np.ndarray:
         queries = queries.detach().cpu().numpy()
     q = np.asarray(queries)
     if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(f"queries must have shape [Q, {dim}], got {q.shape}")
+        raise InvalidArgumentError(f"queries must have shape [Q, {dim}], got {q.shape}")
     if q.shape[0] == 0:
-        raise ValueError("queries is empty (Q = 0)")
+        raise InvalidArgumentError("queries is empty (Q = 0)")
     if not np.issubdtype(q.dtype, np.floating):
-        raise ValueError(f"queries must be floating point, got {q.dtype}")
+        raise InvalidArgumentError(f"queries must be floating point, got {q.dtype}")
     q = np.array(q, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(q).all():
-        raise ValueError("queries contain NaN or infinity")
+        raise InvalidArgumentError("queries contain NaN or infinity")
     norms = np.linalg.norm(q, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise ValueError(f"query {int(np.nonzero(norms[:, 0] == 0)[0][0])} is all zeros and has no direction")
+        raise InvalidArgumentError(f"query {int(np.nonzero(norms[:, 0] == 0)[0][0])} is all zeros and has no direction")
     q /= norms
     return q
 
 
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
 
@@ -150,15 +151,15 @@ def _exclude_array(exclude: Any, n_queries: int, count: int) -> np.ndarray | Non
         exclude = exclude.detach().cpu().numpy()
     ex = np.asarray(exclude)
     if ex.size and not np.issubdtype(ex.dtype, np.integer):
-        raise ValueError(f"exclude must hold integer ids, got {ex.dtype}")
+        raise InvalidArgumentError(f"exclude must hold integer ids, got {ex.dtype}")
     ex = ex.astype(np.int64, copy=False)
     if ex.ndim == 1:
         ex = ex[:, None]
     if ex.ndim != 2 or ex.shape[0] != n_queries:
-        raise ValueError(f"exclude must have shape [Q] or [Q, m] with Q = {n_queries}, got {np.shape(exclude)}")
+        raise InvalidArgumentError(f"exclude must have shape [Q] or [Q, m] with Q = {n_queries}, got {np.shape(exclude)}")
     bad = (ex < -1) | (ex >= count)
     if bad.any():
-        raise ValueError(f"exclude id {int(ex[bad][0])} is outside [0, {count}) (use -1 for no id)")
+        raise InvalidArgumentError(f"exclude id {int(ex[bad][0])} is outside [0, {count}) (use -1 for no id)")
     if ex.shape[1] == 0 or (ex == -1).all():
         return None
     return ex
@@ -225,7 +226,7 @@ class SearchIndex(ABC):
         ex = _exclude_array(exclude, q.shape[0], n)
         if ex is None:
             if k > n:
-                raise ValueError(f"k = {k} is larger than the database ({n} entries)")
+                raise InvalidArgumentError(f"k = {k} is larger than the database ({n} entries)")
             scores, ids = self._search(q, k)
             invalid = ids < 0
         else:
@@ -235,7 +236,7 @@ class SearchIndex(ABC):
             n_excl = distinct.sum(axis=1)
             worst = int(np.argmax(n_excl))
             if n - int(n_excl[worst]) < k:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"k = {k} is too large: query {worst} excludes {int(n_excl[worst])} of the "
                     f"database's {n} entries, leaving {n - int(n_excl[worst])}"
                 )
@@ -307,7 +308,7 @@ class HNSWIndex(SearchIndex):
         super().__init__(keys)
         for name, value in (("m", m), ("ef_construction", ef_construction)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-                raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+                raise InvalidArgumentError(f"{name} must be an integer >= 2, got {value!r}")
         self.ef_search = ef_search
         faiss = _faiss()
         if _index is None:
@@ -324,7 +325,7 @@ class HNSWIndex(SearchIndex):
     @ef_search.setter
     def ef_search(self, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"ef_search must be a positive integer, got {value!r}")
+            raise InvalidArgumentError(f"ef_search must be a positive integer, got {value!r}")
         self._ef_search = int(value)
 
     @property
@@ -366,23 +367,23 @@ class HNSWIndex(SearchIndex):
         faiss = _faiss()
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"HNSW index file {path} does not exist")
+            raise MissingFileError(f"HNSW index file {path} does not exist")
         keys = check_keys(keys)
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
-            raise ValueError(f"{path} is not a readable FAISS index: {e}") from e
+            raise InvalidArgumentError(f"{path} is not a readable FAISS index: {e}") from e
         if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError(f"{path} is not an inner-product IndexHNSWFlat")
+            raise InvalidArgumentError(f"{path} is not an inner-product IndexHNSWFlat")
         if index.ntotal != keys.shape[0] or index.d != keys.shape[1]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path} indexes {index.ntotal} keys of dimension {index.d}, "
                 f"but the keys are {keys.shape[0]} x {keys.shape[1]}"
             )
         sample = np.unique(np.linspace(0, keys.shape[0] - 1, num=min(16, keys.shape[0])).astype(np.int64))
         stored = np.stack([index.reconstruct(int(i)) for i in sample])
         if not np.array_equal(stored, np.asarray(keys[sample])):
-            raise ValueError(f"{path} was built from other keys than the ones given")
+            raise InvalidArgumentError(f"{path} was built from other keys than the ones given")
         return cls(keys, ef_search=ef_search, _index=index)
 
 
@@ -410,7 +411,7 @@ class _CuvsIndex(SearchIndex):
         self._torch, self._neighbors = _cuvs_modules()
         self._device = self._torch.device(device)
         if self._device.type != "cuda":
-            raise ValueError(f"cuVS indexes run on a CUDA device, got {self._device}")
+            raise InvalidArgumentError(f"cuVS indexes run on a CUDA device, got {self._device}")
         # Upload in chunks: no host-side copy of a (memory-mapped, read-only) key file.
         self._gpu_keys = self._torch.empty(self._keys.shape, dtype=self._torch.float32, device=self._device)
         for start in range(0, self.count, _CHECK_ROWS):
@@ -504,7 +505,7 @@ def resolve_index_kind(kind: str, count: int, device: str = "cpu") -> str:
     """
     global _AUTO_GPU_WARNED
     if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        raise InvalidArgumentError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if kind != "auto":
         return kind
     large = count >= AUTO_HNSW_MIN_COUNT
@@ -530,7 +531,7 @@ def make_index(
     GPU kind that cannot run raises RissoleError with the reason.
     """
     if keys is None:
-        raise ValueError("make_index needs the keys to index")
+        raise InvalidArgumentError("make_index needs the keys to index")
     kind = resolve_index_kind(kind, int(np.shape(keys)[0]), device)
     if kind == "flat":
         return FlatIPIndex(keys, **params)

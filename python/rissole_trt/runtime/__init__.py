@@ -1,5 +1,11 @@
-"""Denoiser backends, each turning a model into ``denoiser(cond) -> eps_fn`` like ``RissoleModel.denoiser``.
+"""Denoiser backends behind one seam.
 
-``torch_backend``: prepacked, channels-last PyTorch execution (fp32 or bf16);
-``onnxruntime_backend``: the per-step UNet exported by ``onnx_export`` and run by ONNX Runtime (CPU).
+:mod:`.registry` chooses and builds them (the only place that does); :mod:`.spec` describes the
+per-step network's inputs once for all of them. Registered: ``eager`` (the plain module),
+``torch`` (prepacked, channels-last, fp32 or bf16), ``onnxruntime`` (CPU, ONNX export).
 """
+from .registry import AUTO_ORDER, BackendSpec, availability, build, get_spec, select, specs
+from .spec import StepSpec, TensorSpec, step_spec
+
+__all__ = ["AUTO_ORDER", "BackendSpec", "availability", "build", "get_spec", "select", "specs",
+           "StepSpec", "TensorSpec", "step_spec"]

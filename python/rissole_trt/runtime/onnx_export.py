@@ -1,14 +1,9 @@
 """The ONNX graph of the per-step denoiser: what ONNX Runtime runs here and TensorRT will consume.
 
 Only ``BlockUNet.forward_hoisted`` is exported: the timestep-independent parts (neighbour conv,
-time and position embeddings) are computed once per generation by
-:class:`rissole_trt.models.BlockDenoiser`, in torch. Inputs (batch axis ``n`` dynamic):
-
-    x          [n, C, bs, bs]        noisy latent blocks
-    cond_feat  [n, ch0/2, h, w]      neighbour features (BlockUNet.condition)
-    time_bias  [n or 1, E]           rows of BlockUNet.embed_time (1 row: all rows share t)
-    pos_bias   [n, E]                BlockUNet.embed_pos (only for models with position embedding)
-    -> eps     [n, C, bs, bs]
+time and position embeddings) are computed once per batch by
+:class:`rissole_trt.models.BlockDenoiser`, in torch. Input and output names, shapes and dynamic
+axes come from :func:`rissole_trt.runtime.spec.step_spec` (``rows`` and ``time_rows`` apart).
 """
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ import torch
 from torch import nn
 
 from ..models.rissole import RissoleModel
+from .spec import step_spec
 
 OPSET = 17
 
@@ -35,23 +31,24 @@ class _PerStep(nn.Module):
         return self.unet.forward_hoisted(x, cond_feat, time_bias, pos_bias)
 
 
-def input_names(model: RissoleModel) -> list[str]:
-    names = ["x", "cond_feat", "time_bias"]
-    return names + ["pos_bias"] if model.unet.pos_embed is not None else names
-
-
 def sample_inputs(model: RissoleModel, rows: int = 2) -> tuple[torch.Tensor, ...]:
-    """Example inputs of the exported graph (for tracing and for shape profiles)."""
-    config = model.config
+    """Example inputs of the exported graph, in the spec's order (for tracing); ``time_rows`` = 1,
+    as in the Engine's samplers (the exported graph stays dynamic in both axes)."""
     unet = model.unet
     device = next(model.parameters()).device
+    spec = step_spec(model)
+    sizes = {"rows": rows, "time_rows": 1}
     with torch.no_grad():
-        cond = torch.zeros(rows, config.unet.cond_channels, config.block_size, config.block_size, device=device)
-        x = torch.zeros(rows, config.unet.latent_channels, config.block_size, config.block_size, device=device)
-        inputs = [x, unet.condition(cond), unet.embed_time(torch.arange(rows, device=device))]
-        if unet.pos_embed is not None:
-            inputs.append(unet.embed_pos(torch.arange(rows, device=device) % config.n_blocks))
-    return tuple(inputs)
+        cond = torch.zeros(rows, model.config.unet.cond_channels, *spec.inputs[0].shape[2:], device=device)
+        made = {"x": torch.zeros(spec.inputs[0].concrete(sizes), device=device),
+                "cond_feat": unet.condition(cond),
+                "time_bias": unet.embed_time(torch.arange(1, device=device))}
+        if "pos_bias" in spec.input_names:
+            made["pos_bias"] = unet.embed_pos(torch.arange(rows, device=device) % model.config.n_blocks)
+    for tensor in spec.inputs:
+        if tuple(made[tensor.name].shape) != tensor.concrete(sizes):
+            raise AssertionError(f"{tensor.name}: made {list(made[tensor.name].shape)}, spec {tensor.shape}")
+    return tuple(made[name] for name in spec.input_names)
 
 
 def export_denoiser_onnx(model: RissoleModel, path: str | os.PathLike) -> Path:
@@ -60,7 +57,7 @@ def export_denoiser_onnx(model: RissoleModel, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = input_names(model)
+    spec = step_spec(model)
     model.eval()  # export restores the wrapper's mode: an eval wrapper keeps dropout off
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -68,8 +65,8 @@ def export_denoiser_onnx(model: RissoleModel, path: str | os.PathLike) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             torch.onnx.export(_PerStep(model).eval(), sample_inputs(model), tmp, dynamo=False,
-                              opset_version=OPSET, input_names=names, output_names=["eps"],
-                              dynamic_axes={name: {0: "n"} for name in names + ["eps"]})
+                              opset_version=OPSET, input_names=spec.input_names, output_names=[spec.output.name],
+                              dynamic_axes=spec.dynamic_axes())
         onnx.checker.check_model(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -8,19 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import RissoleError
+from ..errors import BackendUnavailableError
 from ..models.rissole import BlockDenoiser, RissoleModel
-from .onnx_export import export_denoiser_onnx, input_names
+from .onnx_export import export_denoiser_onnx
+from .registry import BackendSpec
+from .spec import step_spec
 
 
-def _onnxruntime():
+def _available() -> tuple[bool, str]:
     try:
         import onnx  # noqa: F401  (the exporter's checker)
         import onnxruntime
     except ImportError as error:
-        raise RissoleError(f"the onnxruntime backend needs onnx and onnxruntime ({error}); "
-                           "pip install 'rissole-trt[onnx]'") from error
-    return onnxruntime
+        return False, f"needs onnx and onnxruntime ({error}); pip install 'rissole-trt[onnx]'"
+    return True, f"onnxruntime {onnxruntime.__version__}"
 
 
 class OnnxRuntimeBackend:
@@ -28,27 +29,41 @@ class OnnxRuntimeBackend:
     with ONNX Runtime's CPU provider. ``denoiser(cond)`` has the contract of ``RissoleModel.denoiser``."""
 
     name = "onnxruntime"
+    native = True
 
-    def __init__(self, model: RissoleModel, *, cache_dir: str | os.PathLike | None = None,
+    def __init__(self, model: RissoleModel, precision: str = "fp32", *, cache_dir: str | os.PathLike | None = None,
                  threads: int | None = None) -> None:
-        ort = _onnxruntime()
+        ok, reason = _available()
+        if not ok:
+            raise BackendUnavailableError(f"backend 'onnxruntime' {reason}")
+        import onnxruntime as ort
+
         if next(model.parameters()).device.type != "cpu":
-            raise RissoleError("the onnxruntime backend runs on the CPU; use device='cpu'")
+            raise BackendUnavailableError("the onnxruntime backend runs on the CPU; use device='cpu'")
+        if precision != "fp32":
+            raise BackendUnavailableError(f"the onnxruntime backend runs fp32, not {precision}")
         self.model = model
+        self.precision = precision
         self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="rissole-onnx-")
         directory = Path(cache_dir) if cache_dir is not None else Path(self._tmp.name)
         self.path = export_denoiser_onnx(model, directory / "denoiser.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self._names = input_names(model)
+        self.spec = step_spec(model)
 
-    def _forward(self, x: torch.Tensor, cond_feat: torch.Tensor, time_bias: torch.Tensor,
-                 pos_bias: torch.Tensor | None = None) -> torch.Tensor:
-        values = (x, cond_feat, time_bias, pos_bias)
+    def _forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
         feeds = {name: np.ascontiguousarray(value.detach().numpy(), dtype=np.float32)
-                 for name, value in zip(self._names, values)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+                 for name, value in self.spec.feeds(*inputs).items()}
+        return torch.from_numpy(self.session.run([self.spec.output.name], feeds)[0])
 
     def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
         return BlockDenoiser(self.model, cond, pos, forward=self._forward)
+
+
+SPEC = BackendSpec(
+    name="onnxruntime", devices=("cpu",), precisions=("fp32",),
+    description="the per-step UNet exported to ONNX once and run by ONNX Runtime's CPU provider",
+    available=_available,
+    build=OnnxRuntimeBackend,
+)

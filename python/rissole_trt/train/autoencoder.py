@@ -16,6 +16,7 @@ from ..config import AutoencoderConfig
 from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from .loop import TrainState, draw_batch, load_checkpoint, train_loop
+from ..errors import InvalidArgumentError, MissingFileError
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,14 @@ class AutoencoderTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 500
     seed: int = 0
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast); may change on resume
 
     def __post_init__(self) -> None:
         if self.rec_loss not in ("l1", "l2"):
-            raise ValueError(f"rec_loss must be 'l1' or 'l2', got {self.rec_loss!r}")
+            raise InvalidArgumentError(f"rec_loss must be 'l1' or 'l2', got {self.rec_loss!r}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class PatchDiscriminator(nn.Module):
@@ -89,7 +91,7 @@ def train_autoencoder(images: np.ndarray, config: AutoencoderConfig, train: Auto
     extra = {"config": config.to_json(), "train": asdict(train)}
     previous = load_checkpoint(state, directory)
     if previous is not None and previous.get("config") != extra["config"]:
-        raise ValueError(f"{directory} holds a checkpoint of a different autoencoder config; use a new directory")
+        raise InvalidArgumentError(f"{directory} holds a checkpoint of a different autoencoder config; use a new directory")
 
     quantizer = model.quantizer
     if state.step == 0:
@@ -102,7 +104,8 @@ def train_autoencoder(images: np.ndarray, config: AutoencoderConfig, train: Auto
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         x = random_flip(data[draw_batch(len(data), train.batch_size, generator)], generator)
-        z_e = model.encode_continuous(x)
+        # The quantiser's nearest-row search and the VQ losses stay in float32 under autocast.
+        z_e = model.encode_continuous(x).float()
         idx = quantizer.indices(z_e.detach())
         z_q = quantizer.lookup(idx)
         code_last_used[idx.unique()] = step
@@ -134,7 +137,7 @@ def train_autoencoder(images: np.ndarray, config: AutoencoderConfig, train: Auto
 
     train_loop(state, step_fn, total_steps=train.steps, directory=directory, max_minutes=max_minutes,
                checkpoint_every=train.checkpoint_every, grad_clip=train.grad_clip,
-               extra=extra, progress=progress)
+               extra=extra, progress=progress, precision=train.precision)
     return model.eval()
 
 
@@ -170,10 +173,10 @@ def load_autoencoder(directory: str | Path) -> VQAutoencoder:
     directory = Path(directory)
     for name in (AUTOENCODER_CONFIG, AUTOENCODER_WEIGHTS):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory} holds no trained autoencoder ({name} is missing); run rissole-trt train-autoencoder")
+            raise MissingFileError(f"{directory} holds no trained autoencoder ({name} is missing); run rissole-trt train-autoencoder")
     model = VQAutoencoder(AutoencoderConfig.from_json((directory / AUTOENCODER_CONFIG).read_text()))
     try:
         model.load_state_dict(load_file(str(directory / AUTOENCODER_WEIGHTS)))
     except Exception as error:
-        raise ValueError(f"cannot load {directory / AUTOENCODER_WEIGHTS}: {error}") from error
+        raise InvalidArgumentError(f"cannot load {directory / AUTOENCODER_WEIGHTS}: {error}") from error
     return model.eval()

@@ -22,6 +22,7 @@ from ..models.rissole import RissoleModel
 from ..retrieval.database import compute_keys
 from ..retrieval.index import make_index
 from .loop import TrainState, draw_batch, load_checkpoint, make_ema, train_loop
+from ..errors import InvalidArgumentError
 
 #: How neighbours are chosen in training: ``exclude-self`` (ours), ``include-self`` (the reference,
 #: where an image is usually its own nearest neighbour), ``none`` (the ablation:
@@ -41,13 +42,14 @@ class DenoiserTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 500
     seed: int = 0
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast); may change on resume
 
     def __post_init__(self) -> None:
         if self.retrieval not in RETRIEVAL_MODES:
-            raise ValueError(f"retrieval must be one of {RETRIEVAL_MODES}, got {self.retrieval!r}")
+            raise InvalidArgumentError(f"retrieval must be one of {RETRIEVAL_MODES}, got {self.retrieval!r}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @torch.no_grad()
@@ -78,7 +80,7 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     config: ModelConfig = model.config
     bf, k, p = config.unet.block_factor, config.unet.k, config.n_blocks
     if (train.retrieval == "none") == config.unet.uses_retrieval:
-        raise ValueError(f"retrieval {train.retrieval!r} needs a model with "
+        raise InvalidArgumentError(f"retrieval {train.retrieval!r} needs a model with "
                          f"{'conditioning none' if train.retrieval == 'none' else 'neighbour conditioning'}, "
                          f"this one has conditioning {config.unet.conditioning!r}")
     torch.manual_seed(train.seed)
@@ -106,10 +108,10 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     # Everything that changes the arithmetic must match for a resume; the step budget and the
     # checkpoint interval may change (a longer run continues a shorter one).
     extra = {"config": config.to_json(),
-             "train": {k: v for k, v in asdict(train).items() if k not in ("steps", "checkpoint_every")}}
+             "train": {k: v for k, v in asdict(train).items() if k not in ("steps", "checkpoint_every", "precision")}}
     previous = load_checkpoint(state, directory)
     if previous is not None and (previous.get("config"), previous.get("train")) != (extra["config"], extra["train"]):
-        raise ValueError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
+        raise InvalidArgumentError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
 
     pos = torch.arange(p).repeat(train.batch_size)
     no_neighbours = torch.empty(train.batch_size * p, 0, config.block_size, config.block_size)
@@ -125,7 +127,8 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
         t = torch.randint(0, config.diffusion.n_steps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         x_t = model.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(x_t, cond, t, pos if unet.pos_embed is not None else None), noise)
+        eps = unet(x_t, cond, t, pos if unet.pos_embed is not None else None)
+        loss = F.mse_loss(eps.float(), noise)
         return {"loss": loss}
 
     def export(_: TrainState) -> None:
@@ -137,6 +140,6 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
 
     train_loop(state, step_fn, total_steps=train.steps, directory=directory, max_minutes=max_minutes,
                checkpoint_every=train.checkpoint_every, ema_decay=train.ema_decay, grad_clip=train.grad_clip,
-               extra=extra, progress=progress, on_checkpoint=export)
+               extra=extra, progress=progress, on_checkpoint=export, precision=train.precision)
     unet.load_state_dict(ema.state_dict())
     return model.eval()

@@ -18,12 +18,24 @@ from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
+from ..errors import InvalidArgumentError, TrainingDiverged
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
+#: Training precisions: ``fp32``, ``bf16`` (autocast: matmuls and convolutions in bfloat16, weights,
+#: optimizer state and losses in float32) and ``auto`` (bf16 where the device has bf16 arithmetic).
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+def resolve_training_precision(precision: str, device: str = "cpu") -> str:
+    """``auto`` -> ``bf16`` on a device with native bf16 arithmetic (AVX-512-BF16 / AMX), else ``fp32``."""
+    if precision not in TRAINING_PRECISIONS:
+        raise InvalidArgumentError(f"precision must be one of {TRAINING_PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    from ..runtime.torch_backend import bf16_native
+
+    return "bf16" if bf16_native(device) else "fp32"
 
 
 @dataclass
@@ -97,7 +109,7 @@ def load_checkpoint(state: TrainState, directory: Path) -> dict | None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which
-        raise ValueError(f"cannot read training checkpoint {path}: {error}") from error
+        raise InvalidArgumentError(f"cannot read training checkpoint {path}: {error}") from error
     state.load_state_dict(payload)
     return payload.get("extra", {})
 
@@ -115,6 +127,7 @@ def train_loop(
     extra: dict | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[TrainState], None] | None = None,
+    precision: str = "fp32",
 ) -> TrainState:
     """Run ``step_fn`` until ``total_steps`` (counted across resumes) or the time budget.
 
@@ -122,15 +135,19 @@ def train_loop(
     this loop does zero_grad / backward / clipping / optimizer step / EMA, checkpoints every
     ``checkpoint_every`` steps and at the end, and stops with :class:`TrainingDiverged` (keeping the
     last checkpoint) on a non-finite loss. Only the first optimizer in ``state.optimizers`` is stepped
-    here; others (a discriminator's) belong to ``step_fn``.
+    here; others (a discriminator's) belong to ``step_fn``. ``precision="bf16"`` runs ``step_fn``
+    under CPU bf16 autocast (resolve ``auto`` first with :func:`resolve_training_precision`).
     """
+    if precision not in ("fp32", "bf16"):
+        raise InvalidArgumentError(f"train_loop precision must be 'fp32' or 'bf16', got {precision!r}")
     optimizer = next(iter(state.optimizers.values()))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     deadline = time.monotonic() + 60.0 * max_minutes if max_minutes else math.inf
     bar = tqdm(total=total_steps, initial=state.step, disable=not progress, dynamic_ncols=True, unit="step")
     try:
         while state.step < total_steps and time.monotonic() < deadline:
-            losses = step_fn(state.step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                losses = step_fn(state.step)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
