@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reference_fixtures import load_io, paths
-from tolerances import assert_close, tol
+from tolerances import assert_close
 from rissole_trt.diffusion import sample
 from rissole_trt.models import RissoleModel
 

@@ -91,14 +91,25 @@ def test_load_missing_directory_or_file(saved, tmp_path):
 
 def test_load_corrupt_safetensors(saved):
     (saved / WEIGHTS_FILE).write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(RissoleModelError, match=rf"{WEIGHTS_FILE}: corrupt or truncated"):
+    with pytest.raises(RissoleModelError, match="does not match the sha256"):
         RissoleModel.load(saved)
+    with pytest.raises(RissoleModelError, match=rf"{WEIGHTS_FILE}: corrupt or truncated"):
+        RissoleModel.load(saved, verify=False)
 
 
 def test_load_truncated_safetensors(saved):
     data = (saved / WEIGHTS_FILE).read_bytes()
     (saved / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(RissoleModelError, match="corrupt or truncated"):
+        RissoleModel.load(saved, verify=False)
+
+
+def test_a_flipped_byte_in_the_weights_is_refused(saved):
+    data = bytearray((saved / WEIGHTS_FILE).read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor: still a valid safetensors file
+    (saved / WEIGHTS_FILE).write_bytes(bytes(data))
+    RissoleModel.load(saved, verify=False)  # loads: the file itself is well formed
+    with pytest.raises(RissoleModelError, match="does not match the sha256"):
         RissoleModel.load(saved)
 
 
@@ -109,7 +120,7 @@ def test_load_missing_key(saved):
     del state["unet.out_conv.weight"]
     save_file(state, str(saved / WEIGHTS_FILE))
     with pytest.raises(RissoleModelError, match=r"missing keys unet\.out_conv\.weight"):
-        RissoleModel.load(saved)
+        RissoleModel.load(saved, verify=False)  # the weights were re-saved
 
 
 def test_load_unexpected_key(saved):
@@ -119,7 +130,7 @@ def test_load_unexpected_key(saved):
     state["unet.extra.weight"] = torch.zeros(3)
     save_file(state, str(saved / WEIGHTS_FILE))
     with pytest.raises(RissoleModelError, match=r"unexpected keys unet\.extra\.weight"):
-        RissoleModel.load(saved)
+        RissoleModel.load(saved, verify=False)  # the weights were re-saved
 
 
 def test_load_weights_of_another_config_is_a_shape_mismatch(saved):

@@ -8,12 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from synthetic import cli_train_tiny, smooth_images
-from tolerances import TOLERANCES, assert_close
+from tolerances import assert_close
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig

@@ -1,13 +1,11 @@
 """The ONNX Runtime backend matches the torch denoiser (the graph TensorRT will consume, checked on the CPU)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from reference_fixtures import load_io, paths
 from synthetic import smooth_images
-from tolerances import TOLERANCES, assert_close
+from tolerances import assert_close
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.models import RissoleModel
@@ -16,7 +14,6 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from rissole_trt.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from rissole_trt.runtime.spec import step_spec  # noqa: E402
 
 @pytest.mark.parametrize("prefix", ["ref_add_", "ref_addpos_"])
 def test_onnxruntime_denoiser_matches_torch(prefix, tmp_path):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from .errors import InvalidArgumentError, MissingFileError
+from .atomic import atomic_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -82,15 +82,8 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write one uint8 ``[H, W, 3]`` image as PNG atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path
 
 

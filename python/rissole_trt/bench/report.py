@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
+
+from ..atomic import atomic_file, write_bytes
 
 __all__ = ["GOALS", "evaluate_goals", "format_report", "write_json", "write_plot"]
 
@@ -152,18 +153,6 @@ def _load(load: dict) -> str:
     return f"{start[0]:.1f}/{end[0]:.1f}" if start and end else "n/a"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -177,7 +166,7 @@ def _json_safe(value):
 def write_json(report: dict, path: str | os.PathLike) -> Path:
     """Write the report as JSON (atomically; infinities as the strings "inf" / "-inf")."""
     path = Path(path)
-    _atomic_write(path, (json.dumps(_json_safe(report), indent=2) + "\n").encode())
+    write_bytes(path, (json.dumps(_json_safe(report), indent=2) + "\n").encode())
     return path
 
 
@@ -209,13 +198,9 @@ def write_plot(report: dict, path: str | os.PathLike) -> Path:
     ax.set_xlim(right=max(values) * 30)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

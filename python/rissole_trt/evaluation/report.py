@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from ..engine import Engine
 from ..images import from_model_output, make_grid, save_png, to_model_input
 from .metrics import block_seam_ratio, memorisation_rate, psnr, sliced_wasserstein
+from ..atomic import write_text
 
 
 @torch.no_grad()
@@ -61,10 +61,6 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
 def write_report(report: dict, generated: np.ndarray, path: str | os.PathLike, grid_images: int = 64) -> tuple[Path, Path]:
     """Write the JSON report and a sample grid PNG beside it (same name, ``.png``); both atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(report, indent=2))
     grid = save_png(make_grid(generated[:grid_images]), path.with_suffix(".png"))
     return path, grid

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -18,6 +17,7 @@ from .autoencoder import VQAutoencoder
 from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError, RissoleModelError
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
+from ..atomic import atomic_directory, check_output
 
 __all__ = ["RissoleModel", "BlockDenoiser", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
 
@@ -243,38 +243,28 @@ class RissoleModel(nn.Module):
 
         The directory is written under a temporary name beside ``path`` and renamed into place,
         so ``path`` never holds a partial model. An existing ``path`` is replaced only with
-        ``overwrite=True``, and only if it is empty or a saved model.
+        ``overwrite=True``, and only if it is empty or a saved model. ``config.json`` records the
+        sha256 of the weights file, checked by :meth:`load`.
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        if path.exists():
-            if not overwrite:
-                raise OutputExistsError(f"{path} exists (pass overwrite=True to replace it)")
-            if not path.is_dir() or (any(path.iterdir()) and not (path / CONFIG_FILE).is_file()):
-                raise OutputExistsError(f"{path} exists and is not a saved model; not replacing it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        path = check_output(path, overwrite=overwrite, kind="saved model", recognise=is_model_dir)
+        with atomic_directory(path, replace=overwrite) as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-            doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict()}
+            doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
+                   "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
             (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.replace(path, old / "model")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "RissoleModel":
-        """Load a model written by :meth:`save` (in eval mode, on ``map_location``)."""
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+             verify: bool = True) -> "RissoleModel":
+        """Load a model written by :meth:`save` (in eval mode, on ``map_location``).
+
+        ``verify`` checks the weights file against the sha256 recorded in ``config.json`` (a flipped
+        byte is refused); models saved before checksums were recorded load unchecked.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -285,7 +275,12 @@ class RissoleModel(nn.Module):
         for file in (config_path, weights_path):
             if not file.is_file():
                 raise MissingFileError(f"{path} is not a saved model: {file.name} is missing")
-        config = _read_config(config_path)
+        doc = _read_model_doc(config_path)
+        config = _config_of(doc, config_path)
+        expected = doc.get("weights_sha256")
+        if verify and expected is not None and file_sha256(weights_path) != expected:
+            raise RissoleModelError(f"{weights_path} does not match the sha256 recorded in {config_path.name}: "
+                                    "the file is corrupt or was changed (verify=False loads it anyway)")
         try:
             state = load_file(str(weights_path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
@@ -295,13 +290,30 @@ class RissoleModel(nn.Module):
         return model.to(map_location)
 
 
-def _read_config(file: Path) -> ModelConfig:
+def is_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds a saved model (the only kind of folder :meth:`RissoleModel.save` replaces)."""
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_model_doc(file: Path) -> dict:
     try:
         doc: Any = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RissoleModelError(f"{file}: invalid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise RissoleModelError(f"{file}: not a rissole_trt model config (no \"format\": \"{FORMAT}\")")
+    return doc
+
+
+def _config_of(doc: dict, file: Path) -> ModelConfig:
     version = doc.get("version")
     if version != FORMAT_VERSION:
         raise RissoleModelError(f"{file}: format version {version!r} is not supported (this is version {FORMAT_VERSION})")

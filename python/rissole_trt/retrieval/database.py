@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rissole_trt.retrieval.index import HNSWIndex, SearchIndex, check_keys, make_index, resolve_index_kind
+from ..atomic import check_output
 from ..errors import DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError
 
 __all__ = [
@@ -65,6 +66,14 @@ MAX_CODEBOOK_SIZE = 1 << 16  # codes are uint16
 
 _HASH_CHUNK = 8 << 20
 _CODE_CHECK_ROWS = 65536
+
+
+def is_database_dir(path: Path) -> bool:
+    """Whether ``path`` holds a database (the only kind of folder a writer with overwrite replaces)."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == "rissole-trt-database"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------- geometry and keys
@@ -281,8 +290,7 @@ class DatabaseWriter:
             with_labels = True
         if metadata is not None:
             json.dumps(metadata)  # fail now, not at close, if it cannot be stored
-        if self.path.exists() and not overwrite:
-            raise OutputExistsError(f"{self.path} already exists (pass overwrite=True to replace it)")
+        check_output(self.path, overwrite=overwrite, kind="database", recognise=is_database_dir)
 
         self.count = int(count)
         self.codebook = cb

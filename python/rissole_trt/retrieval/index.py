@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 
 from rissole_trt.errors import RissoleError
 from ..errors import InvalidArgumentError, MissingFileError
+from ..atomic import atomic_file
 
 __all__ = [
     "INDEX_KINDS",
@@ -347,15 +347,8 @@ class HNSWIndex(SearchIndex):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index with ``faiss.write_index`` atomically (temp file in the same folder + rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            _faiss().write_index(self._index, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp:
+            _faiss().write_index(self._index, str(tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], keys: np.ndarray, ef_search: int = DEFAULT_EF_SEARCH) -> HNSWIndex:

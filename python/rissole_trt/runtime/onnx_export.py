@@ -8,7 +8,6 @@ axes come from :func:`rissole_trt.runtime.spec.step_spec` (``rows`` and ``time_r
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from ..models.rissole import RissoleModel
 from .spec import step_spec
+from ..atomic import atomic_file
 
 OPSET = 17
 
@@ -56,20 +56,13 @@ def export_denoiser_onnx(model: RissoleModel, path: str | os.PathLike) -> Path:
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = step_spec(model)
     model.eval()  # export restores the wrapper's mode: an eval wrapper keeps dropout off
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             torch.onnx.export(_PerStep(model).eval(), sample_inputs(model), tmp, dynamo=False,
                               opset_version=OPSET, input_names=spec.input_names, output_names=[spec.output.name],
                               dynamic_axes=spec.dynamic_axes())
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        onnx.checker.check_model(str(tmp))
     return path

@@ -17,6 +17,7 @@ from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from .loop import TrainState, draw_batch, load_checkpoint, train_loop
 from ..errors import InvalidArgumentError, MissingFileError
+from ..atomic import atomic_file, write_text
 
 
 @dataclass(frozen=True)
@@ -158,12 +159,9 @@ def save_autoencoder(autoencoder: VQAutoencoder, directory: str | Path) -> None:
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, write in ((AUTOENCODER_WEIGHTS, lambda p: save_file({k: v.contiguous() for k, v in autoencoder.state_dict().items()}, p)),
-                        (AUTOENCODER_CONFIG, lambda p: Path(p).write_text(autoencoder.config.to_json()))):
-        tmp = directory / f".{name}.tmp"
-        write(str(tmp))
-        tmp.replace(directory / name)
+    with atomic_file(directory / AUTOENCODER_WEIGHTS) as tmp:
+        save_file({k: v.contiguous() for k, v in autoencoder.state_dict().items()}, str(tmp))
+    write_text(directory / AUTOENCODER_CONFIG, autoencoder.config.to_json())
 
 
 def load_autoencoder(directory: str | Path) -> VQAutoencoder:

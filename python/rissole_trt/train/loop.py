@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 from ..errors import InvalidArgumentError, TrainingDiverged
+from ..atomic import atomic_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -87,17 +86,10 @@ def update_ema(ema: torch.nn.Module, module: torch.nn.Module, decay: float) -> N
 
 def save_checkpoint(state: TrainState, directory: Path, extra: dict | None = None) -> Path:
     """Write ``directory/checkpoint.pt`` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
     payload = state.state_dict()
     payload["extra"] = extra or {}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_file(directory / CHECKPOINT_NAME) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, directory / CHECKPOINT_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return directory / CHECKPOINT_NAME
 
 
