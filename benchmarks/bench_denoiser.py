@@ -1,8 +1,8 @@
 """One denoiser call, several ways, timed side by side (interleaved rounds, medians).
 
 Variants (on a preset's random weights, ``--rows`` block rows per call):
-  eager       RissoleModel.denoiser: the module's per-step forward, NCHW, weights re-laid-out per call
-  torch-fp32  rissole_trt.runtime.torch_backend (prepacked oneDNN convs, channels-last, fused adds)
+  eager-fp32  RissoleModel.denoiser: the module's per-step forward, NCHW, weights re-laid-out per call
+  torch-fp32  rissole_trt.runtime.torch_backend (prepacked oneDNN convs, channels-last)
   torch-bf16  the same in bf16 (fast only on CPUs with AVX-512-BF16/AMX, or GPUs)
   compiled    torch.compile(forward_hoisted) with inductor's CPU freezing (--compile; compiling takes
               minutes on a small machine and is not counted)
@@ -10,7 +10,7 @@ Variants (on a preset's random weights, ``--rows`` block rows per call):
 ``--profile`` prints torch.profiler's top operators of one call per variant: where the time goes.
 
 Usage: python benchmarks/bench_denoiser.py [--preset celeba64] [--rows 64] [--rounds 5]
-           [--variants eager torch-fp32] [--compile] [--profile] [--threads N]
+           [--variants eager-fp32 torch-fp32] [--compile] [--profile] [--threads N]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from rissole_trt.bench.flops import model_flops
 from rissole_trt.presets import PRESETS, make_preset_model
-from rissole_trt.runtime.torch_backend import TorchBackend
+from rissole_trt.runtime import registry
 
 
 def main() -> None:
@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--preset", default="celeba64", choices=list(PRESETS))
     ap.add_argument("--rows", type=int, default=64, help="block rows per call (a multiple of the block count)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--variants", nargs="+", default=["eager", "torch-fp32", "torch-bf16"],
-                    choices=["eager", "torch-fp32", "torch-bf16"])
+    ap.add_argument("--variants", nargs="+", default=["eager-fp32", "torch-fp32", "torch-bf16"], metavar="BACKEND-PRECISION",
+                    help="registered backends with a precision, e.g. torch-bf16 onnxruntime-fp32")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--threads", type=int)
@@ -52,10 +52,8 @@ def main() -> None:
     t = config.diffusion.n_steps // 2
     fns = {}
     for name in args.variants:
-        if name == "eager":
-            fns[name] = model.denoiser(cond)
-        else:
-            fns[name] = TorchBackend(model, name.split("-")[1]).denoiser(cond)
+        backend, _, precision = name.partition("-")
+        fns[name] = registry.build(backend, model, precision or "fp32").denoiser(cond)
     if args.compile:
         import torch._inductor.config as inductor_config
 

@@ -325,10 +325,11 @@ class Engine:
             eps = denoiser(x_t, t)
             if not bool(torch.isfinite(eps).all()):
                 bad = (~torch.isfinite(eps)).flatten(1).any(1).nonzero().flatten().tolist()
+                step = t.tolist() if isinstance(t, torch.Tensor) else t
                 raise NonFiniteError(
-                    f"the denoiser returned NaN or infinite values at timestep {int(t) if not isinstance(t, torch.Tensor) or t.ndim == 0 else t.tolist()} "
-                    f"for images {[first + i for i in bad[:8]]}: the model's weights are broken "
-                    "(load it with verify=True, or retrain)")
+                    f"the denoiser returned NaN or infinite values at timestep {step} for images "
+                    f"{[first + i for i in bad][:8]}: the model's weights are "
+                    "broken (a NaN or infinity in them, or a corrupt file loaded with verify=False)")
             return eps
         return eps_fn
 

@@ -123,6 +123,13 @@ def info(as_text: bool = False) -> dict[str, Any] | str:
         "faiss": _faiss(),
         "onnxruntime": _onnxruntime(),
     }
+    from rissole_trt.runtime import AUTO_ORDER, specs
+
+    denoisers = {}
+    for name, spec in specs().items():
+        ok, detail = spec.available()
+        denoisers[name] = {"available": ok, "detail": detail, "devices": list(spec.devices),
+                           "precisions": list(spec.precisions), "description": spec.description}
     result: dict[str, Any] = {
         "version": __version__,
         "python": sys.version.split()[0],
@@ -130,6 +137,8 @@ def info(as_text: bool = False) -> dict[str, Any] | str:
         "torch": torch.__version__,
         "build": build,
         "backends": {name: asdict(b) for name, b in backends.items()},
+        "denoisers": denoisers,
+        "auto_order": {device: list(order) for device, order in AUTO_ORDER.items()},
     }
     if build_error is not None:
         result["build_error"] = build_error
@@ -163,5 +172,12 @@ def format_info(result: dict[str, Any]) -> str:
     for name, backend in result["backends"].items():
         mark = "yes" if backend["available"] else "no "
         lines.append(f"  {name:<{width}}  {mark}  {backend['detail']}")
+    lines += ["", "denoiser backends (Engine(backend=...), --backend):"]
+    width = max(len(name) for name in result["denoisers"])
+    for name, d in result["denoisers"].items():
+        mark = "yes" if d["available"] else "no "
+        lines.append(f"  {name:<{width}}  {mark}  {'/'.join(d['devices'])}, {'/'.join(d['precisions'])}: "
+                     f"{d['description']} ({d['detail']})")
+    lines += [f"  auto on {device}: {' > '.join(order)}" for device, order in result["auto_order"].items()]
     return "\n".join(lines)
 
