@@ -95,7 +95,7 @@ def test_retrieval_mode_must_match_the_model(images, tmp_path, config, retrieval
 
 def test_denoiser_checkpoint_of_another_setup_is_refused(images, tmp_path):
     train_denoiser(images, RissoleModel(MODEL), DenoiserTrainConfig(steps=1, batch_size=2), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="another model or training setup"):
+    with pytest.raises(ValueError, match=r"other settings \(train.batch_size: 2 -> 3\)"):
         train_denoiser(images, RissoleModel(MODEL), DenoiserTrainConfig(steps=2, batch_size=3), tmp_path, progress=False)
 
 

@@ -61,6 +61,9 @@ class _JsonConfig:
     """Shared strict dict/JSON conversion for the config dataclasses."""
 
     _nested: ClassVar[dict[str, type]] = {}
+    #: Fields added after files were first written: they may be missing, and then take the default
+    #: that reproduces what those files meant.
+    _added_later: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples, nested dicts for nested configs)."""
@@ -84,7 +87,7 @@ class _JsonConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InvalidArgumentError(f"{cls.__name__}: unknown keys {unknown}")
-        missing = sorted(names - set(data))
+        missing = sorted(names - set(data) - cls._added_later)
         if missing:
             raise InvalidArgumentError(f"{cls.__name__}: missing keys {missing}")
         kwargs = dict(data)
@@ -276,9 +279,18 @@ class DiffusionConfig(_JsonConfig):
     n_steps: int = 1000
     beta_1: float = 1e-4
     beta_2: float = 0.02
+    #: The diffused variable is ``latent_scale`` x the quantised latent (LDM's scale factor): it sets
+    #: the latents' spread against the unit-variance noise. 1.0 is the reference's choice.
+    latent_scale: float = 1.0
+
+    _added_later: ClassVar[frozenset[str]] = frozenset({"latent_scale"})
 
     def __post_init__(self) -> None:
         owner = "DiffusionConfig"
+        if isinstance(self.latent_scale, bool) or not isinstance(self.latent_scale, (int, float)) \
+                or not 0.0 < float(self.latent_scale) < float("inf"):
+            raise InvalidArgumentError(f"{owner}.latent_scale must be a positive number, got {self.latent_scale!r}")
+        object.__setattr__(self, "latent_scale", float(self.latent_scale))
         if self.schedule not in SCHEDULES:
             raise InvalidArgumentError(f"{owner}: unknown schedule {self.schedule!r}; known: {list(SCHEDULES)}")
         _positive_int(owner, "n_steps", self.n_steps)

@@ -76,6 +76,12 @@ def _image_seed(seed: int, image: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, image, stream]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def _advance(bar: tqdm, amount: float, ceiling: int) -> None:
+    """Move the bar by a fraction of a batch, never past the batch's end (float sums overshoot)."""
+    bar.n = min(bar.n + amount, ceiling)
+    bar.update(0)
+
+
 def memory_available() -> int:
     """Bytes this process can still allocate without swapping (MemAvailable on Linux)."""
     try:
@@ -310,7 +316,8 @@ class Engine:
         size, and the two round differently; per image, the decoder's arithmetic does not depend on
         the batch. The decoder is a small part of the time (see ``rissole-trt bench``).
         """
-        latents = ops.merge_blocks(blocks, self.model.config.unet.block_factor)
+        config = self.model.config
+        latents = ops.merge_blocks(blocks, config.unet.block_factor) / config.diffusion.latent_scale
         return torch.cat([self.model.decode(latents[i:i + 1]) for i in range(len(latents))])
 
     @staticmethod
@@ -370,7 +377,7 @@ class Engine:
             done = 0
             for first, size in plan.batches():
                 # The bar moves by fractions of the batch at each sampler step.
-                on_step = (lambda: bar.update(size / num_steps)) if progress else None
+                on_step = (lambda: _advance(bar, size / num_steps, first + size)) if progress else None
                 images = self._run_batch(plan, first, size, on_step)
                 done += size
                 if progress:

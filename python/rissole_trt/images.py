@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from .errors import InvalidArgumentError, MissingFileError
+from .errors import InvalidArgumentError, MissingFileError, OutOfRangeError
 from .atomic import atomic_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -29,12 +30,27 @@ def _fit(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def load_images(path: str | os.PathLike, size: int, *, indices_key: str | None = None) -> np.ndarray:
+def split_indices(data, key: str, count: int, source: Path) -> np.ndarray:
+    """The index array ``key`` of an opened .npz, checked against ``count`` items (no wrap-around of -1)."""
+    if key not in data:
+        raise InvalidArgumentError(f"{source} has no '{key}' array (it has: {', '.join(data.files)})")
+    indices = np.asarray(data[key])
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise InvalidArgumentError(f"{source}: '{key}' must be a 1-D integer index array, got {indices.dtype} {indices.shape}")
+    bad = indices[(indices < 0) | (indices >= count)]
+    if bad.size:
+        raise OutOfRangeError(f"{source}: '{key}' holds index {int(bad[0])}, outside [0, {count})")
+    return indices
+
+
+def load_images(path: str | os.PathLike, size: int, *, indices_key: str | None = None,
+                report: bool = True) -> np.ndarray:
     """Load images as uint8 ``[N, size, size, 3]``.
 
-    ``path`` is a folder of image files (sorted by name; resized and centre-cropped to ``size``), a
-    single image file, or an ``.npz`` with an ``images`` array ``[N, H, W, 3]`` uint8. For an
-    ``.npz``, ``indices_key`` selects a subset by an index array stored beside it (``train_idx``).
+    ``path`` is a folder of image files (sorted by name), a single image file, or an ``.npz`` with an
+    ``images`` array ``[N, H, W, 3]`` uint8. Images of another size are resized and centre-cropped to
+    ``size``; ``report`` says how many were. For an ``.npz``, ``indices_key`` selects a subset by an
+    index array stored beside it (``train_idx``); it is refused for other inputs.
     """
     path = Path(path)
     if not path.exists():
@@ -45,24 +61,32 @@ def load_images(path: str | os.PathLike, size: int, *, indices_key: str | None =
                 raise InvalidArgumentError(f"{path} has no 'images' array (it has: {', '.join(data.files)})")
             images = data["images"]
             if indices_key is not None:
-                if indices_key not in data:
-                    raise InvalidArgumentError(f"{path} has no '{indices_key}' array (it has: {', '.join(data.files)})")
-                images = images[data[indices_key]]
+                images = images[split_indices(data, indices_key, len(images), path)]
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise InvalidArgumentError(f"{path}: 'images' must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            raise InvalidArgumentError(f"{path}: no images selected")
         if images.shape[1:3] != (size, size):
+            if report:
+                print(f"resizing all {len(images)} images of {path} from {images.shape[1]}x{images.shape[2]} "
+                      f"to {size}x{size} (centre crop)", file=sys.stderr)
             images = np.stack([_fit(Image.fromarray(im), size) for im in images])
         return np.ascontiguousarray(images)
+    if indices_key is not None:
+        raise InvalidArgumentError(f"a split ('{indices_key}') selects images of an .npz file; {path} is not one")
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InvalidArgumentError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    images = []
+    images, resized = [], 0
     for file in files:
         try:
             with Image.open(file) as image:
+                resized += image.size != (size, size)
                 images.append(_fit(image, size))
         except OSError as error:
             raise InvalidArgumentError(f"cannot read image {file}: {error}") from error
+    if resized and report:
+        print(f"resized and centre-cropped {resized} of {len(files)} images in {path} to {size}x{size}", file=sys.stderr)
     return np.stack(images)
 
 
@@ -79,11 +103,24 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
     return grid
 
 
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write one uint8 ``[H, W, 3]`` image as PNG atomically (temp file + rename)."""
+#: Image formats a file may be written in, by suffix (Pillow's names).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format that ``path``'s suffix names; InvalidArgumentError for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise InvalidArgumentError(f"{path}: the suffix must name an image format ({', '.join(IMAGE_FORMATS)})")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write one uint8 ``[H, W, 3]`` image atomically, in the format its suffix names."""
     path = Path(path)
+    fmt = image_format(path)
     with atomic_file(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     return path
 
 

@@ -31,22 +31,29 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..atomic import check_output
     from ..builder import build_database
-    from ..images import load_images
+    from ..images import load_images, split_indices
+    from ..retrieval.database import is_database_dir
     from ..models import RissoleModel
 
+    check_output(args.output, overwrite=args.overwrite, kind="database", recognise=is_database_dir,
+                 inputs=(args.model, args.images))
+    if args.labels and not args.images.endswith(".npz"):
+        raise InvalidArgumentError("--labels needs an .npz input")
     model = RissoleModel.load(args.model)
     images = load_images(args.images, model.config.image_size, indices_key=args.split)
     labels = names = None
     if args.labels:
-        if not args.images.endswith(".npz"):
-            raise InvalidArgumentError("--labels needs an .npz input")
         with np.load(args.images, allow_pickle=False) as data:
             if args.labels not in data:
                 raise InvalidArgumentError(f"{args.images} has no '{args.labels}' array")
             raw = data[args.labels]
+            total = len(data["images"])
+            if len(raw) != total:
+                raise InvalidArgumentError(f"{args.images}: '{args.labels}' has {len(raw)} entries for {total} images")
             if args.split:
-                raw = raw[data[args.split]]
+                raw = raw[split_indices(data, args.split, total, Path(args.images))]
         names, labels = np.unique(raw.astype(str), return_inverse=True)
     db = build_database(model, images, args.output, key_kind=args.key, batch_size=args.batch_size,
                         labels=labels, label_names=None if names is None else list(names), overwrite=args.overwrite,

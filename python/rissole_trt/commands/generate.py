@@ -1,44 +1,77 @@
-"""``rissole-trt generate``: sample images and write a PNG grid."""
+"""``rissole-trt generate``: sample images and write them as one grid (and, optionally, one by one)."""
 from __future__ import annotations
 
 import argparse
+import re
+
 from ..errors import InvalidArgumentError
+
+#: Names of the images that ``--save-dir`` writes; a folder holding only such files is a previous run's.
+SAVED_IMAGE = re.compile(r"^\d{4,}\.(png|jpg|jpeg|webp|bmp)$")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "generate", help="generate images into a PNG grid",
+        "generate", help="generate images into a grid image",
         description="Generate N images with a model and its retrieval database (the built-in default model when "
-                    "--model and --db are not given) and write them as one PNG grid.")
+                    "--model and --db are not given) and write them as one grid image. Every output location is "
+                    "checked before any work, and every output is written atomically.")
     p.add_argument("-n", type=int, default=16, help="number of images (default 16)")
-    p.add_argument("-o", "--output", default="grid.png", metavar="PNG", help="grid image to write (default grid.png)")
+    p.add_argument("-o", "--output", default="grid.png", metavar="IMAGE",
+                   help="grid image to write; its suffix names the format: .png, .jpg, .webp or .bmp (default grid.png)")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the built-in model)")
     p.add_argument("--db", metavar="DIR",
                    help="database directory (the built-in model's by default; none for a model without retrieval)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default="ddpm", help="ddpm (exact, 1000 steps), ddim or dpmpp_2m")
-    p.add_argument("--steps", type=int, help="steps for ddim / dpmpp_2m")
-    p.add_argument("--eta", type=float, help="DDIM noise (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="images denoised together")
+    p.add_argument("--seed", type=int, default=0, help="seeds every image's query and noise (default 0)")
+    p.add_argument("--sampler", default="dpmpp_2m",
+                   help="dpmpp_2m (default, 20 steps: the best quality per second on the built-in model), "
+                        "ddim, or ddpm (the reference's exact sampler, 1000 steps)")
+    p.add_argument("--steps", type=int, help="steps for ddim / dpmpp_2m (default 20 for dpmpp_2m, 50 for ddim)")
+    p.add_argument("--eta", type=float, help="DDIM noise (default 0: deterministic)")
+    p.add_argument("--batch-size", type=int, default=16, help="images denoised together (default 16)")
     p.add_argument("--include-self", action="store_true",
                    help="let a query be its own neighbour (the reference behaviour)")
     p.add_argument("--category", metavar="NAME", help="draw queries from database entries with this label")
     p.add_argument("--query", metavar="PATH", help="retrieve with these images (file, folder or .npz) instead")
-    p.add_argument("--save-dir", metavar="DIR", help="also write every image as DIR/NNNN.png")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", help="torch (auto), eager or onnxruntime")
-    p.add_argument("--precision", default="fp32", help="fp32 (exact) or bf16 (torch backend)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--save-dir", metavar="DIR", help="also write every image as DIR/0000.png, ... (one folder, "
+                                                     "written whole when generation is done)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --save-dir folder that holds an earlier run's images")
+    p.add_argument("--device", default="auto", help="auto (CUDA if torch sees a GPU, else CPU), cpu or cuda[:i]")
+    p.add_argument("--backend", default="auto", help="denoiser backend (rissole-trt info lists them; default auto)")
+    p.add_argument("--precision", default="fp32", help="fp32 (exact, default) or bf16 (fast on CPUs with bf16 "
+                                                       "arithmetic and on GPUs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _is_saved_images(path) -> bool:
+    return all(SAVED_IMAGE.match(child.name) for child in path.iterdir())
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
+    import torch
 
+    from ..atomic import atomic_directory, check_output
     from ..engine import Engine
-    from ..images import load_images, make_grid, save_png
+    from ..images import image_format, load_images, make_grid, save_image
+
+    # Outputs first: a wrong location must not cost a whole generation.
+    image_format(args.output)
+    inputs = (args.model, args.db, args.query)
+    check_output(args.output, overwrite=True, kind="image", directory=False, inputs=inputs,
+                 recognise=lambda p: p.suffix.lower() == Path(args.output).suffix.lower())
+    if args.save_dir:
+        check_output(args.save_dir, overwrite=args.overwrite, kind="folder of generated images", inputs=inputs,
+                     recognise=_is_saved_images)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidArgumentError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     engine = Engine(args.model, args.db, device=args.device, backend=args.backend, precision=args.precision)
     query = load_images(args.query, engine.model.config.image_size) if args.query else None
@@ -53,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     images = engine.generate(args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
                              batch_size=args.batch_size, exclude_self=not args.include_self, query=query,
                              query_ids=query_ids, progress=not args.no_progress)
-    save_png(make_grid(images), args.output)
     if args.save_dir:
-        for i, image in enumerate(images):
-            save_png(image, Path(args.save_dir) / f"{i:04d}.png")
+        with atomic_directory(args.save_dir, replace=args.overwrite) as folder:
+            for i, image in enumerate(images):
+                save_image(image, Path(folder) / f"{i:04d}.png")
+    save_image(make_grid(images), args.output)
     print(f"wrote {args.output}" + (f" and {len(images)} images in {args.save_dir}" if args.save_dir else ""))
     return 0

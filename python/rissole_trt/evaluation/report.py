@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..engine import Engine
-from ..images import from_model_output, make_grid, save_png, to_model_input
+from ..images import from_model_output, make_grid, save_image, to_model_input
 from .metrics import block_seam_ratio, memorisation_rate, psnr, sliced_wasserstein
 from ..atomic import write_text
 
@@ -62,5 +62,5 @@ def write_report(report: dict, generated: np.ndarray, path: str | os.PathLike, g
     """Write the JSON report and a sample grid PNG beside it (same name, ``.png``); both atomically."""
     path = Path(path)
     write_text(path, json.dumps(report, indent=2))
-    grid = save_png(make_grid(generated[:grid_images]), path.with_suffix(".png"))
+    grid = save_image(make_grid(generated[:grid_images]), path.with_suffix(".png"))
     return path, grid

@@ -4,6 +4,7 @@ No perceptual (LPIPS) loss: it needs pretrained VGG weights, which cannot be dow
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
+from ..defaults import AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR
 from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
-from .loop import TrainState, draw_batch, load_checkpoint, train_loop
+from .loop import RESUMABLE_CHANGES, TrainState, data_fingerprint, draw_batch, load_checkpoint, train_loop
 from ..errors import InvalidArgumentError, MissingFileError
 from ..atomic import atomic_file, write_text
 
@@ -23,8 +25,8 @@ from ..atomic import atomic_file, write_text
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
     steps: int = 4000
-    batch_size: int = 32
-    lr: float = 2e-4
+    batch_size: int = AUTOENCODER_BATCH_SIZE
+    lr: float = AUTOENCODER_LR
     rec_loss: str = "l1"  # "l1" or "l2"
     codebook_weight: float = 1.0
     commitment_weight: float = 0.25
@@ -39,6 +41,8 @@ class AutoencoderTrainConfig:
     def __post_init__(self) -> None:
         if self.rec_loss not in ("l1", "l2"):
             raise InvalidArgumentError(f"rec_loss must be 'l1' or 'l2', got {self.rec_loss!r}")
+        if not 0 < self.lr < float("inf"):
+            raise InvalidArgumentError(f"lr must be a positive number, got {self.lr}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)}")
@@ -89,10 +93,11 @@ def train_autoencoder(images: np.ndarray, config: AutoencoderConfig, train: Auto
     state = TrainState(modules, optimizers, generator)
     code_last_used = torch.zeros(config.n_embeddings, dtype=torch.long)
     state.modules["code_usage"] = _CodeUsage(code_last_used)
-    extra = {"config": config.to_json(), "train": asdict(train)}
-    previous = load_checkpoint(state, directory)
-    if previous is not None and previous.get("config") != extra["config"]:
-        raise InvalidArgumentError(f"{directory} holds a checkpoint of a different autoencoder config; use a new directory")
+    # What the checkpoint fixes; the step budget, checkpoint interval and precision may change.
+    extra = {"config": json.loads(config.to_json()),
+             "train": {k: v for k, v in asdict(train).items() if k not in RESUMABLE_CHANGES},
+             "data": data_fingerprint(images)}
+    load_checkpoint(state, directory, extra)
 
     quantizer = model.quantizer
     if state.step == 0:

@@ -7,6 +7,7 @@ regresses the noise.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import ModelConfig
+from ..defaults import DENOISER_BATCH_SIZE, DENOISER_LR
 from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from ..models.rissole import RissoleModel
 from ..retrieval.database import compute_keys
 from ..retrieval.index import make_index
-from .loop import TrainState, draw_batch, load_checkpoint, make_ema, train_loop
+from .loop import RESUMABLE_CHANGES, TrainState, data_fingerprint, draw_batch, load_checkpoint, make_ema, train_loop
 from ..errors import InvalidArgumentError
 
 #: How neighbours are chosen in training: ``exclude-self`` (ours), ``include-self`` (the reference,
@@ -33,8 +35,8 @@ RETRIEVAL_MODES = ("exclude-self", "include-self", "none")
 @dataclass(frozen=True)
 class DenoiserTrainConfig:
     steps: int = 20000
-    batch_size: int = 16  # images per step; the denoiser sees batch_size * P block rows
-    lr: float = 2e-4
+    batch_size: int = DENOISER_BATCH_SIZE  # images per step; the denoiser sees batch_size * P block rows
+    lr: float = DENOISER_LR
     retrieval: str = "exclude-self"
     key_kind: str = "first-block"
     flip: bool = True
@@ -47,6 +49,8 @@ class DenoiserTrainConfig:
     def __post_init__(self) -> None:
         if self.retrieval not in RETRIEVAL_MODES:
             raise InvalidArgumentError(f"retrieval must be one of {RETRIEVAL_MODES}, got {self.retrieval!r}")
+        if not 0 < self.lr < float("inf"):
+            raise InvalidArgumentError(f"lr must be a positive number, got {self.lr}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)}")
@@ -98,7 +102,8 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     else:
         exclude = own if train.retrieval == "exclude-self" else None
         ids = [torch.from_numpy(neighbour_ids(v, latents, k, train.key_kind, bf, exclude)) for v in views]
-    targets = [ops.split_blocks(v, bf) for v in views]  # [N, P, C, bs, bs]
+    # The diffused variable: the scaled latent (the neighbours stay unscaled, as the database stores them).
+    targets = [ops.split_blocks(v, bf) * config.diffusion.latent_scale for v in views]  # [N, P, C, bs, bs]
 
     unet = model.unet.train()
     ema = make_ema(unet)
@@ -107,11 +112,10 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     state = TrainState({"unet": unet}, {"unet": optimizer}, generator, ema={"unet": ema})
     # Everything that changes the arithmetic must match for a resume; the step budget and the
     # checkpoint interval may change (a longer run continues a shorter one).
-    extra = {"config": config.to_json(),
-             "train": {k: v for k, v in asdict(train).items() if k not in ("steps", "checkpoint_every", "precision")}}
-    previous = load_checkpoint(state, directory)
-    if previous is not None and (previous.get("config"), previous.get("train")) != (extra["config"], extra["train"]):
-        raise InvalidArgumentError(f"{directory} holds a checkpoint of another model or training setup; use a new directory")
+    extra = {"config": json.loads(config.to_json()),
+             "train": {k: v for k, v in asdict(train).items() if k not in RESUMABLE_CHANGES},
+             "data": data_fingerprint(images)}
+    load_checkpoint(state, directory, extra)
 
     pos = torch.arange(p).repeat(train.batch_size)
     no_neighbours = torch.empty(train.batch_size * p, 0, config.block_size, config.block_size)
@@ -133,7 +137,10 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
 
     def export(_: TrainState) -> None:
         if model_dir is not None:
-            snapshot = RissoleModel(config)
+            # Building a model draws its initial weights from the global RNG, which the training
+            # continues from: draw them from a fork, so that a checkpoint leaves the run unchanged.
+            with torch.random.fork_rng():
+                snapshot = RissoleModel(config)
             snapshot.autoencoder.load_state_dict(model.autoencoder.state_dict())
             snapshot.unet.load_state_dict(ema.state_dict())
             snapshot.save(model_dir, overwrite=True)

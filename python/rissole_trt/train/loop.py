@@ -20,6 +20,8 @@ from ..errors import InvalidArgumentError, TrainingDiverged
 from ..atomic import atomic_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Training settings a resume may change: the budget, the checkpoint interval and the precision.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "precision")
 
 #: Training precisions: ``fp32``, ``bf16`` (autocast: matmuls and convolutions in bfloat16, weights,
 #: optimizer state and losses in float32) and ``auto`` (bf16 where the device has bf16 arithmetic).
@@ -93,8 +95,42 @@ def save_checkpoint(state: TrainState, directory: Path, extra: dict | None = Non
     return directory / CHECKPOINT_NAME
 
 
-def load_checkpoint(state: TrainState, directory: Path) -> dict | None:
-    """Restore ``state`` from ``directory`` if it holds a checkpoint; returns its ``extra`` dict."""
+def data_fingerprint(images) -> str:
+    """sha256 of the training images' bytes, shape and dtype: a resume must see the same data."""
+    import hashlib
+
+    import numpy as np
+
+    array = np.ascontiguousarray(images)
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def changed_settings(saved: dict, wanted: dict) -> list[str]:
+    """``name: saved -> wanted`` for every setting that differs (nested dicts flattened, e.g. ``unet.channels``)."""
+    a, b = _flatten(saved), _flatten(wanted)
+    return [f"{key}: {a.get(key, '(unset)')} -> {b.get(key, '(unset)')}"
+            for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
+def load_checkpoint(state: TrainState, directory: Path, fixed: dict | None = None, *,
+                    announce: bool = True) -> dict | None:
+    """Restore ``state`` from ``directory`` if it holds a checkpoint; returns its ``extra`` dict.
+
+    ``fixed`` holds the settings the checkpoint fixes (model config, training settings, data
+    fingerprint). They are compared with the checkpoint's *before* anything is loaded, and a
+    resume with any of them changed is refused, naming each one.
+    """
     path = directory / CHECKPOINT_NAME
     if not path.exists():
         return None
@@ -102,8 +138,17 @@ def load_checkpoint(state: TrainState, directory: Path) -> dict | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which
         raise InvalidArgumentError(f"cannot read training checkpoint {path}: {error}") from error
+    extra = payload.get("extra", {})
+    if fixed is not None:
+        changes = changed_settings({k: extra.get(k) for k in fixed}, fixed)
+        if changes:
+            raise InvalidArgumentError(
+                f"cannot resume from {path} (step {payload['step']}): it was made with other settings ("
+                + "; ".join(changes) + "); use the same settings or another output folder")
     state.load_state_dict(payload)
-    return payload.get("extra", {})
+    if announce:
+        print(f"resuming from step {state.step} ({path})", flush=True)
+    return extra
 
 
 def train_loop(
@@ -142,9 +187,10 @@ def train_loop(
                 losses = step_fn(state.step)
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {state.step}; the last good checkpoint in {directory} is kept "
-                    "(try a lower learning rate or stronger gradient clipping)")
+                kept = (f"the last good checkpoint in {directory / CHECKPOINT_NAME} is kept"
+                        if (directory / CHECKPOINT_NAME).exists() else "no checkpoint was written yet")
+                raise TrainingDiverged(f"loss became {loss.item()} at step {state.step}; {kept} "
+                                       "(try a lower learning rate or stronger gradient clipping)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:

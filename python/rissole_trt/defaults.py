@@ -1,0 +1,6 @@
+"""Training defaults, in one light module (no torch) so that ``--help`` can show them cheaply."""
+
+AUTOENCODER_BATCH_SIZE = 32
+AUTOENCODER_LR = 2e-4
+DENOISER_BATCH_SIZE = 16  # images per step; the denoiser sees batch_size * P block rows
+DENOISER_LR = 2e-4
