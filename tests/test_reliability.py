@@ -214,3 +214,91 @@ def test_latent_scale_is_trained_saved_and_undone_before_decoding(tiny_ae, tmp_p
 
     expected = model.decode(ops.merge_blocks(blocks, model.config.unet.block_factor) / 0.5)
     assert torch.equal(engine.decode(blocks), expected)
+
+
+# --------------------------------------------------------------------------- 4. outputs before work, 5. modes
+
+
+@pytest.mark.parametrize("where", ["read-only", "file-as-folder"])
+def test_generate_checks_its_outputs_before_any_work(saved, tmp_path, where, monkeypatch):
+    model_dir, db, _ = saved
+    if where == "read-only":
+        out, extra = READ_ONLY / "grid.png", []
+    else:
+        (tmp_path / "taken").write_text("x")
+        out, extra = tmp_path / "grid.png", ["--save-dir", str(tmp_path / "taken")]
+    from rissole_trt import engine as engine_module
+
+    monkeypatch.setattr(engine_module.Engine, "__init__", lambda *a, **k: pytest.fail("work started"))
+    assert cli.main(["generate", "-n", "2", "-o", str(out), "--model", str(model_dir), "--db", str(db),
+                     "--no-progress", *extra]) == 2
+    assert not out.exists()
+
+
+def test_eval_and_bench_check_their_outputs_before_any_work(saved, monkeypatch):
+    model_dir, db, npz = saved
+    from rissole_trt import engine as engine_module
+
+    monkeypatch.setattr(engine_module.Engine, "__init__", lambda *a, **k: pytest.fail("work started"))
+    assert cli.main(["eval", "--model", str(model_dir), "--db", str(db), "--real", str(npz), "--n", "2",
+                     "-o", str(READ_ONLY / "r.json")]) == 2
+    assert cli.main(["eval", "--model", str(model_dir), "--db", str(db), "--real", str(npz), "-o", "r.txt"]) == 2
+    from rissole_trt import bench
+
+    monkeypatch.setattr(bench, "run_bench", lambda *a: pytest.fail("work started"))
+    assert cli.main(["bench", "--preset", "tiny", "-o", str(READ_ONLY / "b.json")]) == 2
+
+
+def test_save_dir_is_one_folder_refused_when_it_holds_another_run(saved, tmp_path):
+    model_dir, db, _ = saved
+    out = tmp_path / "imgs"
+    args = ["generate", "-n", "2", "--model", str(model_dir), "--db", str(db), "--sampler", "ddim", "--steps", "2",
+            "--no-progress", "--save-dir", str(out), "-o", str(tmp_path / "grid.jpg")]
+    assert cli.main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.jpg").format == "JPEG"
+    args[2] = "3"
+    assert cli.main(args) == 2  # would mix two runs
+    assert cli.main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(args + ["--overwrite"]) == 2  # not a folder of generated images any more
+    assert cli.main(args[:-1] + [str(tmp_path / "grid.gif")]) == 2
+
+
+def test_outputs_get_the_umask_mode(saved, tmp_path):
+    model_dir, _, npz = saved
+    old = os.umask(0o022)
+    try:
+        model = RissoleModel.load(model_dir)
+        model.save(tmp_path / "m")
+        build_database(model, smooth_images(5), tmp_path / "db", progress=False)
+        assert cli.main(["generate", "-n", "1", "--model", str(model_dir), "--db", str(tmp_path / "db"),
+                         "--sampler", "ddim", "--steps", "2", "--no-progress", "-o", str(tmp_path / "g.png"),
+                         "--save-dir", str(tmp_path / "one")]) == 0
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "m", tmp_path / "db", tmp_path / "one"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+    for path in [tmp_path / "m" / "model.safetensors", tmp_path / "m" / "config.json", tmp_path / "g.png",
+                 tmp_path / "one" / "0000.png", tmp_path / "db" / "codes.npy", tmp_path / "db" / "manifest.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# --------------------------------------------------------------------------- 6. one-line errors
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-n", "1000000000"], "GiB"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+])
+def test_generate_errors_are_one_line(saved, tmp_path, args, message):
+    model_dir, db, _ = saved
+    result = _rissole("generate", "--model", str(model_dir), "--db", str(db), "--no-progress",
+                      "-o", str(tmp_path / "g.png"), *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "g.png").exists()

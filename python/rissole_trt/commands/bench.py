@@ -46,8 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
     from ..bench import BenchOptions, format_report, run_bench, write_json, write_plot
 
+    for path, suffix in ((args.output, ".json"), (args.plot, ".png")):
+        if path:  # before minutes of timing, not after
+            check_output(path, overwrite=True, kind=f"{suffix} file", directory=False, inputs=(args.model, args.db),
+                         recognise=lambda p, suffix=suffix: p.suffix == suffix)
     options = BenchOptions(
         preset=None if args.model else (args.preset or "celeba64"), model=args.model, db=args.db,
         baseline=None if args.baseline == "none" else args.baseline, backends=tuple(args.backend),

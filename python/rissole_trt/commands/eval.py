@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,15 +18,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", metavar="PATH", help="training images (folder or .npz) for the memorisation rate")
     p.add_argument("--train-split", metavar="KEY", help="for an .npz: index array of the training images (e.g. train_idx)")
     p.add_argument("--n", type=int, default=512, help="images to generate (default 512)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default="ddpm")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seeds the queries and the noise (default 0)")
+    p.add_argument("--sampler", default="dpmpp_2m", help="dpmpp_2m (default), ddim or ddpm (exact, 1000 steps)")
+    p.add_argument("--steps", type=int, help="sampler steps (default 20 for dpmpp_2m, 50 for ddim)")
+    p.add_argument("--batch-size", type=int, default=32, help="images denoised together (default 32)")
     p.add_argument("--include-self", action="store_true", help="let a query be its own neighbour (the reference)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-o", "--output", required=True, metavar="JSON")
+    p.add_argument("--device", default="auto", help="auto (CUDA if torch sees a GPU, else CPU), cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, metavar="JSON", help="report to write (a .json file; the sample "
+                                                                         "grid goes beside it as .png)")
     p.set_defaults(func=run)
 
 
@@ -34,10 +36,29 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from pathlib import Path
+
+    from ..atomic import check_output
     from ..engine import Engine
+    from ..errors import InvalidArgumentError
     from ..evaluation.report import evaluate, write_report
     from ..images import load_images
 
+    output = Path(args.output)
+    if output.suffix != ".json":
+        raise InvalidArgumentError(f"{output}: the report is JSON; give a name ending in .json")
+    inputs = (args.model, args.db, args.real, args.train)
+    check_output(output, overwrite=True, kind="JSON report", directory=False, inputs=inputs,
+                 recognise=lambda p: p.suffix == ".json")
+    check_output(output.with_suffix(".png"), overwrite=True, kind="sample grid", directory=False, inputs=inputs,
+                 recognise=lambda p: p.suffix == ".png")
+    if args.n < 64:
+        print(f"warning: SWD and memorisation over {args.n} images are noisy; use --n 64 or more "
+              "(the README's figures use 512)", file=sys.stderr)
+    for flag, path, split in (("--real", args.real, args.real_split), ("--train", args.train, args.train_split)):
+        if path and str(path).endswith(".npz") and split is None:
+            print(f"warning: {flag} {path} is used whole (no {flag}-split): held-out and training images "
+                  "alike", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = Engine(args.model, args.db, device=args.device)

@@ -27,7 +27,7 @@ def reconstruct(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.
 
 
 def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n: int = 512, seed: int = 0,
-             sampler: str = "ddpm", steps: int | None = None, batch_size: int = 32, exclude_self: bool = True,
+             sampler: str = "dpmpp_2m", steps: int | None = None, batch_size: int = 32, exclude_self: bool = True,
              progress: bool = True) -> tuple[dict, np.ndarray]:
     """Generate ``n`` images and measure them; returns (report, generated images)."""
     bf = engine.model.config.unet.block_factor
