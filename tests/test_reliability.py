@@ -302,3 +302,75 @@ def test_generate_errors_are_one_line(saved, tmp_path, args, message):
                       "-o", str(tmp_path / "g.png"), *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "g.png").exists()
+
+
+# --------------------------------------------------------------------------- 7. build-db, 8. convert, 9. eval
+
+
+def _npz(tmp_path: Path, **arrays) -> Path:
+    path = tmp_path / "in.npz"
+    np.savez(path, images=smooth_images(6), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("arrays,extra,message", [
+    ({"train_idx": np.array([0, -1])}, ["--split", "train_idx"], "holds index -1, outside [0, 6)"),
+    ({"train_idx": np.array([0, 6])}, ["--split", "train_idx"], "holds index 6"),
+    ({"cats": np.array(["a"] * 5)}, ["--labels", "cats"], "'cats' has 5 entries for 6 images"),
+])
+def test_build_db_refuses_bad_splits_and_labels_before_encoding(saved, tmp_path, arrays, extra, message, monkeypatch):
+    model_dir, _, _ = saved
+    from rissole_trt import builder
+
+    monkeypatch.setattr(builder, "build_database", lambda *a, **k: pytest.fail("encoding started"))
+    result = _rissole("build-db", "--model", str(model_dir), "--images", str(_npz(tmp_path, **arrays)), *extra,
+                      "-o", str(tmp_path / "db"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "db").exists()
+
+
+def test_build_db_reports_resized_images_and_refuses_a_split_of_a_folder(saved, tmp_path):
+    from PIL import Image
+
+    model_dir, _, _ = saved
+    (tmp_path / "pngs").mkdir()
+    for i, size in enumerate((64, 80, 48)):
+        Image.fromarray(smooth_images(1, size=size)[0]).save(tmp_path / "pngs" / f"{i}.png")
+    result = _rissole("build-db", "--model", str(model_dir), "--images", str(tmp_path / "pngs"), "-o", str(tmp_path / "db"))
+    assert result.returncode == 0 and "resized and centre-cropped 2 of 3 images" in result.stderr, result.stderr
+    result = _rissole("build-db", "--model", str(model_dir), "--images", str(tmp_path / "pngs"), "--split", "train_idx",
+                      "-o", str(tmp_path / "db2"))
+    assert result.returncode == 2 and "is not one" in result.stderr
+
+
+def _convert(tmp_path: Path, checkpoint: Path, unet_yaml: Path) -> subprocess.CompletedProcess:
+    fixture = paths("ref_add_")
+    return _rissole("convert", "--checkpoint", str(checkpoint), "--unet-config", str(unet_yaml), "--vqgan-config",
+                    str(fixture["vqgan_config"]), "--ddpm-config", str(fixture["ddpm_config"]), "-o", str(tmp_path / "m"))
+
+
+def test_convert_names_what_is_wrong_with_its_inputs(tmp_path):
+    import yaml
+
+    fixture = paths("ref_add_")
+    unet = yaml.safe_load(fixture["unet_config"].read_text())
+    for name, change, message in (("cond", {"cond_emb_dim": 20}, "cond_emb_dim=20 disagrees with the checkpoint's k x C"),
+                                  ("channels", {"channels": [32, 64]}, "the weights do not fit the configs given")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**unet, **change}))
+        result = _convert(tmp_path, fixture["checkpoint"], path)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    garbage = tmp_path / "random.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    result = _convert(tmp_path, garbage, fixture["unet_config"])
+    assert result.returncode == 2 and "not a readable PyTorch checkpoint" in result.stderr
+    assert "weights_only" not in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_eval_warns_about_few_images_and_whole_npz_inputs(saved, tmp_path):
+    model_dir, db, npz = saved
+    result = _rissole("eval", "--model", str(model_dir), "--db", str(db), "--real", str(npz), "--n", "2",
+                      "--steps", "2", "--no-progress", "-o", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    assert "over 2 images are noisy" in result.stderr and "is used whole" in result.stderr

@@ -85,7 +85,9 @@ def read_reference_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler fails on garbage with almost any exception type
-        raise RissoleModelError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        # Not torch's own text: it advises weights_only=False, which would run code from the file.
+        raise RissoleModelError(f"{path}: not a readable PyTorch checkpoint of tensors (a torch.save file "
+                                f"holding a state dict; {type(exc).__name__})") from None
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, Mapping) or not obj:
@@ -148,6 +150,9 @@ def unet_config_from_reference(cfg: Mapping[str, Any], *, variant: str, k: int, 
             f"use_spatial_transformer: false); got activate_cond_layer={c['activate_cond_layer']}, "
             f"use_addition={c['use_addition']}, use_spatial_transformer={c['use_spatial_transformer']}"
         )
+    if c["cond_emb_dim"] != k * c["in_channels"]:
+        raise RissoleModelError(f"{what}: cond_emb_dim={c['cond_emb_dim']} disagrees with the checkpoint's k x C = "
+                                f"{k} x {c['in_channels']} = {k * c['in_channels']}")
     if c["in_channels"] != c["out_channels"]:
         raise RissoleModelError(f"{what}: in_channels={c['in_channels']} must equal out_channels={c['out_channels']}")
     conv_required = ("init_padding", "final_kernel_size", "final_padding")

@@ -232,7 +232,13 @@ class RissoleModel(nn.Module):
         )
         model = cls(config)
         source = str(checkpoint) if checkpoint is not None else f"{unet_checkpoint} + {vqgan_checkpoint}"
-        model._load_checked(state, source, names)
+        try:
+            model._load_checked(state, source, names)
+        except RissoleModelError as error:
+            raise RissoleModelError(
+                f"the weights do not fit the configs given (compare channels, latent_dim and n_embeddings in the "
+                f"YAML files with the checkpoint's: UNet channels {list(config.unet.channels)}, autoencoder "
+                f"channels {list(config.autoencoder.channels)} from the YAML): {error}") from None
         model.reference_import = report
         return model
 
