@@ -454,3 +454,19 @@ def test_sampling_errors():
     with pytest.raises(ValueError, match="shape"):
         sample(eps, (0, 3), sched, "ddim", 5)
     assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m"}
+
+
+def test_clip_x0_keeps_the_implied_clean_sample_in_range_and_changes_nothing_inside():
+    from rissole_trt.diffusion import clip_x0
+    from tolerances import TOLERANCES
+
+    sched = NoiseSchedule("linear", 100, 1e-4, 0.1)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    wild = clip_x0(lambda x_t, t: -10 * x_t, sched, torch.tensor(-1.0), torch.tensor(1.0))
+    for t in (0, 50, 99, torch.tensor([0, 50, 99])):
+        a = sched.alpha_bars[t]
+        a = a.view(-1, 1) if isinstance(t, torch.Tensor) else a
+        x0 = (x - (1 - a).sqrt() * wild(x, t)) / a.sqrt()
+        assert float(x0.abs().max()) <= 1 + TOLERANCES["float64_roundtrip"].atol
+    tame = clip_x0(lambda x_t, t: torch.zeros_like(x_t), sched, torch.tensor(-100.0), torch.tensor(100.0))
+    torch.testing.assert_close(tame(x, 50), torch.zeros_like(x), rtol=0, atol=1e-12)

@@ -187,3 +187,11 @@ def test_prepacked_torch_backend_gives_the_eager_images(engine, model, db_path):
 def test_bad_precision_is_refused(model, db_path, kwargs, match):
     with pytest.raises(RissoleError, match=match):
         Engine(model, db_path, device="cpu", **kwargs)
+
+
+def test_codebook_clip_keeps_samples_on_the_codebook_range(engine):
+    plan = engine.plan(2, seed=0, sampler="ddim", steps=4, clip="codebook")
+    clipped = engine.generate_batch(plan, 0, 2)
+    assert clipped.shape == (2, 64, 64, 3)
+    with pytest.raises(ValueError, match="unknown clip"):
+        engine.plan(2, clip="tanh")

@@ -32,6 +32,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx_fp32": Tolerance(1e-4, 0.0, "ONNX Runtime's own fp32 kernels against torch's, one evaluation"),
     "bf16_eps": Tolerance(5e-2, 5e-2, "bf16 weights and activations (8-bit mantissa) against fp32, one evaluation"),
     "float64_closed_form": Tolerance(1e-10, 1e-10, "float64 sampler and schedule algebra against closed forms"),
+    "float64_roundtrip": Tolerance(1e-6, 0.0, "x0 -> eps -> x0 in float64 divides by sqrt(alpha_bar), ~0.01 near t = T"),
     "images_uint8": Tolerance(2.0, 0.0, "uint8 images of the same plan at another batch size or backend: fp32 "
                                         "reordering moves a pixel across a rounding boundary (<= 1 level seen)"),
 }

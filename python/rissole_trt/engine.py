@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .builder import autoencoder_fingerprint
-from .diffusion import SAMPLERS, make_sampler, sample
+from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
 from .errors import (InvalidArgumentError, NonFiniteError, OutOfMemoryError, OutOfRangeError, RissoleError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
@@ -38,6 +38,9 @@ from .runtime import registry
 
 #: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``).
 PRECISIONS = ("fp32", "bf16")
+#: ``clip``: ``none`` (the reference) or ``codebook`` (each step's implied clean latent clamped to the
+#: per-channel range of the codebook rows, i.e. of every latent the decoder can see).
+CLIPS = ("none", "codebook")
 #: The sampler a user gets without asking: DPM-Solver++(2M) with 20 steps gave the best SWD per
 #: second of compute on the built-in model (README, "Quality"); ``ddpm`` is the exact one.
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20
@@ -120,6 +123,7 @@ class GenerationPlan:
     batch_size: int
     k: int | None
     exclude_self: bool
+    clip: str = "none"
     query_pool: np.ndarray | None = field(default=None, repr=False)
     query_keys: np.ndarray | None = field(default=None, repr=False)
 
@@ -238,7 +242,7 @@ class Engine:
     def plan(self, n: int, *, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
              k: int | None = None, batch_size: int = 16, exclude_self: bool = True,
              query: np.ndarray | None = None, query_ids: Sequence[int] | None = None,
-             eta: float | None = None) -> GenerationPlan:
+             eta: float | None = None, clip: str = "none") -> GenerationPlan:
         """Check every setting and fix what the n images will be, without generating any.
 
         Args:
@@ -253,8 +257,13 @@ class Engine:
                 (image i uses ``query[i % m]``).
             query_ids: database ids to draw queries from (e.g. one category).
             eta: DDIM noise (0 deterministic).
+            clip: ``none`` (the reference's sampling) or ``codebook``: every step's implied clean
+                latent is clamped to the codebook's per-channel range, which keeps an imperfect
+                denoiser from drifting off the codebook (see the README, "Quality").
         """
         n = _positive_int(n, "n")
+        if clip not in CLIPS:
+            raise InvalidArgumentError(f"unknown clip {clip!r}; choose one of {', '.join(CLIPS)}")
         if sampler not in SAMPLERS:
             raise InvalidArgumentError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if sampler == DEFAULT_SAMPLER and steps is None:
@@ -285,7 +294,7 @@ class Engine:
                     raise OutOfRangeError(f"query id {int(bad)} is outside the database [0, {self.database.count})")
                 pool = pool.astype(np.int64)
         return GenerationPlan(n=n, seed=int(seed), sampler=sampler, steps=steps, eta=eta, batch_size=batch_size,
-                              k=k, exclude_self=bool(exclude_self), query_pool=pool, query_keys=keys)
+                              k=k, exclude_self=bool(exclude_self), clip=clip, query_pool=pool, query_keys=keys)
 
     # ------------------------------------------------------------------ the steps
 
@@ -350,6 +359,11 @@ class Engine:
             ids = self.retrieve(plan, first, count).neighbour_ids
             cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
         denoiser = self._checked(self._denoiser(cond), first, count)
+        if plan.clip == "codebook":
+            codebook = self.model.autoencoder.codebook.detach() * config.diffusion.latent_scale
+            shape = (1, 1, -1, 1, 1)  # [B, P, C, bs, bs]
+            denoiser = clip_x0(denoiser, self.model.schedule, codebook.min(0).values.view(shape),
+                               codebook.max(0).values.view(shape))
         generators = self.image_generators(plan.seed, first, count, self.device)
         blocks = sample(denoiser, (count, p, c, bs, bs), self.model.schedule, plan.sampler, plan.steps, eta=plan.eta,
                         generator=generators, device=self.device,
@@ -390,7 +404,7 @@ class Engine:
     def generate(self, n: int, *, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
                  k: int | None = None, batch_size: int = 16, exclude_self: bool = True,
                  query: np.ndarray | None = None, query_ids: Sequence[int] | None = None,
-                 eta: float | None = None, progress: bool = True,
+                 eta: float | None = None, clip: str = "none", progress: bool = True,
                  callback: ProgressCallback | None = None) -> np.ndarray:
         """Generate ``n`` images, uint8 ``[n, H, W, 3]``: :meth:`plan` then every batch of it.
 
@@ -399,7 +413,7 @@ class Engine:
         :meth:`generate_iter`).
         """
         plan = self.plan(n, seed=seed, sampler=sampler, steps=steps, k=k, batch_size=batch_size,
-                         exclude_self=exclude_self, query=query, query_ids=query_ids, eta=eta)
+                         exclude_self=exclude_self, query=query, query_ids=query_ids, eta=eta, clip=clip)
         size = self.model.config.image_size
         need = plan.n * size * size * 3
         if need > memory_available():

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "ddim, or ddpm (the reference's exact sampler, 1000 steps)")
     p.add_argument("--steps", type=int, help="steps for ddim / dpmpp_2m (default 20 for dpmpp_2m, 50 for ddim)")
     p.add_argument("--eta", type=float, help="DDIM noise (default 0: deterministic)")
+    p.add_argument("--clip", choices=("none", "codebook"), default="none",
+                   help="none (the reference's sampling, default) or codebook: clamp each step's clean-latent "
+                        "estimate to the codebook's range")
     p.add_argument("--batch-size", type=int, default=16, help="images denoised together (default 16)")
     p.add_argument("--include-self", action="store_true",
                    help="let a query be its own neighbour (the reference behaviour)")
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         query_ids = np.nonzero(engine.database.labels == names.index(args.category))[0]
     images = engine.generate(args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
                              batch_size=args.batch_size, exclude_self=not args.include_self, query=query,
-                             query_ids=query_ids, progress=not args.no_progress)
+                             query_ids=query_ids, clip=args.clip, progress=not args.no_progress)
     if args.save_dir:
         with atomic_directory(args.save_dir, replace=args.overwrite) as folder:
             for i, image in enumerate(images):

@@ -23,10 +23,11 @@ from .samplers import (
     make_sampler,
     timesteps_for,
 )
-from .sampling import EpsFn, GeneratorArg, draw_noise, sample
+from .sampling import EpsFn, GeneratorArg, clip_x0, draw_noise, sample
 from .schedules import SCHEDULES, NoiseSchedule, make_betas
 
 __all__ = [
+    "clip_x0",
     "SCHEDULES",
     "SAMPLERS",
     "SPACINGS",

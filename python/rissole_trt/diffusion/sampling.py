@@ -10,7 +10,7 @@ from .samplers import DEFAULT_SPACING, Sampler, make_sampler
 from .schedules import NoiseSchedule, as_int
 from ..errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["EpsFn", "GeneratorArg", "draw_noise", "sample"]
+__all__ = ["EpsFn", "GeneratorArg", "draw_noise", "sample", "clip_x0"]
 
 #: ``eps_fn(x_t, t) -> ε``: the denoiser; ``t`` is the integer timestep (0..T-1) shared by all rows.
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -124,3 +124,25 @@ def sample(
         if progress is not None:
             progress(i + 1, n)
     return x
+
+
+def clip_x0(eps_fn: EpsFn, schedule: NoiseSchedule, low: torch.Tensor, high: torch.Tensor) -> EpsFn:
+    """``eps_fn`` whose implied clean sample ``x0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t`` is clamped to
+    ``[low, high]`` (broadcast against x_t), returned as the ε that gives that x0.
+
+    Expressed through ε, the clamp works with every sampler. It keeps a sample inside the data's
+    range where an imperfect denoiser would push it out, which for a VQ latent means off the
+    codebook (the decoder then snaps it to arbitrary codes).
+    """
+    alpha_bars = schedule.alpha_bars
+
+    def clipped(x_t: torch.Tensor, t) -> torch.Tensor:
+        eps = eps_fn(x_t, t)
+        a = alpha_bars.to(x_t.device, x_t.dtype)[t]
+        if isinstance(a, torch.Tensor) and a.ndim == 1:
+            a = a.view(-1, *([1] * (x_t.ndim - 1)))
+        a = torch.as_tensor(a, dtype=x_t.dtype, device=x_t.device)
+        x0 = ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(low, high)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    return clipped

@@ -28,15 +28,15 @@ def reconstruct(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.
 
 def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n: int = 512, seed: int = 0,
              sampler: str = "dpmpp_2m", steps: int | None = None, batch_size: int = 32, exclude_self: bool = True,
-             progress: bool = True) -> tuple[dict, np.ndarray]:
+             clip: str = "none", progress: bool = True) -> tuple[dict, np.ndarray]:
     """Generate ``n`` images and measure them; returns (report, generated images)."""
     bf = engine.model.config.unet.block_factor
     start = time.perf_counter()
     generated = engine.generate(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
-                                exclude_self=exclude_self, progress=progress)
+                                exclude_self=exclude_self, clip=clip, progress=progress)
     seconds = time.perf_counter() - start
     report = {
-        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": steps,
+        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "clip": clip,
                      "retrieval": (("exclude-self" if exclude_self else "include-self")
                                    if engine.model.config.unet.uses_retrieval else "none"),
                      "batch_size": batch_size, "real_images": len(real),
