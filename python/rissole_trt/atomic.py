@@ -64,7 +64,9 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
         os.chmod(tmp, umask_mode(directory=True))
         if path.exists() or path.is_symlink():
             if not replace:
-                raise FileExistsError(f"{path} appeared while it was being written; not replacing it")
+                from .errors import OutputExistsError
+
+                raise OutputExistsError(f"{path} appeared while it was being written; not replacing it")
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old.tmp", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
@@ -136,9 +138,8 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, kind: str, recogni
         raise OutputExistsError(f"{path} is a folder; the {kind} is a file")
     if not overwrite:
         raise OutputExistsError(f"{path} already exists (overwrite replaces a {kind})")
-    if directory and any(path.iterdir()) and not recognise(path):
-        raise OutputExistsError(f"{path} exists and is not a {kind}; not replacing it")
-    if not directory and not recognise(path):
+    empty_folder = directory and not any(path.iterdir())
+    if not empty_folder and not recognise(path):
         raise OutputExistsError(f"{path} exists and is not a {kind}; not replacing it")
     probe_writable(path)
     return path

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..diffusion.schedules import NoiseSchedule, as_int
 from .autoencoder import VQAutoencoder
-from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError, RissoleModelError
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, RissoleModelError
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
 from ..atomic import atomic_directory, check_output
