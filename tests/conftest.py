@@ -1,4 +1,4 @@
-"""Shared pytest configuration: the opt-in `slow` marker, the `gpu` marker and the shared-data fixture."""
+"""Shared pytest configuration: the opt-in `slow` marker, the `gpu` and `trt` markers and the shared-data fixture."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def _cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
+def _tensorrt_reason() -> str | None:
+    """Why the `trt` tests cannot run here (None: they can)."""
+    from rissole_trt.runtime.tensorrt_backend import _available
+
+    ok, reason = _available()
+    return None if ok else f"{reason}; TensorRT cannot be installed in this project's workplace (PyPI's libs " \
+                           "package downloads from a host it cannot reach), so this backend is untested"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_slow = config.getoption("--runslow") or os.environ.get("RISSOLE_RUN_SLOW") == "1"
     skip_slow = pytest.mark.skip(reason="slow test: run with --runslow or RISSOLE_RUN_SLOW=1")
@@ -33,6 +42,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 skip_gpu = False if _cuda_usable() else pytest.mark.skip(reason="no CUDA device")
             if skip_gpu:
                 item.add_marker(skip_gpu)
+        if "trt" in item.keywords:
+            reason = _tensorrt_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

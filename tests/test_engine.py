@@ -148,7 +148,9 @@ def test_database_of_another_autoencoder_is_refused(model, db_path):
 
 
 def test_unknown_backend_is_refused(model, db_path):
-    with pytest.raises(RissoleError, match="unknown backend 'tensorrt'"):
+    with pytest.raises(RissoleError, match="unknown backend 'tensorrt-llm'"):
+        Engine(model, db_path, device="cpu", backend="tensorrt-llm")
+    with pytest.raises(RissoleError, match="backend 'tensorrt' cannot run fp32 on cpu: runs on cuda"):
         Engine(model, db_path, device="cpu", backend="tensorrt")
     with pytest.raises(RissoleError, match="backend 'onnxruntime' cannot run bf16"):
         Engine(model, db_path, device="cpu", backend="onnxruntime", precision="bf16")

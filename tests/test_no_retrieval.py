@@ -71,7 +71,7 @@ def test_onnx_export_of_a_model_without_retrieval(models, tmp_path):
 
     _, without = models
     x, none = torch.randn(3, 4, 4, 4, 4), torch.empty(3, 4, 0, 4, 4)
-    ours = OnnxRuntimeBackend(without, cache_dir=tmp_path).denoiser(none)(x, 10)
+    ours = OnnxRuntimeBackend(without).denoiser(none)(x, 10)
     assert_close(ours, without.denoiser(none)(x, 10), "onnx_fp32")
 
 

@@ -293,7 +293,7 @@ def test_outputs_get_the_umask_mode(saved, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["-n", "1000000000"], "GiB"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["--backend", "tensorrt", "--device", "cpu"], "backend 'tensorrt' cannot run fp32 on cpu"),
     (["--threads", "0"], "--threads must be a positive integer"),
 ])
 def test_generate_errors_are_one_line(saved, tmp_path, args, message):

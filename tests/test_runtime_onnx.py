@@ -13,14 +13,14 @@ from rissole_trt.models import RissoleModel
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from rissole_trt.runtime.onnx_export import export_denoiser_onnx  # noqa: E402
 from rissole_trt.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 
 @pytest.mark.parametrize("prefix", ["ref_add_", "ref_addpos_"])
 def test_onnxruntime_denoiser_matches_torch(prefix, tmp_path):
     model = RissoleModel.from_reference(**paths(prefix))
     io = load_io(prefix)
-    backend = OnnxRuntimeBackend(model, cache_dir=tmp_path)
-    assert (tmp_path / "denoiser.onnx").is_file()
+    backend = OnnxRuntimeBackend(model, onnx_path=export_denoiser_onnx(model, tmp_path / "denoiser.onnx"))
     rows = dict(cond=io["cond"], pos=io["pos"] if model.unet.pos_embed is not None else None)
     ours, reference = backend.denoiser(**rows), model.denoiser(**rows)
     for t in (0, 500, 999, io["t"]):  # shared and per-row timesteps

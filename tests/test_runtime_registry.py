@@ -79,13 +79,13 @@ def test_auto_picks_by_the_documented_order_and_says_what_it_passed_over(monkeyp
         assert registry.select("auto", "cpu", "fp32").name == "torch"
     with pytest.raises(BackendUnavailableError, match="package 'fast' is not installed"):
         registry.select("fast", "cpu", "fp32")
-    with pytest.raises(RissoleError, match="unknown backend 'tensorrt'"):
-        registry.select("tensorrt", "cpu", "fp32")
+    with pytest.raises(RissoleError, match="unknown backend 'tensorrt-llm'"):
+        registry.select("tensorrt-llm", "cpu", "fp32")
     with pytest.raises(BackendUnavailableError, match="runs on cpu, not cuda"):
         registry.select("onnxruntime", "cuda", "fp32")
 
 
-@pytest.mark.parametrize("name", ["eager", "torch", "onnxruntime"])
+@pytest.mark.parametrize("name", ["eager", "torch", "onnxruntime", "openvino"])
 def test_every_registered_backend_gives_the_eager_eps(model, name):
     if not registry.get_spec(name).available()[0]:
         pytest.skip(registry.get_spec(name).available()[1])

@@ -16,13 +16,22 @@ from .retrieval.database import Database, DatabaseWriter
 from .errors import InvalidArgumentError
 
 
-def autoencoder_fingerprint(autoencoder: VQAutoencoder) -> str:
-    """sha256 of the autoencoder's config and weights: a database is only valid for this exact one."""
-    digest = hashlib.sha256(autoencoder.config.to_json().encode())
-    for name, tensor in sorted(autoencoder.state_dict().items()):
+def _fingerprint(config_json: str, module: torch.nn.Module) -> str:
+    digest = hashlib.sha256(config_json.encode())
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def autoencoder_fingerprint(autoencoder: VQAutoencoder) -> str:
+    """sha256 of the autoencoder's config and weights: a database is only valid for this exact one."""
+    return _fingerprint(autoencoder.config.to_json(), autoencoder)
+
+
+def model_fingerprint(model: RissoleModel) -> str:
+    """sha256 of the whole model's config and weights: a built engine is only valid for this exact one."""
+    return _fingerprint(model.config.to_json(), model)
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ COMMANDS = [
     "info",
     "convert",
     "build_db",
+    "build_engine",
     "generate",
     "bench",
     "train",

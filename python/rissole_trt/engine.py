@@ -151,18 +151,32 @@ class Engine:
         device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
         backend: a denoiser backend of :mod:`rissole_trt.runtime` (``rissole-trt info`` lists them)
             or ``"auto"``: the first available one in the device's order (:data:`AUTO_ORDER`).
-        precision: ``"fp32"`` (exact) or ``"bf16"`` (fast only on hardware with bf16 arithmetic;
-            a warning says when it is emulated).
+        precision: ``"fp32"`` (exact; the default) or ``"bf16"`` (fast only on hardware with bf16
+            arithmetic; a warning says when it is emulated); with ``engine``, the engine's.
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`).
+        engine: a directory made by ``rissole-trt build-engine`` for this model: its per-bucket
+            choices run the denoiser (checked against the model and this machine when loaded).
     """
 
     def __init__(self, model: str | os.PathLike | RissoleModel | None = None,
                  database: str | os.PathLike | Database | None = None, *, device: str | torch.device = "auto",
-                 backend: str = "auto", precision: str = "fp32", index: str = "auto") -> None:
+                 backend: str = "auto", precision: str | None = None, index: str = "auto",
+                 engine: str | os.PathLike | None = None) -> None:
+        manifest = None
+        if engine is not None:  # a built engine decides the backend and the precision
+            from .runtime.built_engine import read_manifest
+
+            manifest = read_manifest(engine)
+            if backend != "auto":
+                raise InvalidArgumentError(f"give a backend or an engine, not both (backend={backend!r})")
+            if precision not in (None, manifest["precision"]):
+                raise InvalidArgumentError(f"engine {engine} runs {manifest['precision']}, not {precision}")
+            precision = manifest["precision"]
+        precision = "fp32" if precision is None else precision
         if precision not in PRECISIONS:
             raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.device = _resolve_device(device)
-        spec = registry.select(backend, self.device, precision)  # refuses before any loading
+        self.device = _resolve_device(device if manifest is None or str(device) != "auto" else manifest["device"]["type"])
+        spec = None if manifest is not None else registry.select(backend, self.device, precision)  # refuses early
         if model is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
@@ -184,9 +198,14 @@ class Engine:
         else:
             self.database = self._open_database(database)
             self.index = self.database.index(index)
-        self.backend = spec.name
         self.precision = precision
-        self.runtime = spec.build(self.model, precision)
+        if manifest is not None:
+            from .runtime.built_engine import load_engine
+
+            self.runtime = load_engine(engine, self.model)
+        else:
+            self.runtime = spec.build(self.model, precision)
+        self.backend = self.runtime.name
         if not self.runtime.native:
             warnings.warn(f"{precision} is emulated on {self.device} (no native bf16 arithmetic): "
                           "it runs many times slower than fp32 here", stacklevel=2)

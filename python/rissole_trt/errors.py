@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["RissoleError", "InvalidArgumentError", "InvalidTypeError", "OutOfRangeError", "MissingFileError",
            "OutputExistsError", "DatabaseError", "FingerprintMismatchError", "BackendUnavailableError",
-           "NonFiniteError", "TrainingDiverged", "OutOfMemoryError", "RissoleModelError"]
+           "NonFiniteError", "TrainingDiverged", "OutOfMemoryError", "RissoleModelError", "EngineMismatchError"]
 
 
 class RissoleError(Exception):
@@ -61,3 +61,7 @@ class OutOfMemoryError(RissoleError, MemoryError):
 
 class RissoleModelError(RissoleError, ValueError):
     """A model file or checkpoint cannot be used; the message names the file and the problem."""
+
+
+class EngineMismatchError(RissoleError):
+    """A built engine was made for another model, device or runtime version than the one at hand."""

@@ -181,3 +181,27 @@ def format_info(result: dict[str, Any]) -> str:
     lines += [f"  auto on {device}: {' > '.join(order)}" for device, order in result["auto_order"].items()]
     return "\n".join(lines)
 
+
+
+def format_engine(manifest: dict[str, Any]) -> str:
+    """A built engine's manifest as text: the machine it was tuned on, per bucket what runs it and
+    what every candidate measured, and which per-layer tactics won."""
+    device = manifest["device"]
+    where = (f"{device['cpu_model']} ({', '.join(device['isa_flags']) or 'no listed ISA flags'}; "
+             f"{device['threads']} threads)" if device["type"] == "cpu" else f"{device['name']} (sm {device['capability']})")
+    lines = [f"engine format {manifest['format_version']}, {manifest['precision']}, built {manifest['built']} on {where}",
+             f"model {manifest['model_fingerprint'][:16]}..., buckets (images) {manifest['batch_sizes']}, "
+             f"tolerance '{manifest['tolerance']}'"]
+    for bucket in manifest["buckets"]:
+        lines.append(f"  batch {bucket['batch_size']} ({bucket['rows']} rows): {bucket['chosen']} "
+                     f"{bucket['ms']:.2f} ms per step ({bucket['speedup_vs_eager']:.2f}x eager)")
+        for name, result in bucket["candidates"].items():
+            if "ms" in result:
+                note = "" if result["within_tolerance"] else "  outside tolerance"
+                lines.append(f"      {name:<14} {result['ms']:8.2f} ms  max |error| {result['max_abs_error']:.1e}{note}")
+            else:
+                lines.append(f"      {name:<14} {'skipped: ' + result['skipped'] if 'skipped' in result else 'failed: ' + result['failed']}")
+    if manifest.get("tactics"):
+        wins = ", ".join(f"{name} x{count}" for name, count in manifest["tactics"]["wins"].items())
+        lines.append(f"per-layer tactics (layer x bucket wins): {wins}; table in {manifest['tactics']['file']}")
+    return "\n".join(lines)

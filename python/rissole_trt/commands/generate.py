@@ -42,8 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace a --save-dir folder that holds an earlier run's images")
     p.add_argument("--device", default="auto", help="auto (CUDA if torch sees a GPU, else CPU), cpu or cuda[:i]")
     p.add_argument("--backend", default="auto", help="denoiser backend (rissole-trt info lists them; default auto)")
-    p.add_argument("--precision", default="fp32", help="fp32 (exact, default) or bf16 (fast on CPUs with bf16 "
-                                                       "arithmetic and on GPUs)")
+    p.add_argument("--precision", help="fp32 (exact, default) or bf16 (fast on CPUs with bf16 arithmetic and on "
+                                       "GPUs); with --engine, the engine's")
+    p.add_argument("--engine", metavar="DIR", help="run the denoiser from an engine made by rissole-trt build-engine "
+                                                   "for this model")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Outputs first: a wrong location must not cost a whole generation.
     image_format(args.output)
-    inputs = (args.model, args.db, args.query)
+    inputs = (args.model, args.db, args.query, args.engine)
     check_output(args.output, overwrite=True, kind="image", directory=False, inputs=inputs,
                  recognise=lambda p: p.suffix.lower() == Path(args.output).suffix.lower())
     if args.save_dir:
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
 
-    engine = Engine(args.model, args.db, device=args.device, backend=args.backend, precision=args.precision)
+    engine = Engine(args.model, args.db, device=args.device, backend=args.backend, precision=args.precision,
+                    engine=args.engine)
     query = load_images(args.query, engine.model.config.image_size) if args.query else None
     query_ids = None
     if args.category:

@@ -15,12 +15,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "available and, if not, why.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--engine", metavar="DIR", help="describe a built engine instead: what runs each bucket, "
+                                                        "what every candidate measured, which tactics won")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rissole_trt.info import format_info, info
+    from rissole_trt.info import format_engine, format_info, info
 
+    if args.engine:
+        from rissole_trt.runtime.built_engine import read_manifest
+
+        manifest = read_manifest(args.engine)
+        print(json.dumps(manifest, indent=2) if args.json else format_engine(manifest))
+        return 0
     report = info()
     print(json.dumps(report, indent=2) if args.json else format_info(report))
     return 0

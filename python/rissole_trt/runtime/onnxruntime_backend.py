@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailableError
-from ..models.rissole import BlockDenoiser, RissoleModel
+from ..models.rissole import RissoleModel
+from .base import PerStepBackend
 from .onnx_export import export_denoiser_onnx
 from .registry import BackendSpec
 from .spec import step_spec
@@ -24,41 +25,38 @@ def _available() -> tuple[bool, str]:
     return True, f"onnxruntime {onnxruntime.__version__}"
 
 
-class OnnxRuntimeBackend:
-    """Exports ``model``'s per-step UNet to ONNX (into ``cache_dir`` or a temporary folder) and runs it
+class OnnxRuntimeBackend(PerStepBackend):
+    """Runs ``model``'s per-step UNet exported to ONNX (``onnx_path``, e.g. an engine's, or a private export)
     with ONNX Runtime's CPU provider. ``denoiser(cond)`` has the contract of ``RissoleModel.denoiser``."""
 
     name = "onnxruntime"
-    native = True
 
-    def __init__(self, model: RissoleModel, precision: str = "fp32", *, cache_dir: str | os.PathLike | None = None,
+    def __init__(self, model: RissoleModel, precision: str = "fp32", *, onnx_path: str | os.PathLike | None = None,
                  threads: int | None = None) -> None:
         ok, reason = _available()
         if not ok:
             raise BackendUnavailableError(f"backend 'onnxruntime' {reason}")
         import onnxruntime as ort
 
-        if next(model.parameters()).device.type != "cpu":
-            raise BackendUnavailableError("the onnxruntime backend runs on the CPU; use device='cpu'")
         if precision != "fp32":
             raise BackendUnavailableError(f"the onnxruntime backend runs fp32, not {precision}")
-        self.model = model
-        self.precision = precision
-        self._tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="rissole-onnx-")
-        directory = Path(cache_dir) if cache_dir is not None else Path(self._tmp.name)
-        self.path = export_denoiser_onnx(model, directory / "denoiser.onnx")
+        super().__init__(model, precision)
+        if self.device.type != "cpu":
+            raise BackendUnavailableError("the onnxruntime backend runs on the CPU; use device='cpu'")
+        self._tmp = None
+        if onnx_path is None:  # a private export, removed with the backend
+            self._tmp = tempfile.TemporaryDirectory(prefix="rissole-onnx-")
+            onnx_path = export_denoiser_onnx(model, Path(self._tmp.name) / "denoiser.onnx")
+        self.path = Path(onnx_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.spec = step_spec(model)
 
-    def _forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+    def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
         feeds = {name: np.ascontiguousarray(value.detach().numpy(), dtype=np.float32)
                  for name, value in self.spec.feeds(*inputs).items()}
         return torch.from_numpy(self.session.run([self.spec.output.name], feeds)[0])
-
-    def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
-        return BlockDenoiser(self.model, cond, pos, forward=self._forward)
 
 
 SPEC = BackendSpec(

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["BackendSpec", "Backend", "AUTO_ORDER", "specs", "get_spec", "select", "build", "availability"]
 
 #: Backend modules, in ``rissole_trt.runtime``.
-_MODULES = ("eager_backend", "torch_backend", "onnxruntime_backend")
+_MODULES = ("eager_backend", "torch_backend", "onnxruntime_backend", "compile_backend", "openvino_backend",
+            "cuda_graph_backend", "tensorrt_backend")
 
 #: What ``auto`` tries, per device type, first to last: the fastest implementation that is
 #: usually available first, the plain module (the specification) last.

@@ -1,0 +1,490 @@
+"""Built engines: ``rissole-trt build-engine`` -> an engine directory -> ``Engine(..., engine=DIR)``.
+
+The lifecycle of TensorRT's diffusion demo, on every device: **build** once per model and machine
+(time the candidates here, keep the fastest within the tolerance table), **load** (check that the
+engine belongs to this model and this machine), **run** (each batch padded up to a bucket).
+
+An engine directory holds:
+
+* ``manifest.json``: format version; the model's fingerprint (sha256 of its config and every
+  weight); the device (CPU model, ISA flags and threads, or GPU name, compute capability and
+  driver); the versions of torch, oneDNN, CUDA, TensorRT, ONNX Runtime and OpenVINO; the precision;
+  the buckets; per bucket every candidate's measured time and error against the eager module, and
+  the one chosen;
+* ``tactics.json`` (CPU): the per-layer tactic table (:mod:`rissole_trt.runtime.tactics`);
+* ``onnx/denoiser.onnx``: the per-step graph (what ONNX Runtime, OpenVINO and TensorRT consume),
+  checked with ONNX Runtime against the eager module at build time;
+* ``tensorrt/denoiser.plan`` and ``tensorrt/timing.cache`` when TensorRT was a candidate.
+
+A build writes into a temporary directory renamed into place at the end (a killed build leaves no
+engine), and the same build run again is a cache hit. Loading refuses another model, another device
+type, another GPU or another TensorRT version with the reason; a CPU with other ISA flags, another
+thread count or another torch only warns (rebuild with ``--rebuild`` to re-tune).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..atomic import atomic_directory, check_output, write_text
+from ..builder import model_fingerprint
+from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError,
+                      RissoleError)
+from ..models.rissole import BlockDenoiser, RissoleModel
+from ..tolerances import excess
+from . import registry
+from .spec import step_spec
+
+__all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", "load_engine", "read_manifest",
+           "BuiltEngine", "device_fingerprint", "is_engine_dir"]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TACTICS = "tactics.json"
+ONNX_FILE = Path("onnx") / "denoiser.onnx"
+TRT_PLAN, TRT_CACHE = Path("tensorrt") / "denoiser.plan", Path("tensorrt") / "timing.cache"
+ENGINE_PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_BATCH_SIZES = (1, 16, 64)
+
+#: Whole-graph candidates per device type, timed at every bucket. ``tuned`` is the model's UNet with
+#: this machine's per-layer tactic table; the rest are registered backends (peers included).
+CANDIDATES = {
+    "cpu": ("tuned", "torch", "eager", "torch_compile", "onnxruntime", "openvino"),
+    "cuda": ("tensorrt", "cuda_graph", "torch", "eager", "torch_compile"),
+}
+_ONNX_CANDIDATES = {"onnxruntime", "openvino", "tensorrt"}
+
+
+def _tolerance(precision: str) -> str:
+    return "engine_fp32" if precision == "fp32" else "bf16_eps"
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """The runtime versions an engine depends on (None: not installed)."""
+    from ..bench.hardware import _onednn_version
+
+    return {"rissole_trt": _version("rissole-trt"), "torch": torch.__version__, "onednn": _onednn_version(),
+            "cuda": torch.version.cuda, "tensorrt": _version("tensorrt"), "onnxruntime": _version("onnxruntime"),
+            "openvino": _version("openvino")}
+
+
+def device_fingerprint(device: torch.device) -> dict:
+    """What an engine's speed depends on: the CPU model, ISA flags and threads, or the GPU."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
+                "driver": getattr(torch._C, "_cuda_getDriverVersion", lambda: None)()}
+    from ..bench.hardware import ISA_FLAGS, _cpuinfo
+
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"type": "cpu", "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+            "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+def is_engine_dir(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        if (path / ONNX_FILE).is_file():
+            raise MissingFileError(f"{path} holds only the ONNX export of an engine that was not built (no GPU "
+                                   f"where it ran); run rissole-trt build-engine --device cuda on a GPU machine")
+        raise MissingFileError(f"{path} is not an engine directory (no {MANIFEST}); make one with rissole-trt build-engine")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise RissoleError(f"{file} cannot be read: {error}") from error
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise EngineMismatchError(f"{path} has engine format {manifest.get('format_version')}, this rissole_trt reads "
+                                  f"{FORMAT_VERSION}; rebuild it with rissole-trt build-engine --rebuild")
+    return manifest
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def _construct(name: str, model: RissoleModel, precision: str, root: Path, table=None,
+               buckets_rows: list[int] | None = None):
+    """The per-step callable ``forward_hoisted(x, cond_feat, time_bias, pos_bias) -> eps`` (float32)
+    of candidate ``name``, built from the engine directory ``root``. The one place that builds them."""
+    if name == "tuned":
+        from .tactics import TunedBackend
+
+        return TunedBackend(model, table).forward_hoisted
+    if name == "eager":
+        return model.unet.forward_hoisted
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, precision, onnx_path=root / ONNX_FILE).forward_hoisted
+    if name == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(model, precision, onnx_path=root / ONNX_FILE).forward_hoisted
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend, build_plan
+
+        if not (root / TRT_PLAN).is_file():
+            (root / TRT_PLAN).parent.mkdir(exist_ok=True)
+            build_plan(root / ONNX_FILE, root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows)
+        return TensorRTBackend(model, precision, plan_path=root / TRT_PLAN, buckets=buckets_rows).forward_hoisted
+    return registry.get_spec(name).build(model, precision).forward_hoisted
+
+
+def _candidate_available(name: str, device_type: str, precision: str) -> tuple[bool, str]:
+    if name == "tuned":
+        return (True, "") if device_type == "cpu" else (False, "per-layer tactics are tuned on the CPU only")
+    ok, reason = registry.availability(registry.get_spec(name), device_type, precision)
+    if ok and name in _ONNX_CANDIDATES:
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            return False, "needs onnx for the export; pip install 'rissole-trt[onnx]'"
+    return ok, reason
+
+
+@torch.no_grad()
+def _bucket_inputs(model: RissoleModel, rows: int, seed: int) -> tuple:
+    """Representative per-step inputs of ``rows`` rows: random noise and neighbours, one timestep."""
+    config = model.config
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed + rows)
+    bs, c = config.block_size, config.unet.latent_channels
+    x = torch.randn(rows, c, bs, bs, generator=g).to(device)
+    cond = torch.randn(rows, config.unet.cond_channels, bs, bs, generator=g).to(device)
+    unet = model.unet
+    cond_feat = unet.condition(cond)
+    time_bias = unet.embed_time(torch.tensor([config.diffusion.n_steps // 2], device=device))
+    pos = torch.arange(rows, device=device) % config.n_blocks
+    pos_bias = unet.embed_pos(pos) if unet.pos_embed is not None else None
+    return (x, cond_feat, time_bias) + ((pos_bias,) if pos_bias is not None else ())
+
+
+def _median_ms(fn: Callable[[], object], min_time: float, device: torch.device) -> float:
+    from ..bench.timing import median, time_calls
+
+    return median(time_calls(fn, min_time=min_time, min_reps=3, device=device)) * 1e3
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _parse_buckets(batch_sizes) -> list[int]:
+    sizes = sorted(set(batch_sizes))
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise InvalidArgumentError(f"batch sizes must be positive integers, got {list(batch_sizes)!r}")
+    return sizes
+
+
+def _build_key(manifest: dict) -> dict:
+    return {k: manifest[k] for k in ("format_version", "model_fingerprint", "device", "versions", "precision",
+                                     "batch_sizes", "candidates_requested")}
+
+
+def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
+                 batch_sizes=DEFAULT_BATCH_SIZES, budget_s: float = 60.0, candidates: tuple[str, ...] | None = None,
+                 rebuild: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Build an engine directory for ``model`` on ``device`` (see the module docstring); returns its manifest.
+
+    Args:
+        batch_sizes: the buckets, in images (each image is P block rows per denoiser call).
+        budget_s: timing budget of the whole build, split between the per-layer tactics and the
+            whole-graph candidates (compilation by torch.compile / OpenVINO / TensorRT comes on top).
+        candidates: whole-graph candidates to time (default: every one of :data:`CANDIDATES` for the device).
+        rebuild: replace an existing engine at ``output`` (also one for another model or machine).
+    """
+    if precision not in ENGINE_PRECISIONS:
+        raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(ENGINE_PRECISIONS)}")
+    if not budget_s > 0:
+        raise InvalidArgumentError(f"the budget must be positive, got {budget_s}")
+    sizes = _parse_buckets(batch_sizes)
+    device_type = torch.device(device).type
+    if device_type not in CANDIDATES:
+        raise InvalidArgumentError(f"unknown device {device!r}; use cpu or cuda")
+    requested = tuple(candidates) if candidates else CANDIDATES[device_type]
+    unknown = [c for c in requested if c not in CANDIDATES[device_type]]
+    if unknown:
+        raise InvalidArgumentError(f"unknown candidate(s) {unknown} for {device_type}; choose from "
+                                   f"{', '.join(CANDIDATES[device_type])}")
+    if precision == "fp16" and device_type == "cpu":
+        raise InvalidArgumentError("fp16 engines are built for CUDA only; on the CPU use fp32 or bf16")
+    output = Path(output)
+    check_output(output, overwrite=True, kind="engine", recognise=lambda p: is_engine_dir(p) or (p / ONNX_FILE).is_file())
+
+    if device_type == "cuda" and not torch.cuda.is_available():
+        _export_validated_onnx(model, output, sizes, seed, log)
+        raise BackendUnavailableError(f"--device cuda: torch sees no CUDA device here; wrote {output / ONNX_FILE} "
+                                      "(validated with ONNX Runtime) for a build on a GPU machine")
+    model = model.to(torch.device(device)).eval()
+    P = model.config.n_blocks
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model_fingerprint": model_fingerprint(model),
+        "model_config": model.config.to_dict(),
+        "device": device_fingerprint(torch.device(device)),
+        "versions": versions(),
+        "precision": precision,
+        "batch_sizes": sizes,
+        "block_positions": P,
+        "candidates_requested": list(requested),
+        "tolerance": _tolerance(precision),
+    }
+    if is_engine_dir(output) and not rebuild:
+        existing = read_manifest(output)
+        if _build_key(existing) == _build_key(manifest):
+            log(f"{output}: up to date (same model, machine, versions and settings); nothing to build")
+            return existing
+        raise EngineMismatchError(f"{output} holds an engine built for another model, machine or settings; "
+                                  "pass --rebuild (rebuild=True) to replace it")
+    if output.exists() and not rebuild and any(output.iterdir()):
+        raise EngineMismatchError(f"{output} holds an unfinished engine export; pass --rebuild to replace it")
+
+    started = time.perf_counter()
+    rows_of = {b: b * P for b in sizes}
+    inputs = {b: _bucket_inputs(model, rows_of[b], seed) for b in sizes}
+    with torch.no_grad():
+        expected = {b: model.unet.forward_hoisted(*inputs[b]).float() for b in sizes}
+    with atomic_directory(output, replace=True) as tmp:
+        table = None
+        available = {}
+        for name in requested:
+            ok, reason = _candidate_available(name, device_type, precision)
+            available[name] = (ok, reason)
+            if not ok:
+                log(f"candidate {name}: skipped ({reason})")
+        if any(ok and name in _ONNX_CANDIDATES for name, (ok, _) in available.items()):
+            _export_onnx(model, tmp, inputs[sizes[0]], expected[sizes[0]], log)
+        if available.get("tuned", (False,))[0]:
+            from .tactics import tune
+
+            per_candidate = budget_s * 0.5 / (sizes.__len__() * 120)  # ~35 layers x 3-4 candidates
+            log(f"tuning per-layer tactics at {len(sizes)} bucket(s)")
+            table = tune(model, precision, {rows_of[b]: inputs[b] for b in sizes},
+                         seconds_per_candidate=per_candidate, log=log)
+            write_text(tmp / TACTICS, json.dumps(table.to_dict(), indent=1))
+        runnable = [n for n, (ok, _) in available.items() if ok]
+        per_timing = budget_s * (0.5 if table is not None else 1.0) / max(1, len(runnable) * len(sizes))
+        results: dict[str, dict] = {b: {} for b in sizes}
+        for name, (ok, reason) in available.items():
+            if not ok:
+                for b in sizes:
+                    results[b][name] = {"skipped": reason}
+                continue
+            t = time.perf_counter()
+            try:
+                fn = _construct(name, model, precision, tmp, table, [rows_of[b] for b in sizes])
+            except (RissoleError, RuntimeError, ImportError) as error:  # a candidate that cannot build here
+                log(f"candidate {name}: failed to build ({error})")
+                for b in sizes:
+                    results[b][name] = {"failed": str(error)}
+                continue
+            for b in sizes:
+                try:
+                    with torch.no_grad():
+                        out = fn(*inputs[b]).float()  # first call: compiles / packs for this shape
+                        err = excess(out, expected[b], _tolerance(precision))
+                        ms = _median_ms(lambda: fn(*inputs[b]), per_timing, torch.device(device))
+                except (RissoleError, RuntimeError) as error:
+                    log(f"candidate {name} at batch {b}: failed ({error})")
+                    results[b][name] = {"failed": str(error)}
+                    continue
+                max_abs = float((out - expected[b]).abs().max())
+                results[b][name] = {"ms": ms, "max_abs_error": max_abs, "tolerance_excess": err,
+                                    "within_tolerance": err <= 1.0}
+                log(f"candidate {name} at batch {b} ({rows_of[b]} rows): {ms:.2f} ms, max |error| {max_abs:.2e}"
+                    + ("" if err <= 1.0 else " (outside tolerance: not eligible)"))
+            log(f"candidate {name}: done in {time.perf_counter() - t:.1f} s")
+        buckets = []
+        for b in sizes:
+            eligible = {n: r for n, r in results[b].items() if r.get("within_tolerance")}
+            if not eligible:
+                raise RissoleError(f"no candidate ran within tolerance at batch {b}: {results[b]}")
+            chosen = min(eligible, key=lambda n: eligible[n]["ms"])
+            peers = {n: r["ms"] for n, r in eligible.items() if n not in ("tuned",)}
+            buckets.append({"batch_size": b, "rows": rows_of[b], "chosen": chosen, "ms": eligible[chosen]["ms"],
+                            "max_abs_error": eligible[chosen]["max_abs_error"], "candidates": results[b],
+                            "speedup_vs_eager": (results[b].get("eager", {}).get("ms", float("nan"))
+                                                 / eligible[chosen]["ms"]),
+                            "fastest_other": min(peers, key=peers.get) if peers else None})
+            log(f"batch {b}: {chosen} ({eligible[chosen]['ms']:.2f} ms per step)")
+        manifest["buckets"] = buckets
+        manifest["tactics"] = None if table is None else {"file": TACTICS, "wins": table.summary()}
+        manifest["onnx"] = str(ONNX_FILE) if (tmp / ONNX_FILE).is_file() else None
+        manifest["build_s"] = time.perf_counter() - started
+        manifest["built"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+    log(f"wrote engine {output} in {manifest['build_s']:.1f} s")
+    return manifest
+
+
+def _export_onnx(model: RissoleModel, root: Path, inputs: tuple, expected: torch.Tensor,
+                 log: Callable[[str], None]) -> dict:
+    """Export the per-step graph into ``root`` and check it with ONNX Runtime against the eager module."""
+    from .onnx_export import export_denoiser_onnx
+
+    (root / ONNX_FILE).parent.mkdir(parents=True, exist_ok=True)
+    export_denoiser_onnx(model, root / ONNX_FILE)
+    try:
+        from .onnxruntime_backend import OnnxRuntimeBackend
+    except ImportError:  # pragma: no cover - onnxruntime ships with onnx in our extras
+        return {"validated": False}
+    ok, reason = registry.availability(registry.get_spec("onnxruntime"), "cpu", "fp32")
+    if not ok:
+        log(f"wrote {ONNX_FILE}; not validated ({reason})")
+        return {"validated": False, "reason": reason}
+    cpu_model = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
+    backend = OnnxRuntimeBackend(cpu_model, "fp32", onnx_path=root / ONNX_FILE)
+    out = backend.forward_hoisted(*(t.cpu() for t in inputs))
+    err = excess(out, expected.cpu(), "onnx_fp32")
+    if err > 1.0:
+        raise RissoleError(f"the exported ONNX graph disagrees with the model (max |error| "
+                           f"{float((out - expected.cpu()).abs().max()):.2e}); this is a bug, please report it")
+    log(f"wrote {ONNX_FILE}, checked with ONNX Runtime (max |error| {float((out - expected.cpu()).abs().max()):.1e})")
+    return {"validated": True}
+
+
+def _cpu_copy(model: RissoleModel) -> RissoleModel:
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
+def _export_validated_onnx(model: RissoleModel, output: Path, sizes: list[int], seed: int, log) -> None:
+    """Without a GPU: what a CUDA build would consume, written (atomically) and checked on the CPU."""
+    model = model.cpu().eval()
+    inputs = _bucket_inputs(model, sizes[0] * model.config.n_blocks, seed)
+    with torch.no_grad():
+        expected = model.unet.forward_hoisted(*inputs)
+    with atomic_directory(output, replace=True) as tmp:
+        _export_onnx(model, tmp, inputs, expected, log)
+
+
+# --------------------------------------------------------------------------- load and run
+
+
+def load_engine(path: str | os.PathLike, model: RissoleModel, *, log=None) -> "BuiltEngine":
+    """Open an engine directory for ``model`` (on the model's device), checking it belongs to both."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    device = next(model.parameters()).device
+    if manifest["model_fingerprint"] != model_fingerprint(model):
+        raise EngineMismatchError(f"engine {path} was built for another model (its weights or config differ); "
+                                  "build one for this model with rissole-trt build-engine")
+    built_on, here = manifest["device"], device_fingerprint(device)
+    if built_on["type"] != here["type"]:
+        raise EngineMismatchError(f"engine {path} was built for {built_on['type']}, the model is on {here['type']}")
+    now = versions()
+    if here["type"] == "cuda":
+        for key in ("name", "capability"):
+            if built_on[key] != here[key]:
+                raise EngineMismatchError(f"engine {path} was built on {built_on['name']} (sm {built_on['capability']}),"
+                                          f" this is {here['name']} (sm {here['capability']}); rebuild it here")
+        if any(b["chosen"] == "tensorrt" for b in manifest["buckets"]) and manifest["versions"]["tensorrt"] != now["tensorrt"]:
+            raise EngineMismatchError(f"engine {path} holds a TensorRT {manifest['versions']['tensorrt']} plan; "
+                                      f"this machine has TensorRT {now['tensorrt']}: rebuild it")
+    else:
+        differences = [f"{k} {built_on.get(k)} -> {here.get(k)}" for k in ("cpu_model", "isa_flags", "threads")
+                       if built_on.get(k) != here.get(k)]
+        if manifest["versions"]["torch"] != now["torch"]:
+            differences.append(f"torch {manifest['versions']['torch']} -> {now['torch']}")
+        if differences:
+            warnings.warn(f"engine {path} was tuned on another machine or setup ({'; '.join(differences)}); it runs, "
+                          "but its choices may not be the fastest here: rissole-trt build-engine --rebuild re-tunes",
+                          stacklevel=3)
+    return BuiltEngine(path, manifest, model)
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    batch_size: int
+    rows: int
+    chosen: str
+
+
+class BuiltEngine:
+    """A loaded engine: the Backend contract (``denoiser(cond)``), each call padded up to a bucket.
+
+    A call of r rows runs at the smallest bucket of at least r rows, the rows padded by repeating
+    the last one (every row is independent: one-group GroupNorm normalises per row); more rows than
+    the largest bucket are split into largest-bucket pieces.
+    """
+
+    name = "engine"
+    native = True
+
+    def __init__(self, path: Path, manifest: dict, model: RissoleModel) -> None:
+        self.path, self.manifest, self.model = path, manifest, model
+        self.precision = manifest["precision"]
+        self.buckets = [_Bucket(b["batch_size"], b["rows"], b["chosen"]) for b in manifest["buckets"]]
+        table = None
+        if manifest.get("tactics"):
+            from .tactics import TacticTable
+
+            table = TacticTable.from_dict(json.loads((path / manifest["tactics"]["file"]).read_text()))
+        rows = [b.rows for b in self.buckets]
+        built = {}
+        for name in dict.fromkeys(b.chosen for b in self.buckets):
+            built[name] = _construct(name, model, self.precision, path, table, rows)
+        self._run = {b.rows: built[b.chosen] for b in self.buckets}
+
+    def bucket_for(self, rows: int) -> int:
+        """The rows of the bucket a call of ``rows`` rows runs at (the largest one if none holds it)."""
+        fitting = [b.rows for b in self.buckets if b.rows >= rows]
+        return min(fitting) if fitting else self.buckets[-1].rows
+
+    @torch.no_grad()
+    def forward_hoisted(self, x: torch.Tensor, cond_feat: torch.Tensor, time_bias: torch.Tensor,
+                        pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.shape[0]
+        largest = self.buckets[-1].rows
+        if rows > largest:
+            pieces = []
+            for start in range(0, rows, largest):
+                part = slice(start, min(rows, start + largest))
+                pieces.append(self.forward_hoisted(
+                    x[part], cond_feat[part], time_bias if time_bias.shape[0] == 1 else time_bias[part],
+                    None if pos_bias is None else pos_bias[part]))
+            return torch.cat(pieces)
+        bucket = self.bucket_for(rows)
+
+        def pad(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or t.shape[0] != rows or bucket == rows:
+                return t
+            return torch.cat([t, t[-1:].expand(bucket - rows, *t.shape[1:])])
+
+        time_rows = time_bias if time_bias.shape[0] == 1 else pad(time_bias)
+        eps = self._run[bucket](pad(x), pad(cond_feat), time_rows, pad(pos_bias))
+        return eps[:rows]
+
+    def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
+        return BlockDenoiser(self.model, cond, pos, forward=self.forward_hoisted)
+
+    def describe(self) -> list[str]:
+        """One line per bucket: what runs it and how fast it measured against eager."""
+        lines = []
+        for b in self.manifest["buckets"]:
+            lines.append(f"batch {b['batch_size']:>4} ({b['rows']} rows): {b['chosen']}, {b['ms']:.2f} ms per step, "
+                         f"{b['speedup_vs_eager']:.2f}x eager, max |error| {b['max_abs_error']:.1e}")
+        return lines

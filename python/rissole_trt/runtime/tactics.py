@@ -1,0 +1,312 @@
+"""Per-layer tactic selection: what ``rissole-trt build-engine`` does for the CPU.
+
+TensorRT builds a GPU engine by timing candidate kernels ("tactics") for every layer on the target
+device. The CPU has the same problem: which convolution algorithm wins depends on the ISA (AVX2,
+AVX-512, AMX), the layer's shape and the rows per call. :func:`tune` makes a copy of the model's
+block UNet in which every layer that has alternatives is a *tunable* module holding all of them,
+runs the copy once per bucket to capture each layer's real input, times every candidate on it, and
+keeps the fastest whose output lies within the tolerance table (:mod:`rissole_trt.tolerances`)
+of the plain float32 layer. The result is a :class:`TacticTable`; :class:`TunedBackend` runs the
+UNet with it, each layer dispatching on its input's row count to the bucket's choice.
+
+Candidates (each a module over channels-last activations in the backend's dtype):
+
+* convolutions: ``onednn_packed`` (weights reordered once to oneDNN's blocked format, the torch
+  backend's choice), ``conv2d`` (``F.conv2d`` on channels-last weights), ``im2col_gemm``
+  (``F.unfold`` + one GEMM, which reaches MKL's AVX-512/AMX GEMM kernels), and for 1x1 convolutions
+  ``gemm_1x1`` (a channels-last map is already the [pixels, channels] matrix: one GEMM, no copy);
+* the 4x4 stride-2 upsampling: ``subpixel_packed`` / ``subpixel_conv2d`` (four 2x2 convolutions,
+  one per output parity) and ``conv_transpose`` (oneDNN's transposed convolution);
+* self-attention: ``matmul`` (the reference's two matmuls and softmax) and ``sdpa``
+  (``F.scaled_dot_product_attention``, torch's fused flash-attention CPU kernel).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..models.layers import Attention
+from ..models.rissole import RissoleModel
+from ..models.unet import BlockUNet
+from ..tolerances import excess
+from .base import PerStepBackend
+from .torch_backend import (PreparedConv, SubPixelConvTranspose, packs_for_onednn, precision_dtype, _pair)
+
+__all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]
+
+_CL = torch.channels_last
+#: Layers outside the per-step network (run once per batch by BlockDenoiser): not tuned.
+_HOISTED = {"cond_conv", "time_embed", "pos_embed"}
+
+
+def layer_tolerance(precision: str) -> str:
+    """The tolerance-table entry a layer's candidate must meet against the float32 layer."""
+    return "tactic_fp32" if precision == "fp32" else "bf16_eps"
+
+
+class _Im2colConv(nn.Module):
+    """A stride-s convolution as im2col (``F.unfold``) and one GEMM per call."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding)
+        self.weight = conv.weight.detach().to(dtype).reshape(conv.out_channels, -1).contiguous()
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        oh = (h + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # [N, C*kh*kw, L]
+        out = torch.matmul(cols.transpose(1, 2), self.weight.t())  # [N, L, O]: channels-last order
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)
+
+
+class _Gemm1x1(nn.Module):
+    """A 1x1 stride-1 convolution as one GEMM over the channels-last pixel matrix."""
+
+    @staticmethod
+    def applies(conv: nn.Module) -> bool:
+        return (isinstance(conv, nn.Conv2d) and _pair(conv.kernel_size) == [1, 1] and _pair(conv.stride) == [1, 1]
+                and _pair(conv.padding) == [0, 0])
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = conv.weight.detach().to(dtype).reshape(conv.out_channels, -1).t().contiguous()
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels-last x
+        out = pixels @ self.weight if self.bias is None else torch.addmm(self.bias, pixels, self.weight)
+        return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _SdpaAttention(nn.Module):
+    """:class:`Attention` through ``F.scaled_dot_product_attention`` (same projections)."""
+
+    def __init__(self, attention: Attention, qkv: nn.Module, out: nn.Module) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = attention.n_heads, attention.head_dim
+        self.qkv, self.out = qkv, out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        qkv = self.qkv(x).reshape(n, 3, self.n_heads, self.head_dim, h * w).transpose(-2, -1)
+        res = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])  # [N, heads, hw, d]
+        return self.out(res.transpose(-2, -1).reshape(n, self.n_heads * self.head_dim, h, w))
+
+
+class _MatmulAttention(nn.Module):
+    """:class:`Attention`'s own arithmetic with prepared projections."""
+
+    def __init__(self, attention: Attention, qkv: nn.Module, out: nn.Module) -> None:
+        super().__init__()
+        self.reference = copy.copy(attention)  # shares nothing mutable: only the two submodules differ
+        self.reference._modules = dict(attention._modules, qkv=qkv, out=out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reference(x)
+
+
+def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> dict[str, nn.Module]:
+    if SubPixelConvTranspose.applies(conv):
+        out = {"subpixel_conv2d": SubPixelConvTranspose(conv, dtype, packed=False),
+               "conv_transpose": PreparedConv(conv, dtype, packed=packed_ok)}
+        if packed_ok:
+            out["subpixel_packed"] = SubPixelConvTranspose(conv, dtype, packed=True)
+        return out
+    out = {"conv2d": PreparedConv(conv, dtype, packed=False)}
+    if packed_ok:
+        out["onednn_packed"] = PreparedConv(conv, dtype, packed=True)
+    if isinstance(conv, nn.Conv2d):
+        out["im2col_gemm"] = _Im2colConv(conv, dtype)
+        if _Gemm1x1.applies(conv):
+            out["gemm_1x1"] = _Gemm1x1(conv, dtype)
+    return out
+
+
+class _Tunable(nn.Module):
+    """One layer with several implementations; ``choice[rows]`` names the one run for that many rows
+    (``default`` for any other count). While ``capture`` is a dict, calls record their input."""
+
+    def __init__(self, kind: str, reference: nn.Module, candidates: dict[str, nn.Module], default: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.reference = [reference]  # the float32 layer (a list: not a submodule, not converted)
+        self.candidates = nn.ModuleDict(candidates)
+        self.default = default
+        self.choice: dict[int, str] = {}
+        self.capture: dict[int, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.capture is not None:
+            self.capture[x.shape[0]] = x
+        return self.candidates[self.choice.get(x.shape[0], self.default)](x)
+
+
+def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str, _Tunable]]:
+    """A prepared eval copy of ``unet`` whose convolutions and attention layers are :class:`_Tunable`."""
+    dtype = precision_dtype(precision)
+    device = next(unet.parameters()).device
+    packed_ok = packs_for_onednn(device, dtype)
+    base = copy.deepcopy(unet).eval().requires_grad_(False)
+    tunables: dict[str, _Tunable] = {}
+
+    def conv_tunable(name: str, conv: nn.Module) -> _Tunable:
+        candidates = _conv_candidates(conv, dtype, packed_ok)
+        default = next(c for c in ("subpixel_packed", "onednn_packed", "subpixel_conv2d", "conv2d") if c in candidates)
+        tunables[name] = _Tunable("conv", conv, candidates, default)
+        return tunables[name]
+
+    def swap(parent: nn.Module, prefix: str) -> None:
+        for child_name, child in list(parent.named_children()):
+            name = f"{prefix}{child_name}"
+            if name in _HOISTED:
+                continue
+            if isinstance(child, Attention):
+                qkv, out = conv_tunable(f"{name}.qkv", child.qkv), conv_tunable(f"{name}.out", child.out)
+                candidates = {"matmul": _MatmulAttention(child, qkv, out), "sdpa": _SdpaAttention(child, qkv, out)}
+                tunables[name] = _Tunable("attention", child, candidates, "matmul")
+                setattr(parent, child_name, tunables[name])
+            elif isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
+                setattr(parent, child_name, conv_tunable(name, child))
+            else:
+                swap(child, f"{name}.")
+
+    swap(base, "")
+    # Norms, biases and embeddings in the backend's dtype; the tunables' candidates already are.
+    for module in base.modules():
+        if not isinstance(module, _Tunable):
+            for key, param in module._parameters.items():
+                if param is not None:
+                    module._parameters[key] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+    return base, tunables
+
+
+@dataclass
+class TacticTable:
+    """Per layer and bucket (rows per call): the chosen candidate and what every candidate measured."""
+
+    precision: str
+    layers: dict[str, dict[str, dict]] = field(default_factory=dict)  # layer -> str(rows) -> record
+
+    def choice(self, layer: str, rows: int) -> str:
+        return self.layers[layer][str(rows)]["chosen"]
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "layers": self.layers}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "TacticTable":
+        return cls(doc["precision"], doc["layers"])
+
+    def summary(self) -> dict[str, int]:
+        """How many (layer, bucket) pairs each candidate won."""
+        counts: dict[str, int] = {}
+        for per_rows in self.layers.values():
+            for record in per_rows.values():
+                counts[record["chosen"]] = counts.get(record["chosen"], 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _median_seconds(fn: Callable[[], object], min_time: float, reps: int = 3) -> float:
+    fn()  # warm-up (first-call packing, allocator)
+    samples, start = [], time.perf_counter()
+    while len(samples) < reps or (time.perf_counter() - start < min_time and len(samples) < 50):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def tune(model: RissoleModel, precision: str, inputs_per_bucket: dict[int, tuple], *, seconds_per_candidate: float,
+         log: Callable[[str], None] = lambda _: None) -> TacticTable:
+    """Time every candidate of every tunable layer at each bucket and keep the fastest within tolerance.
+
+    Args:
+        inputs_per_bucket: rows -> the per-step network's float32 inputs (``step_spec`` order).
+        seconds_per_candidate: timing budget of one candidate at one layer and bucket (at least 3 calls).
+    """
+    unet, tunables = _tunable_unet(model.unet, precision)
+    dtype = precision_dtype(precision)
+    kind = layer_tolerance(precision)
+    table = TacticTable(precision)
+    for rows, inputs in inputs_per_bucket.items():
+        captured: dict[str, torch.Tensor] = {}
+        for name, tunable in tunables.items():
+            tunable.capture = {}
+        unet.forward_hoisted(*_convert_inputs(inputs, dtype))
+        for name, tunable in tunables.items():
+            captured[name] = tunable.capture[rows]
+            tunable.capture = None
+        for name, tunable in tunables.items():
+            x = captured[name]
+            expected = tunable.reference[0](x.float())
+            record: dict = {"candidates": {}}
+            for candidate, module in tunable.candidates.items():
+                out = module(x)
+                err = excess(out.float(), expected, kind)
+                seconds = _median_seconds(lambda: module(x), seconds_per_candidate)
+                record["candidates"][candidate] = {"ms": seconds * 1e3, "excess": err}
+            ok = {c: r for c, r in record["candidates"].items() if r["excess"] <= 1.0}
+            if not ok:
+                raise InvalidArgumentError(f"no candidate of layer {name} at {rows} rows is within tolerance")
+            record["chosen"] = min(ok, key=lambda c: ok[c]["ms"])
+            table.layers.setdefault(name, {})[str(rows)] = record
+        log(f"tactics at {rows} rows: " + ", ".join(f"{c} x{n}" for c, n in _count(table, rows).items()))
+    return table
+
+
+def _count(table: TacticTable, rows: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for per_rows in table.layers.values():
+        chosen = per_rows[str(rows)]["chosen"]
+        counts[chosen] = counts.get(chosen, 0) + 1
+    return counts
+
+
+def _convert_inputs(inputs: tuple, dtype: torch.dtype) -> tuple:
+    return tuple(None if t is None else (t.to(dtype).contiguous(memory_format=_CL) if t.ndim == 4 else t.to(dtype))
+                 for t in inputs)
+
+
+def apply_tactics(model: RissoleModel, table: TacticTable) -> BlockUNet:
+    """The model's UNet with every tunable layer dispatching to the table's choice per bucket."""
+    unet, tunables = _tunable_unet(model.unet, table.precision)
+    if set(tunables) != set(table.layers):
+        raise InvalidArgumentError("the tactic table was made for another network (its layers differ)")
+    for name, tunable in tunables.items():
+        tunable.choice = {int(rows): record["chosen"] for rows, record in table.layers[name].items()}
+        unknown = set(tunable.choice.values()) - set(tunable.candidates)
+        if unknown:
+            raise InvalidArgumentError(f"layer {name}: tactic(s) {sorted(unknown)} are not available on this machine")
+        # Unused candidates are dropped: they would hold a second copy of the weights.
+        keep = set(tunable.choice.values()) | {tunable.default}
+        tunable.candidates = nn.ModuleDict({c: m for c, m in tunable.candidates.items() if c in keep})
+    return unet
+
+
+class TunedBackend(PerStepBackend):
+    """The per-step UNet with a :class:`TacticTable` applied (``forward_hoisted`` float32 in and out)."""
+
+    name = "tuned"
+
+    def __init__(self, model: RissoleModel, table: TacticTable) -> None:
+        super().__init__(model, table.precision)
+        self.unet = apply_tactics(model, table)
+
+    @torch.no_grad()
+    def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        return self.unet.forward_hoisted(*_convert_inputs(inputs, self.dtype)).float().contiguous()

@@ -1,0 +1,126 @@
+"""The TensorRT denoiser backend: the per-step UNet's ONNX graph built into a TensorRT plan.
+
+Written against TensorRT's documented Python API (``tensorrt`` >= 10); TensorRT cannot be
+installed in this project's workplace, so this module is untested here: its tests are marked
+``trt`` and skip with that reason. What it does: parse the ONNX file (the graph whose dynamic axes
+``rows`` and ``time_rows`` are named apart, :mod:`rissole_trt.runtime.spec`) into a strongly typed
+network (the graph's own float32 types; fp16/bf16 plans need a low-precision export with
+normalisation kept in float32, not built yet), add one optimisation profile per bucket (min = opt =
+max = that bucket's rows), build with the timing cache kept beside the plan, then run with
+``execute_async_v3`` on torch's current stream, into buffers the backend owns.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import BackendUnavailableError
+from ..models.rissole import RissoleModel
+from .base import PerStepBackend
+from .registry import BackendSpec
+from .spec import step_spec
+
+
+def _available() -> tuple[bool, str]:
+    try:
+        import tensorrt
+    except ImportError:
+        return False, "TensorRT is not installed (pip install tensorrt on a CUDA machine)"
+    if not torch.cuda.is_available():
+        return False, "torch sees no CUDA device"
+    return True, f"tensorrt {tensorrt.__version__}"
+
+
+def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, buckets: list[int]) -> bytes:
+    """Build (and write) a TensorRT plan with one optimisation profile per bucket of rows."""
+    import tensorrt as trt
+
+    from ..atomic import write_bytes
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendUnavailableError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    cache = config.create_timing_cache(timing_cache_path.read_bytes() if timing_cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    for rows in buckets:
+        profile = builder.create_optimization_profile()
+        for tensor in spec.inputs:
+            shape = tensor.concrete({"rows": rows, "time_rows": 1})
+            profile.set_shape(tensor.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BackendUnavailableError("TensorRT failed to build the plan (see its log above)")
+    write_bytes(plan_path, bytes(plan))
+    write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+class TensorRTBackend(PerStepBackend):
+    """Runs a TensorRT plan of ``model``'s per-step UNet; one execution context per bucket."""
+
+    name = "tensorrt"
+
+    def __init__(self, model: RissoleModel, precision: str = "fp32", *, plan_path: str | os.PathLike | None = None,
+                 buckets: list[int] | None = None) -> None:
+        ok, reason = _available()
+        if not ok:
+            raise BackendUnavailableError(f"backend 'tensorrt': {reason}")
+        if precision != "fp32":
+            raise BackendUnavailableError("the tensorrt backend builds fp32 plans only so far")
+        import tensorrt as trt
+
+        super().__init__(model, precision)
+        self.spec = step_spec(model)
+        self.buckets = list(buckets or [model.config.n_blocks * b for b in (1, 16, 64)])
+        if plan_path is None:  # a private build, as the other registered backends do
+            import tempfile
+
+            from .onnx_export import export_denoiser_onnx
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="rissole-trt-")
+            root = Path(self._tmp.name)
+            build_plan(export_denoiser_onnx(model, root / "denoiser.onnx"), root / "denoiser.plan",
+                       root / "timing.cache", self.spec, self.buckets)
+            plan_path = root / "denoiser.plan"
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        self.contexts = {}
+
+    def _context(self, rows: int):
+        if rows not in self.buckets:
+            raise BackendUnavailableError(f"the plan has profiles for {self.buckets} rows, not {rows}")
+        if rows not in self.contexts:
+            context = self.engine.create_execution_context()
+            context.set_optimization_profile_async(self.buckets.index(rows), torch.cuda.current_stream().cuda_stream)
+            self.contexts[rows] = context
+        return self.contexts[rows]
+
+    @torch.no_grad()
+    def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        feeds = {name: t.float().contiguous() for name, t in self.spec.feeds(*inputs).items()}
+        rows = feeds["x"].shape[0]
+        context = self._context(rows)
+        for name, tensor in feeds.items():
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        out = torch.empty(self.spec.output.concrete({"rows": rows}), device=self.device)
+        context.set_tensor_address(self.spec.output.name, out.data_ptr())
+        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise BackendUnavailableError("TensorRT execution failed")
+        return out
+
+
+SPEC = BackendSpec(
+    name="tensorrt", devices=("cuda",), precisions=("fp32",),
+    description="TensorRT plan of the per-step ONNX graph, one profile per bucket (untested: no TensorRT here)",
+    available=_available,
+    build=TensorRTBackend,
+)

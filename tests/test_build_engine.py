@@ -1,0 +1,260 @@
+"""Built engines: build -> manifest -> load -> run, the cache-hit and refusal rules, padding to
+buckets, a killed build, per-layer tactics, and the peers (torch.compile, OpenVINO) as candidates.
+
+Timing decides only *which* candidate runs; every assertion here is about correctness, so the
+tests hold whichever candidate wins on the machine at hand. The model is the converted authors'
+checkpoint of the fixtures (a real converted model, small enough to build in seconds)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reference_fixtures import paths
+from synthetic import smooth_images
+from tolerances import assert_close
+from rissole_trt import cli
+from rissole_trt.builder import build_database
+from rissole_trt.engine import Engine
+from rissole_trt.errors import BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError
+from rissole_trt.models import RissoleModel
+from rissole_trt.runtime import built_engine
+from rissole_trt.runtime.built_engine import build_engine, load_engine, read_manifest
+from rissole_trt.runtime.tactics import TacticTable, TunedBackend, apply_tactics, tune
+
+# Fast candidates only (torch.compile compiles for tens of seconds per shape: tested once, below).
+FAST = ("tuned", "torch", "eager")
+BUILD = dict(batch_sizes=(1, 2), budget_s=2.0, candidates=FAST, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return RissoleModel.from_reference(**paths("ref_addpos_")).eval()
+
+
+@pytest.fixture(scope="module")
+def built(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    manifest = build_engine(model, root / "engine", **BUILD)
+    return root / "engine", manifest
+
+
+@pytest.fixture(scope="module")
+def db(model, tmp_path_factory):
+    return build_database(model, smooth_images(12), tmp_path_factory.mktemp("db") / "db", progress=False)
+
+
+def _step_inputs(model, rows, seed=0):
+    return built_engine._bucket_inputs(model, rows, seed)
+
+
+def test_manifest_records_the_model_the_machine_and_every_candidate(built, model):
+    path, manifest = built
+    on_disk = read_manifest(path)
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert manifest["model_fingerprint"] == built_engine.model_fingerprint(model)
+    assert manifest["device"]["type"] == "cpu" and manifest["device"]["threads"] == torch.get_num_threads()
+    assert set(manifest["versions"]) >= {"torch", "onednn", "cuda", "tensorrt", "onnxruntime", "openvino"}
+    assert [b["batch_size"] for b in manifest["buckets"]] == [1, 2]
+    for bucket in manifest["buckets"]:
+        assert bucket["rows"] == bucket["batch_size"] * model.config.n_blocks
+        assert set(bucket["candidates"]) == set(FAST)
+        timed = {n: r for n, r in bucket["candidates"].items() if r["within_tolerance"]}
+        assert bucket["chosen"] == min(timed, key=lambda n: timed[n]["ms"])  # the fastest within tolerance
+        assert bucket["candidates"]["eager"]["max_abs_error"] == 0.0
+    assert (path / "tactics.json").is_file() and sum(manifest["tactics"]["wins"].values()) > 0
+
+
+def test_engine_images_equal_the_eager_engine_within_one_grey_level(built, model, db):
+    path, _ = built
+    kwargs = dict(n=3, seed=4, sampler="ddim", steps=5, batch_size=3, progress=False)  # 3: padded / split
+    eager = Engine(model, db, device="cpu", backend="eager").generate(**kwargs)
+    engine = Engine(model, db, device="cpu", engine=path)
+    assert engine.backend == "engine" and engine.precision == "fp32"
+    assert_close(engine.generate(**kwargs), eager, "images_uint8")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 8, 11])  # below, inside, at and above the buckets (4, 8 rows)
+def test_calls_are_padded_up_to_a_bucket_or_split(built, model, rows):
+    engine = load_engine(built[0], model)
+    inputs = _step_inputs(model, rows, seed=rows)
+    assert_close(engine.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "engine_fp32")
+    assert engine.bucket_for(rows) == (4 if rows <= 4 else 8)
+
+
+def test_the_same_build_again_is_a_cache_hit(built, model):
+    path, manifest = built
+    stamp = (path / "manifest.json").stat().st_mtime_ns
+    messages = []
+    again = build_engine(model, path, **dict(BUILD, log=messages.append))
+    assert again == read_manifest(path) and (path / "manifest.json").stat().st_mtime_ns == stamp
+    assert any("up to date" in m for m in messages)
+
+
+def test_another_model_or_settings_are_refused_with_the_reason(built, model, tmp_path):
+    path, _ = built
+    other = RissoleModel.from_reference(**paths("ref_addpos_"))
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1e-3)
+    with pytest.raises(EngineMismatchError, match="another model"):
+        load_engine(path, other)
+    with pytest.raises(EngineMismatchError, match="--rebuild"):
+        build_engine(model, path, **dict(BUILD, batch_sizes=(1, 4)))
+    with pytest.raises(MissingFileError, match="not an engine directory"):
+        load_engine(tmp_path, model)
+
+
+def test_another_cpu_warns_and_another_format_is_refused(built, model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(built[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["device"]["isa_flags"] = ["avx2"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="isa_flags.*--rebuild"):
+        load_engine(copy, model)
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineMismatchError, match="format 99"):
+        load_engine(copy, model)
+
+
+def test_rebuild_replaces_and_a_killed_build_leaves_nothing(model, tmp_path, monkeypatch):
+    path = tmp_path / "engine"
+    build_engine(model, path, **BUILD)
+    rebuilt = build_engine(model, path, **dict(BUILD, batch_sizes=(1, 3), rebuild=True))
+    assert read_manifest(path)["batch_sizes"] == [1, 3] == rebuilt["batch_sizes"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(built_engine, "_median_ms", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(model, fresh, **BUILD)
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(model, path, **dict(BUILD, rebuild=True))
+    assert not fresh.exists() and read_manifest(path)["batch_sizes"] == [1, 3]  # the old engine is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]  # no temporary folders left
+
+
+def test_bad_arguments_are_refused_before_any_work(model, tmp_path):
+    for bad in ({"batch_sizes": ()}, {"batch_sizes": (0, 4)}, {"precision": "fp8"}, {"budget_s": 0},
+                {"candidates": ("tensorrt",)}, {"precision": "fp16"}):
+        with pytest.raises(InvalidArgumentError):
+            build_engine(model, tmp_path / "e", **dict(BUILD, **bad))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not an? engine|engine"):
+        build_engine(model, tmp_path / "taken", **BUILD)
+    assert not (tmp_path / "e").exists()
+
+
+def test_cuda_build_without_a_gpu_fails_clearly_and_leaves_validated_onnx(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    path = tmp_path / "engine"
+    with pytest.raises(BackendUnavailableError, match="no CUDA device.*validated with ONNX Runtime"):
+        build_engine(model, path, **dict(BUILD, device="cuda", candidates=None))
+    assert (path / "onnx" / "denoiser.onnx").is_file()
+    with pytest.raises(MissingFileError, match="only the ONNX export"):
+        load_engine(path, model)
+    code = cli.main(["build-engine", "--preset", "tiny", "--device", "cuda", "--batch-sizes", "1",
+                     "-o", str(tmp_path / "cli")])
+    assert code == 2 and (tmp_path / "cli" / "onnx" / "denoiser.onnx").is_file()
+
+
+def test_cli_builds_describes_and_generates(model, db, tmp_path, capsys):
+    model_dir = model.save(tmp_path / "model")
+    engine_dir = tmp_path / "engine"
+    args = ["build-engine", "--model", str(model_dir), "--batch-sizes", "1,2", "--budget", "2",
+            "--candidates", *FAST, "-o", str(engine_dir)]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 0 and "up to date" in capsys.readouterr().out
+    assert cli.main(["info", "--engine", str(engine_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "batch 1 (4 rows)" in text and "per-layer tactics" in text
+    assert cli.main(["generate", "--model", str(model_dir), "--db", str(db.path), "--engine", str(engine_dir), "-n", "2",
+                     "--sampler", "ddim", "--steps", "3", "--no-progress", "-o", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    assert cli.main(["generate", "--model", str(model_dir), "--db", str(db.path), "--engine", str(engine_dir),
+                     "--backend", "torch", "-o", str(tmp_path / "g2.png")]) == 2
+
+
+# --------------------------------------------------------------------------- tactics
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_chosen_tactic_is_within_tolerance_and_the_network_matches(model, precision):
+    rows = 2 * model.config.n_blocks
+    inputs = _step_inputs(model, rows)
+    table = tune(model, precision, {rows: inputs}, seconds_per_candidate=0.001)
+    for layer, per_rows in table.layers.items():
+        record = per_rows[str(rows)]
+        assert record["candidates"][record["chosen"]]["excess"] <= 1.0, layer
+        assert record["chosen"] == min((c for c, r in record["candidates"].items() if r["excess"] <= 1.0),
+                                       key=lambda c: record["candidates"][c]["ms"])
+    again = TacticTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    out = TunedBackend(model, again).forward_hoisted(*inputs)
+    assert_close(out, model.unet.forward_hoisted(*inputs), "engine_fp32" if precision == "fp32" else "bf16_eps")
+
+
+def test_a_tactic_table_of_another_network_is_refused(model):
+    rows = model.config.n_blocks
+    table = tune(model, "fp32", {rows: _step_inputs(model, rows)}, seconds_per_candidate=0.001)
+    table.layers["no.such.layer"] = table.layers.pop(next(iter(table.layers)))
+    with pytest.raises(InvalidArgumentError, match="another network"):
+        apply_tactics(model, table)
+
+
+# --------------------------------------------------------------------------- peers as candidates
+
+
+@pytest.mark.parametrize("name", ["openvino", "torch_compile", "onnxruntime"])
+def test_peer_backends_match_the_eager_module(model, name):
+    from rissole_trt.runtime import registry
+
+    ok, reason = registry.availability(registry.get_spec(name), "cpu", "fp32")
+    if not ok:
+        pytest.skip(reason)
+    backend = registry.build(name, model, "fp32")
+    inputs = _step_inputs(model, model.config.n_blocks)
+    assert_close(backend.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "engine_fp32")
+
+
+# --------------------------------------------------------------------------- GPU runtimes (skip here)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_backend_matches_eager_on_a_gpu(model):
+    from rissole_trt.runtime.cuda_graph_backend import CudaGraphBackend
+
+    gpu = RissoleModel.from_reference(**paths("ref_addpos_")).cuda().eval()
+    backend = CudaGraphBackend(gpu, "fp32")
+    for rows in (4, 8, 4):  # a new shape captures, a seen one replays
+        inputs = tuple(t.cuda() for t in _step_inputs(model, rows, seed=rows))
+        assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), "engine_fp32")
+    assert len(backend._graphs) == 2
+
+
+@pytest.mark.gpu
+def test_cuda_engine_build_and_images(model, db, tmp_path):
+    gpu = RissoleModel.from_reference(**paths("ref_addpos_")).cuda().eval()
+    manifest = build_engine(gpu, tmp_path / "engine", **dict(BUILD, device="cuda", candidates=None))
+    assert manifest["device"]["type"] == "cuda"
+    kwargs = dict(n=2, seed=1, sampler="ddim", steps=4, batch_size=2, progress=False)
+    eager = Engine(gpu, db, device="cuda", backend="eager").generate(**kwargs)
+    assert_close(Engine(gpu, db, device="cuda", engine=tmp_path / "engine").generate(**kwargs), eager, "images_uint8")
+
+
+@pytest.mark.trt
+def test_tensorrt_backend_matches_eager(model):
+    from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
+
+    gpu = RissoleModel.from_reference(**paths("ref_addpos_")).cuda().eval()
+    backend = TensorRTBackend(gpu, "fp32", buckets=[4, 8])
+    inputs = tuple(t.cuda() for t in _step_inputs(model, 8))
+    assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), "engine_fp32")
