@@ -258,3 +258,23 @@ def test_tensorrt_backend_matches_eager(model):
     backend = TensorRTBackend(gpu, "fp32", buckets=[4, 8])
     inputs = tuple(t.cuda() for t in _step_inputs(model, 8))
     assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), "engine_fp32")
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def test_bench_times_the_engine_beside_a_peer_and_reports_the_ratio(built, model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from rissole_trt.bench import BenchOptions, format_report, run_bench
+
+    model_dir = model.save(tmp_path / "model")
+    options = BenchOptions(preset=None, model=str(model_dir), baseline=None, backends=("onnxruntime",),
+                           precisions=("fp32",), samplers=("ddim:3",), images=1, timing_steps=2, repeats=1,
+                           budget_s=2.0, threads=1, db_size=50, psnr_images=0, peak_time=0.05, engine=str(built[0]))
+    report = run_bench(options, log=lambda _: None)
+    kinds = {v["name"]: v for v in report["variants"]}
+    assert set(kinds) == {"engine fp32", "onnxruntime fp32"}
+    (ratio,) = report["peers"]
+    assert ratio["ours"] == "engine fp32" and ratio["fastest_peer"] == "onnxruntime fp32"
+    assert ratio["speedup"] == pytest.approx(kinds["onnxruntime fp32"]["ms_per_call"] / kinds["engine fp32"]["ms_per_call"])
+    assert "vs the fastest peer onnxruntime fp32" in format_report(report)

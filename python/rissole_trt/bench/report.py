@@ -128,6 +128,9 @@ def format_report(report: dict) -> str:
             extra.append(f"{v['precision']} is emulated on this hardware")
         if extra:
             lines.append(f"  {v['name']}: " + "; ".join(extra))
+    for ratio in report.get("peers", []):
+        lines.append(f"  {ratio['precision']}: {ratio['ours']} {ratio['ours_ms']:.1f} ms per call vs the fastest peer "
+                     f"{ratio['fastest_peer']} {ratio['peer_ms']:.1f} ms: {ratio['speedup']:.2f}x")
     for v in report["variants"]:
         if v.get("profile"):
             top = ", ".join(f"{e['op']} {100 * e['share']:.0f}%" for e in v["profile"][:6])

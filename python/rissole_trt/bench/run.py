@@ -86,6 +86,8 @@ class BenchOptions:
     seed: int = 0
     profile: bool = False
     peak_time: float = 1.0
+    peers: bool = False  # add the peers a user would pick instead (PEERS), interleaved with the rest
+    engine: str | None = None  # a built engine directory, timed beside the backends
 
     def validate(self) -> None:
         if (self.preset is None) == (self.model is None):
@@ -111,6 +113,26 @@ class BenchOptions:
             raise InvalidArgumentError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
         if not self.samplers:
             raise InvalidArgumentError("give at least one sampler")
+
+
+#: What a user would run instead of us: ``--peers`` adds every one of them that is available here.
+PEERS = ("eager", "torch_compile", "onnxruntime", "openvino")
+
+
+def peer_ratios(variants: list[dict]) -> list[dict]:
+    """Per precision: the built engine's (else our torch backend's) per-step call against the fastest peer."""
+    out = []
+    for precision in dict.fromkeys(v["precision"] for v in variants):
+        ours = [v for v in variants if v["precision"] == precision and v["kind"] in ("engine", "torch")]
+        peers = [v for v in variants if v["precision"] == precision and v["kind"] in PEERS]
+        if not ours or not peers:
+            continue
+        mine = next((v for v in ours if v["kind"] == "engine"), ours[0])
+        fastest = min(peers, key=lambda v: v["ms_per_call"])
+        out.append({"precision": precision, "ours": mine["name"], "ours_ms": mine["ms_per_call"],
+                    "fastest_peer": fastest["name"], "peer_ms": fastest["ms_per_call"],
+                    "speedup": fastest["ms_per_call"] / mine["ms_per_call"]})
+    return out
 
 
 @dataclass
@@ -540,7 +562,17 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] | None = None) -
         if options.baseline == "reference":
             variants.append(_Variant("reference fp32", "reference", "fp32", bench.B, bench.P))
         bench.backends = {}
-        for backend in dict.fromkeys(options.backends):
+        wanted = tuple(options.backends) + (PEERS if options.peers else ())
+        if options.engine:
+            from ..runtime.built_engine import load_engine
+
+            t = time.perf_counter()
+            built = load_engine(options.engine, bench.model)
+            bench.backends[("engine", built.precision)] = built
+            log(f"engine {options.engine} ({built.precision}): loaded in {time.perf_counter() - t:.2f} s; "
+                + "; ".join(built.describe()))
+            variants.append(_Variant(f"engine {built.precision}", "engine", built.precision, bench.B * bench.P, 1))
+        for backend in dict.fromkeys(wanted):
             spec = registry.get_spec(backend)
             for precision in precisions:
                 ok, reason = registry.availability(spec, bench.device.type, precision)
@@ -596,6 +628,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] | None = None) -
         "retrieval": retrieval,
         "configs": configs,
         "quality": quality,
+        "peers": peer_ratios([v.result | {"kind": v.kind, "precision": v.precision} for v in variants]),
     }
     report["goals"] = evaluate_goals(report)
     report["wall_s"] = time.perf_counter() - started

@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--psnr-images", type=int, default=1,
                    help="images generated in fp32 and in reduced precision to compare them (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peers", action="store_true",
+                   help="also time what a user would run instead: eager, torch.compile, ONNX Runtime, OpenVINO "
+                        "(those installed), and print our fastest against the fastest of them")
+    p.add_argument("--engine", metavar="DIR", help="also time a built engine (rissole-trt build-engine) for the model")
     p.add_argument("--profile", action="store_true", help="add each backend's top operators (torch.profiler)")
     p.add_argument("-o", "--output", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a plot of images/s per configuration")
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         precisions=tuple(args.precision), samplers=tuple(args.sampler), images=args.images,
         timing_steps=args.timing_steps, repeats=args.repeats, budget_s=args.budget, threads=args.threads,
         device=args.device, db_size=args.db_size, psnr_images=args.psnr_images, seed=args.seed,
-        profile=args.profile)
+        profile=args.profile, peers=args.peers, engine=args.engine)
     report = run_bench(options)
     print(format_report(report))
     if args.output:
