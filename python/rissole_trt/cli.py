@@ -23,6 +23,7 @@ COMMANDS = [
     "build_db",
     "build_engine",
     "generate",
+    "generate_dataset",
     "bench",
     "train",
     "eval",

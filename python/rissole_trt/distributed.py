@@ -1,0 +1,278 @@
+"""Dataset-scale generation on Ray: ``generate_dataset`` and ``rissole-trt generate-dataset``.
+
+Ray Data runs the work: a dataset of *shard ids* goes through ``map_batches`` into a pool of
+actors (``concurrency=workers``, ``num_gpus=gpus_per_worker``), each holding one :class:`Engine`
+(model, database, built engine) loaded once. An actor generates a shard with
+:meth:`Engine.generate_batch` and writes it itself; the driver only records finished shards.
+
+What guarantees what:
+
+* **Same images whatever the scheduling.** Every image's query and noise follow from
+  (seed, image id) (:class:`GenerationPlan`), and shards are whole multiples of the plan's batch
+  size, so a shard runs exactly the batches a single-process ``Engine.generate(n, seed=...,
+  batch_size=...)`` runs: the output does not depend on the number of workers or on which worker
+  ran what (tested bitwise against a single process on the same CPU and thread count).
+* **No partial or doubled shard.** A shard's output has a name derived from its id and is written to
+  a temporary name and renamed into place (:mod:`rissole_trt.atomic`); a duplicate attempt (Ray
+  retries a failed task or restarts a dead actor: at-least-once execution) writes the same bytes
+  and replaces the first atomically.
+* **Resume.** ``manifest.json`` lists a shard only after its output is complete (with the sha256 of
+  what was written); it is rewritten atomically after each shard. A rerun of the same command
+  skips the recorded shards whose output is still there and redoes the rest; a rerun with nothing
+  to do writes nothing. Our manifest is the mechanism: Ray Data's own checkpointing is not used
+  (it is not in every Ray release the extra allows), so resuming does not depend on Ray's version.
+* **The database reaches workers without a copy per task**: every actor memory-maps the same
+  on-disk database (the page cache is shared by all actors of a node; on several nodes the folder
+  must be on shared storage), instead of a copy in the object store per actor.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_directory, atomic_file, write_text
+from .errors import InvalidArgumentError, OutputExistsError, RissoleError
+
+__all__ = ["FORMATS", "generate_dataset", "shard_ranges"]
+
+FORMATS = ("png", "npz", "webdataset")
+RUN_FILE = "run.json"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise RissoleError(f"generate-dataset runs on Ray, which is not installed ({error}); "
+                           "pip install 'rissole-trt[distributed]'") from error
+    return ray
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """``(first image id, count)`` of every shard."""
+    return [(first, min(shard_size, n - first)) for first in range(0, n, shard_size)]
+
+
+def shard_name(shard: int, fmt: str) -> str:
+    return {"png": f"shard-{shard:06d}", "npz": f"shard-{shard:06d}.npz", "webdataset": f"shard-{shard:06d}.tar"}[fmt]
+
+
+def _write_shard(out_dir: Path, shard: int, first: int, images: np.ndarray, fmt: str) -> str:
+    """Write one shard atomically; returns the sha256 of what was written (PNG bytes in id order)."""
+    from PIL import Image
+
+    digest = hashlib.sha256()
+    target = out_dir / shard_name(shard, fmt)
+    if fmt == "npz":
+        with atomic_file(target) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, ids=np.arange(first, first + len(images), dtype=np.int64))
+            digest.update(tmp.read_bytes())
+        return digest.hexdigest()
+    encoded = []
+    for offset, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append((f"{first + offset:09d}", buffer.getvalue()))
+        digest.update(buffer.getvalue())
+    if fmt == "png":
+        with atomic_directory(target, replace=True) as tmp:
+            for key, data in encoded:
+                (tmp / f"{key}.png").write_bytes(data)
+    else:  # webdataset: a tar of <key>.png members, the format webdataset's readers take
+        with atomic_file(target) as tmp:
+            with tarfile.open(tmp, "w") as tar:
+                for key, data in encoded:
+                    info = tarfile.TarInfo(f"{key}.png")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+    return digest.hexdigest()
+
+
+class _ShardWorker:
+    """A Ray Data actor: one Engine, loaded once; ``__call__`` generates and writes shards."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import torch
+
+        from .engine import Engine
+
+        if settings["threads"]:
+            torch.set_num_threads(settings["threads"])
+        self.settings = settings
+        self.engine = Engine(settings["model"], settings["database"], engine=settings["engine"],
+                             device=settings["device"])
+        self.plan = self.engine.plan(settings["n"], seed=settings["seed"], sampler=settings["sampler"],
+                                     steps=settings["steps"], batch_size=settings["batch_size"])
+        self.out_dir = Path(settings["out_dir"])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        s = self.settings
+        shards, counts, digests, seconds = [], [], [], []
+        for shard in batch["shard"].tolist():
+            started = time.perf_counter()
+            first = shard * s["shard_size"]
+            count = min(s["shard_size"], s["n"] - first)
+            images = self.engine.generate_batch(self.plan, first, count)
+            digests.append(_write_shard(self.out_dir, shard, first, images, s["format"]))
+            shards.append(shard)
+            counts.append(count)
+            seconds.append(time.perf_counter() - started)
+        return {"shard": np.array(shards), "count": np.array(counts), "sha256": np.array(digests),
+                "seconds": np.array(seconds)}
+
+
+def _quiet(ray) -> None:
+    """Our progress bar only: Ray Data's own bars and execution logs would interleave with it."""
+    import logging
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _run_settings(n, shard_size, batch_size, seed, sampler, steps, fmt, model_fingerprint) -> dict:
+    return {"format_version": FORMAT_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
+            "seed": seed, "sampler": sampler, "steps": steps, "format": fmt, "model_fingerprint": model_fingerprint}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RissoleError(f"{path} cannot be read ({error}); remove the folder or choose another") from error
+
+
+def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
+                     database: str | os.PathLike | None = None, engine: str | os.PathLike | None = None,
+                     shard_size: int = 1024, batch_size: int = 16, seed: int = 0, sampler: str | None = None,
+                     steps: int | None = None, format: str = "png", ray_address: str | None = None,
+                     workers: int | None = None, gpus_per_worker: float = 0, threads_per_worker: int = 1,
+                     device: str = "auto", progress: bool = True) -> dict:
+    """Generate images ``0 .. n-1`` of one plan into shards under ``out_dir`` on Ray (see the module
+    docstring for the guarantees); returns the manifest.
+
+    Args:
+        model, database, engine: as for :class:`rissole_trt.Engine`, as paths every worker can read
+            (None: the built-in model and database).
+        shard_size: images per shard (a multiple of ``batch_size``).
+        ray_address: None starts a local Ray cluster; ``"auto"`` or ``"ray://host:10001"`` joins one.
+        workers: actors (default: the cluster's CPUs / ``threads_per_worker``, or its GPUs /
+            ``gpus_per_worker``).
+        format: ``png`` (a folder of PNGs per shard), ``npz`` (images + ids) or ``webdataset`` (tar).
+    """
+    from .engine import DEFAULT_SAMPLER, Engine
+
+    n = _positive(n, "n")
+    shard_size = _positive(shard_size, "shard_size")
+    batch_size = _positive(batch_size, "batch_size")
+    threads_per_worker = _positive(threads_per_worker, "threads_per_worker")
+    if workers is not None:
+        workers = _positive(workers, "workers")
+    if shard_size % batch_size:
+        raise InvalidArgumentError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}): "
+                                   "a shard then runs whole batches, the same ones as a single process")
+    if format not in FORMATS:
+        raise InvalidArgumentError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not (isinstance(gpus_per_worker, (int, float)) and gpus_per_worker >= 0):
+        raise InvalidArgumentError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    sampler = sampler or DEFAULT_SAMPLER
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a folder")
+    ray = _ray()
+
+    # Check every setting here, before any worker starts (the plan validates sampler, steps, k).
+    from .builder import model_fingerprint
+
+    probe = Engine(model, database, engine=engine, device="cpu" if device == "auto" else device)
+    probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size)
+    settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, format, model_fingerprint(probe.model))
+    del probe
+    run_file, manifest_file = out_dir / RUN_FILE, out_dir / MANIFEST
+    if run_file.is_file():
+        previous = _read_json(run_file)
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise OutputExistsError(f"{out_dir} holds another run (its {', '.join(changed)} differ); "
+                                    "choose another folder or rerun with that run's settings to resume it")
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputExistsError(f"{out_dir} is not empty and holds no generate-dataset run; choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not run_file.is_file():
+        write_text(run_file, json.dumps(settings, indent=1))
+
+    shards = shard_ranges(n, shard_size)
+    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"shards": {}}
+    done = {int(s) for s, record in manifest["shards"].items()
+            if (out_dir / shard_name(int(s), format)).exists() and record["count"] == shards[int(s)][1]}
+    manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}
+    pending = [s for s in range(len(shards)) if s not in done]
+    if not pending:
+        if progress:
+            print(f"{out_dir}: all {len(shards)} shards ({n} images) are done; nothing to do")
+        return manifest
+
+    _quiet(ray)
+    started_ray = False
+    if not ray.is_initialized():
+        init = {"address": ray_address} if ray_address else {}
+        ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started_ray = True
+    try:
+        resources = ray.cluster_resources()
+        if workers is None:
+            by_cpu = max(1, int(resources.get("CPU", 1) // threads_per_worker))
+            by_gpu = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else by_cpu
+            workers = max(1, min(by_cpu, by_gpu, len(pending)))
+        worker_settings = dict(settings, model=None if model is None else str(Path(model).resolve()),
+                               database=None if database is None else str(Path(database).resolve()),
+                               engine=None if engine is None else str(Path(engine).resolve()),
+                               out_dir=str(out_dir.resolve()), threads=threads_per_worker,
+                               device="cuda" if gpus_per_worker else ("cpu" if device == "auto" else device))
+        dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
+        results = dataset.map_batches(
+            _ShardWorker, fn_constructor_kwargs={"settings": worker_settings}, batch_size=1,
+            concurrency=workers, num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
+            batch_format="numpy")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=sum(shards[s][1] for s in done), unit="img", disable=not progress,
+                   desc=f"{len(pending)} shards on {workers} worker(s)")
+        t0 = time.perf_counter()
+        for row in results.iter_rows():
+            shard = int(row["shard"])
+            manifest["shards"][str(shard)] = {"first": shards[shard][0], "count": int(row["count"]),
+                                              "sha256": str(row["sha256"]), "seconds": float(row["seconds"])}
+            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            write_text(manifest_file, json.dumps(manifest, indent=1))
+            bar.update(int(row["count"]))
+            bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
+        bar.close()
+        elapsed = time.perf_counter() - t0
+    finally:
+        if started_ray:
+            ray.shutdown()
+    new_images = sum(shards[s][1] for s in pending)
+    manifest["last_run"] = {"workers": workers, "shards": len(pending), "images": new_images, "seconds": elapsed,
+                            "images_per_s": new_images / elapsed if elapsed else None}
+    write_text(manifest_file, json.dumps(manifest, indent=1))
+    return manifest
