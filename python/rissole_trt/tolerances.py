@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Tolerance", "TOLERANCES", "excess"]
+__all__ = ["Tolerance", "TOLERANCES", "KERNEL_ERROR_FACTOR", "excess"]
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,22 @@ TOLERANCES: dict[str, Tolerance] = {
                                          "sub-pixel, fused attention) against the plain layer"),
     "engine_fp32": Tolerance(1e-4, 1e-3, "a built engine's fp32 per-step network (tactics chained over ~30 layers, "
                                          "or another runtime) against the eager module"),
+    "kernel_fp32": Tolerance(1e-5, 1e-5, "a Triton kernel's fp32 result against its torch reference in fp32 "
+                                         "(another summation order: online softmax over token tiles)"),
+    "kernel_lowp_floor": Tolerance(1e-4, 0.0, "added to flash-attention's rule for fp16/bf16 kernels (error <= "
+                                              "KERNEL_ERROR_FACTOR x the low-precision reference's): a floor for "
+                                              "results the reference happens to hit exactly"),
     "bf16_eps": Tolerance(5e-2, 5e-2, "bf16 weights and activations (8-bit mantissa) against fp32, one evaluation"),
     "float64_closed_form": Tolerance(1e-10, 1e-10, "float64 sampler and schedule algebra against closed forms"),
     "float64_roundtrip": Tolerance(1e-6, 0.0, "x0 -> eps -> x0 in float64 divides by sqrt(alpha_bar), ~0.01 near t = T"),
     "images_uint8": Tolerance(2.0, 0.0, "uint8 images of the same plan at another batch size or backend: fp32 "
                                         "reordering moves a pixel across a rounding boundary (<= 1 level seen)"),
 }
+
+
+#: flash-attention's rule for low-precision kernels: the kernel's error against an fp32 reference may be at
+#: most this many times the error of the torch reference computed in the same low precision.
+KERNEL_ERROR_FACTOR = 2.0
 
 
 def excess(actual: torch.Tensor, expected: torch.Tensor, kind: str) -> float:
