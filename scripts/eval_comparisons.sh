@@ -18,7 +18,7 @@ for dir in "$run/seed$seed"/*/; do
       "$dir/checkpoints/checkpoint.pt" 2>/dev/null || echo 0)
   [[ "$done_step" == "$steps" ]] || { echo "$row: at step $done_step of $steps, not evaluated yet"; continue; }
   db_args=()
-  if python -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['unet'].get('conditioning','add') != 'none' else 1)" \
+  if python -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['config']['unet'].get('conditioning','add') != 'none' else 1)" \
       "$dir/model/config.json"; then
     [[ -d "$dir/db" ]] || rissole-trt build-db --model "$dir/model" --images "$data" --split train_idx \
         --labels categories --no-store-keys -o "$dir/db" >/dev/null
