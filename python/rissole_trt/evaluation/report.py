@@ -30,7 +30,9 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
              sampler: str = "dpmpp_2m", steps: int | None = None, batch_size: int = 32, exclude_self: bool = True,
              clip: str = "none", progress: bool = True) -> tuple[dict, np.ndarray]:
     """Generate ``n`` images and measure them; returns (report, generated images)."""
-    bf = engine.model.config.unet.block_factor
+    # A whole-latent model (block factor 1) has no seams of its own: it is measured on the 2x2 grid
+    # where a block model's would be, so that every model of a comparison is measured alike.
+    bf = max(2, engine.model.config.unet.block_factor)
     start = time.perf_counter()
     generated = engine.generate(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
                                 exclude_self=exclude_self, clip=clip, progress=progress)
@@ -43,7 +45,8 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
                      "training_images": None if training is None else len(training)},
         "generation_seconds": seconds,
         "images_per_second": n / seconds,
-        "seam_ratio": {"generated": block_seam_ratio(generated, bf), "real": block_seam_ratio(real, bf)},
+        "seam_ratio": {"generated": block_seam_ratio(generated, bf), "real": block_seam_ratio(real, bf),
+                       "block_factor": bf},
         "swd": sliced_wasserstein(generated, real, seed=seed),
         "autoencoder_psnr_db": psnr(real, reconstruct(engine, real)),
         "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
