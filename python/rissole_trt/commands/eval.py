@@ -1,4 +1,4 @@
-"""``rissole-trt eval``: block-seam ratio, SWD, memorisation and autoencoder PSNR of a model."""
+"""``rissole-trt eval``: block-seam ratio, SWD, domain FID, memorisation and autoencoder PSNR of a model."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "eval", help="measure sample quality (seam ratio, SWD, memorisation, autoencoder PSNR)",
+        "eval", help="measure sample quality (seam ratio, SWD, domain FID, memorisation, autoencoder PSNR)",
         description="Generate N images and compare them with held-out real images (--real) and the training images "
                     "(--train, for the memorisation rate). Writes the JSON report and a PNG sample grid beside it.")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the built-in model)")
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress)
     report["settings"].update({"model": args.model or "built-in", "db": args.db or ("built-in" if engine.database is not None else None)})
     json_path, grid = write_report(report, generated, args.output)
-    print(json.dumps({k: report[k] for k in ("seam_ratio", "swd", "autoencoder_psnr_db") + (("memorisation",) if training is not None else ())}, indent=1))
+    print(json.dumps({k: report[k] for k in ("seam_ratio", "swd", "domain_fid", "autoencoder_psnr_db")
+                      + (("memorisation",) if training is not None else ())}, indent=1))
     print(f"wrote {json_path} and {grid}")
     return 0

@@ -12,6 +12,7 @@ import torch
 
 from ..engine import Engine
 from ..images import from_model_output, make_grid, save_image, to_model_input
+from .fid import features, frechet_distance, load_feature_net
 from .metrics import block_seam_ratio, memorisation_rate, psnr, sliced_wasserstein
 from ..atomic import write_text
 
@@ -58,6 +59,13 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
         # held-out images (what a perfect model's samples would score, sampling noise included).
         pick = np.random.default_rng(seed).choice(len(training), size=min(n, len(training)), replace=False)
         report["swd_training_images"] = sliced_wasserstein(training[np.sort(pick)], real, seed=seed)
+    # Domain FID (not Inception-FID: a small CNN trained on the emoji images, see evaluation.fid), with
+    # its floor: as many real training images as generated ones against the same held-out images.
+    net = load_feature_net()
+    report["domain_fid"] = {"generated": frechet_distance(features(net, generated), features(net, real))}
+    if training is not None:
+        report["domain_fid"]["training_images"] = frechet_distance(features(net, training[np.sort(pick)]),
+                                                                   features(net, real))
     return report, generated
 
 
