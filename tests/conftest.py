@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# Triton reads TRITON_INTERPRET when its own modules are first imported (torch.compile imports them too),
+# so the kernels' CPU tests need it set before any test runs, not in their own module.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"  # read-only project data beside the checkout; absent in some CI runs
 
