@@ -278,3 +278,14 @@ def test_bench_times_the_engine_beside_a_peer_and_reports_the_ratio(built, model
     assert ratio["ours"] == "engine fp32" and ratio["fastest_peer"] == "onnxruntime fp32"
     assert ratio["speedup"] == pytest.approx(kinds["onnxruntime fp32"]["ms_per_call"] / kinds["engine fp32"]["ms_per_call"])
     assert "vs the fastest peer onnxruntime fp32" in format_report(report)
+
+
+def test_a_bf16_engine_skips_eager_and_stays_within_the_bf16_tolerance(model, tmp_path):
+    manifest = build_engine(model, tmp_path / "engine", **dict(BUILD, precision="bf16", batch_sizes=(1,)))
+    (bucket,) = manifest["buckets"]
+    assert bucket["candidates"]["eager"] == {"skipped": "serves fp32, not bf16"}
+    assert bucket["speedup_vs_eager"] is None and bucket["chosen"] in ("tuned", "torch")
+    engine = load_engine(tmp_path / "engine", model)
+    inputs = _step_inputs(model, 3)
+    assert_close(engine.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "bf16_eps")
+    assert "eager" not in engine.describe()[0]

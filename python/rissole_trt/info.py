@@ -193,8 +193,9 @@ def format_engine(manifest: dict[str, Any]) -> str:
              f"model {manifest['model_fingerprint'][:16]}..., buckets (images) {manifest['batch_sizes']}, "
              f"tolerance '{manifest['tolerance']}'"]
     for bucket in manifest["buckets"]:
+        versus = "" if bucket["speedup_vs_eager"] is None else f" ({bucket['speedup_vs_eager']:.2f}x eager)"
         lines.append(f"  batch {bucket['batch_size']} ({bucket['rows']} rows): {bucket['chosen']} "
-                     f"{bucket['ms']:.2f} ms per step ({bucket['speedup_vs_eager']:.2f}x eager)")
+                     f"{bucket['ms']:.2f} ms per step{versus}")
         for name, result in bucket["candidates"].items():
             if "ms" in result:
                 note = "" if result["within_tolerance"] else "  outside tolerance"

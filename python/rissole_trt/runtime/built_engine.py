@@ -325,8 +325,9 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
             peers = {n: r["ms"] for n, r in eligible.items() if n not in ("tuned",)}
             buckets.append({"batch_size": b, "rows": rows_of[b], "chosen": chosen, "ms": eligible[chosen]["ms"],
                             "max_abs_error": eligible[chosen]["max_abs_error"], "candidates": results[b],
-                            "speedup_vs_eager": (results[b].get("eager", {}).get("ms", float("nan"))
-                                                 / eligible[chosen]["ms"]),
+                            # None where eager does not run this precision (bf16, fp16)
+                            "speedup_vs_eager": (results[b]["eager"]["ms"] / eligible[chosen]["ms"]
+                                                 if "ms" in results[b].get("eager", {}) else None),
                             "fastest_other": min(peers, key=peers.get) if peers else None})
             log(f"batch {b}: {chosen} ({eligible[chosen]['ms']:.2f} ms per step)")
         manifest["buckets"] = buckets
@@ -485,6 +486,7 @@ class BuiltEngine:
         """One line per bucket: what runs it and how fast it measured against eager."""
         lines = []
         for b in self.manifest["buckets"]:
+            versus = "" if b["speedup_vs_eager"] is None else f"{b['speedup_vs_eager']:.2f}x eager, "
             lines.append(f"batch {b['batch_size']:>4} ({b['rows']} rows): {b['chosen']}, {b['ms']:.2f} ms per step, "
-                         f"{b['speedup_vs_eager']:.2f}x eager, max |error| {b['max_abs_error']:.1e}")
+                         f"{versus}max |error| {b['max_abs_error']:.1e}")
         return lines
