@@ -34,7 +34,7 @@ def main() -> None:
         group = rows[name]
         mean = lambda f: statistics.mean(f(r) for r in group)  # noqa: E731
         params = "-"
-        seeds = sorted({p.parent.name for p in runs.glob(f"seed*/{name}/model/model.safetensors")})
+        seeds = sorted({p.parents[2].name for p in runs.glob(f"seed*/{name}/model/model.safetensors")})
         if seeds:
             from rissole_trt.models import RissoleModel
 
