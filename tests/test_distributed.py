@@ -154,3 +154,50 @@ def test_without_ray_the_command_says_how_to_get_it(assets, tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RissoleError, match=r"pip install 'rissole-trt\[distributed\]'"):
         generate_dataset(2, tmp_path / "out", model=assets[0], database=assets[1], shard_size=2, **PLAN)
+
+
+def _worker_pids() -> list[int]:
+    """The processes of our Ray Data actors (Ray names an actor's process after its class)."""
+    found = subprocess.run(["pgrep", "-f", "MapBatches\\(_ShardWorker\\)"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_killed_worker_is_replaced_by_ray_and_every_image_is_written_once(cluster, assets, tmp_path):
+    """SIGKILL the actor mid-shard: Ray Data restarts it and retries its shard (at-least-once), the
+    atomic shard writes make the retry harmless, and the run finishes by itself; a rerun then has
+    nothing to do."""
+    n, shard, out = 12, 2, tmp_path / "out"
+    slow = dict(PLAN, sampler="ddpm", steps=None)
+    command = [sys.executable, "-m", "rissole_trt.cli", "generate-dataset", "-n", str(n), "-o", str(out),
+               "--model", str(assets[0]), "--db", str(assets[1]), "--shard-size", str(shard), "--batch-size", "2",
+               "--seed", "3", "--sampler", "ddpm", "--format", "npz", "--workers", "1", "--ray-address", cluster,
+               "--no-progress"]
+    driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        if manifest.is_file() and len(json.loads(manifest.read_text())["shards"]) >= 1 and _worker_pids():
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    killed = _worker_pids()
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    finished_at_kill = len(json.loads(manifest.read_text())["shards"])
+    assert killed and finished_at_kill < n // shard  # killed mid-run
+    try:
+        driver.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert driver.returncode == 0, driver.stderr.read().decode()[-2000:]
+    assert not set(killed) & set(_worker_pids())  # the killed process is gone; a new actor did the rest
+    images, ids = _read(out, n, shard, "npz")
+    assert ids == list(range(n))  # every image exactly once
+    np.testing.assert_array_equal(images, _single_process(assets, n, **slow))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    generate_dataset(n, out, model=assets[0], database=assets[1], shard_size=shard, format="npz",
+                     workers=1, progress=False, **slow)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
