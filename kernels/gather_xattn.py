@@ -28,9 +28,12 @@ dot-product attention, in plain torch.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from ._attention import masked_attention_reference, tl, triton
+
+if triton is not None:
+    from ._attention import load_query_tile, online_softmax_result, online_softmax_update
 
 __all__ = ["gather_xattn", "gather_xattn_reference", "check_inputs"]
 
@@ -83,19 +86,8 @@ def gather_xattn_reference(q, ids, row_image, row_block, codes, k_codes, v_codes
     keys = k_codes.to(dtype)[tokens] + k_pos.to(dtype)[pos]  # [R, T, H, dh]
     values = v_codes.to(dtype)[tokens] + v_pos.to(dtype)[pos]
     mask = valid.repeat_interleave(positions, dim=1)  # [R, T]
-    scale = dh ** -0.5 if scale is None else scale
-    scores = torch.einsum("rqhd,rthd->rhqt", q.to(dtype), keys) * scale
-    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-    weights = torch.softmax(scores.float(), dim=-1).to(dtype)
-    weights = torch.nan_to_num(weights, nan=0.0)  # a fully masked row: softmax of -inf is NaN -> zeros
-    return torch.einsum("rhqt,rthd->rqhd", weights, values).to(q.dtype)
+    return masked_attention_reference(q, keys, values, mask, dh ** -0.5 if scale is None else scale, dtype)
 
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference still works; gather_xattn says what is missing
-    triton = None
 
 if triton is not None:
 
@@ -104,22 +96,10 @@ if triton is not None:
                              out_ptr, scale, Lq, H, DH, K_NB, N_DB, POS,
                              BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
                              PRECISION: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        head = tl.program_id(1).to(tl.int64)
-        q_start = tl.program_id(2) * BLOCK_Q
-        offs_q = q_start + tl.arange(0, BLOCK_Q)
-        offs_d = tl.arange(0, BLOCK_D)
-        q_mask = (offs_q[:, None] < Lq) & (offs_d[None, :] < DH)
-        # q[row, i, head, d]; int64 offsets throughout
-        q_offs = ((row * Lq + offs_q[:, None].to(tl.int64)) * H + head) * DH + offs_d[None, :]
+        row, head, offs_d, q, q_offs, q_mask, m_i, l_i, acc = load_query_tile(q_ptr, Lq, H, DH, BLOCK_Q, BLOCK_D)
         dtype = q_ptr.dtype.element_ty
-        q = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0)
-
         image = tl.load(row_image_ptr + row).to(tl.int64)
         block = tl.load(row_block_ptr + row).to(tl.int64)
-        m_i = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
-        l_i = tl.zeros((BLOCK_Q,), tl.float32)
-        acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
         n_tokens = K_NB * POS
         for t0 in range(0, n_tokens, BLOCK_T):
             offs_t = t0 + tl.arange(0, BLOCK_T)
@@ -138,17 +118,8 @@ if triton is not None:
                     + tl.load(kp_ptr + pos_offs, mask=kv_mask, other=0.0).to(tl.float32)).to(dtype)
             values = (tl.load(vc_ptr + code_offs, mask=kv_mask, other=0.0).to(tl.float32)
                       + tl.load(vp_ptr + pos_offs, mask=kv_mask, other=0.0).to(tl.float32)).to(dtype)
-            scores = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale  # [BLOCK_Q, BLOCK_T] fp32
-            scores = tl.where(valid[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            # Rows with nothing valid yet keep m = -inf: use 0 as the reference so exp() stays finite.
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_ref)
-            p = tl.exp(scores - m_ref[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(dtype), values, input_precision=PRECISION)
-            m_i = m_new
-        out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i[:, None] > 0, l_i[:, None], 1.0), 0.0)
+            m_i, l_i, acc = online_softmax_update(q, keys, values, valid, m_i, l_i, acc, scale, PRECISION)
+        out = online_softmax_result(acc, l_i)
         tl.store(out_ptr + q_offs, out.to(out_ptr.dtype.element_ty), mask=q_mask)
 
 

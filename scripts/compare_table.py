@@ -12,13 +12,14 @@ from collections import defaultdict
 from pathlib import Path
 
 ORDER = ["rissole-k10", "rdm", "patchdiffusion", "ldm", "rissole-k1", "rissole-k5", "rissole-k20", "rissole-nopos",
-         "rissole-wholekey"]
+         "rissole-wholekey", "rissole-xattn"]
 WHAT = {"rissole-k10": "RISSOLE (blocks, k = 10, position, first-block key)",
         "rdm": "RDM-style (whole latent, k = 10 whole-latent neighbours)",
         "patchdiffusion": "PatchDiffusion-style (blocks, position, no retrieval)",
         "ldm": "LDM (whole latent, no retrieval)",
         "rissole-k1": "RISSOLE k = 1", "rissole-k5": "RISSOLE k = 5", "rissole-k20": "RISSOLE k = 20",
-        "rissole-nopos": "RISSOLE without block-position embedding", "rissole-wholekey": "RISSOLE, whole-latent key"}
+        "rissole-nopos": "RISSOLE without block-position embedding", "rissole-wholekey": "RISSOLE, whole-latent key",
+        "rissole-xattn": "RISSOLE, cross-attention conditioning (xattn)"}
 
 
 def main() -> None:

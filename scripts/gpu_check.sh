@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for the H200 machine (torch 2.11 + CUDA 13, Triton 3.6, no internet): build the
-# extension with its CUDA kernels, run the tests that use the GPU, print the build report.
+# extension with its CUDA kernels, run the tests that use the GPU, print the build report, run the
+# Triton kernels' tests and benchmark (JSON under $OUT).
 # Usage, from the repository root: bash scripts/gpu_check.sh   (log also lands in $OUT when set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,11 @@ export PYTHONUNBUFFERED=1
   echo "== GPU tests"
   RISSOLE_EXPECT_CUDA=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider
   RISSOLE_EXPECT_CUDA=1 python3 -m pytest -q tests/test_build.py -p no:cacheprovider
+
+  echo "== Triton kernels on the GPU (the same tests as under the interpreter, plus bf16)"
+  python3 -m pytest -q tests/test_kernels.py -p no:cacheprovider
+  echo "== kernel benchmark: kernels vs their torch references"
+  for dtype in bf16 fp16; do
+    python3 benchmarks/bench_kernels.py --dtype "$dtype" --json "${OUT:-/tmp}/bench_kernels_$dtype.json"
+  done
 } 2>&1 | tee "$log"

@@ -24,8 +24,9 @@ declare -A flags=(
   [rissole-k20]="--k 20"
   [rissole-nopos]="--k 10 --no-position-embedding"
   [rissole-wholekey]="--k 10 --key whole-latent"
+  [rissole-xattn]="--k 10 --conditioning xattn"
 )
-rows=("${@:-rissole-k10 patchdiffusion rdm ldm rissole-k1 rissole-k5 rissole-k20 rissole-nopos rissole-wholekey}")
+rows=("${@:-rissole-k10 patchdiffusion rdm ldm rissole-k1 rissole-k5 rissole-k20 rissole-nopos rissole-wholekey rissole-xattn}")
 read -r -a rows <<< "${rows[*]}"
 
 for row in "${rows[@]}"; do

@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from tolerances import assert_close
+
+from rissole_trt.errors import OutOfRangeError
+
 from rissole_trt.diffusion import (
     SAMPLERS,
     SCHEDULES,
@@ -470,3 +474,31 @@ def test_clip_x0_keeps_the_implied_clean_sample_in_range_and_changes_nothing_ins
         assert float(x0.abs().max()) <= 1 + TOLERANCES["float64_roundtrip"].atol
     tame = clip_x0(lambda x_t, t: torch.zeros_like(x_t), sched, torch.tensor(-100.0), torch.tensor(100.0))
     torch.testing.assert_close(tame(x, 50), torch.zeros_like(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,steps,eta", [("ddpm", None, None), ("ddim", 7, 0.0), ("ddim", 7, 1.0),
+                                            ("dpmpp_2m", 7, None), ("dpmpp_2m", 1, None)])
+def test_linear_step_is_the_samplers_update(name, steps, eta):
+    """The coefficients a fused kernel uses reproduce every sampler's step (float64, whole loops)."""
+    sched = NoiseSchedule("linear", 40, 1e-4, 0.1, dtype=torch.float64)
+    sampler = make_sampler(name, sched, 40 if name == "ddpm" else steps, eta=eta)
+    g = torch.Generator().manual_seed(0)
+    x = linear_x = torch.randn(3, 5, dtype=torch.float64, generator=g)
+    history = None
+    for i in range(sampler.num_steps):
+        eps = torch.randn(3, 5, dtype=torch.float64, generator=g)
+        noise = torch.randn(3, 5, dtype=torch.float64, generator=g) if sampler.needs_noise(i) else None
+        step = sampler.linear_step(i)
+        assert (step.noise != 0.0) == sampler.needs_noise(i)
+        x = sampler.step(i, x, eps, noise)
+        out = step.x * linear_x + step.eps * eps
+        if step.prev:
+            out = out + step.prev * history
+        if step.noise:
+            out = out + step.noise * noise
+        if step.keeps_x0:
+            history = step.x0_x * linear_x + step.x0_eps * eps
+        linear_x = out
+        assert_close(linear_x, x, "float64_closed_form")
+    with pytest.raises(OutOfRangeError, match="out of range"):
+        sampler.linear_step(sampler.num_steps)

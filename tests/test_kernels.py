@@ -85,3 +85,233 @@ def test_bad_inputs_are_refused_before_launch(bad, error):
     problem[name] = change(problem)
     with pytest.raises(error):
         gather_xattn(**problem)
+
+
+def test_kernel_on_an_xattn_models_tables_matches_its_layer(tmp_path):
+    """End to end on real weights: the kernel reads the database's codes through the model's tables."""
+    from test_xattn import XATTN, _rows_of
+    from synthetic import smooth_images
+    from rissole_trt.builder import build_database
+    from rissole_trt.models import RissoleModel
+
+    torch.manual_seed(0)
+    model = RissoleModel(XATTN).eval()
+    database = build_database(model, smooth_images(6, size=32), tmp_path / "db", progress=False)
+    ids = torch.tensor([[0, 5, 2], [1, 1, 4]])
+    cond, row_image, row_block, codes = _rows_of(database, ids)
+    hoisted = model.unet.condition(cond)
+    tables = model.unet.xattn_tables(database.codebook_tensor("cpu"))
+    layer, table = model.unet._xattn_layers[0], tables[0]
+    q = torch.randn(len(cond), 16, layer.n_heads, layer.head_dim)
+    a, b = layer.kv_slice
+    expected = layer.attend(q, hoisted[:, :, a:b])
+    to = lambda t: t.to(DEVICE)  # noqa: E731
+    ours = gather_xattn(to(q), to(ids), to(row_image), to(row_block), to(codes),
+                        **{name: to(t) for name, t in table.items()}, scale=layer.scale)
+    assert_close(ours.cpu(), expected, "fp32_reorder")
+
+
+# ----------------------------------------------------------------------------- fused sampler step
+
+from rissole_trt.diffusion import NoiseSchedule, make_sampler, sample  # noqa: E402
+from rissole_trt.kernels.sampler_step import sampler_step, sampler_step_reference  # noqa: E402
+
+SAMPLER_CASES = [("ddpm", None, None), ("ddim", 10, 0.0), ("ddim", 10, 1.0), ("dpmpp_2m", 10, None)]
+
+
+def _step_inputs(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(dtype).to(DEVICE) for _ in range(4)]  # x, eps, noise, prev
+
+
+@pytest.mark.parametrize("name,steps,eta", SAMPLER_CASES, ids=[f"{c[0]}-eta{c[2]}" for c in SAMPLER_CASES])
+def test_fused_step_matches_its_reference_at_every_kind_of_step(name, steps, eta):
+    sampler = make_sampler(name, NoiseSchedule("linear", 100), steps, eta=eta)
+    x, eps, noise, prev = _step_inputs((3, 4, 5, 7), torch.float32)  # 420 elements: not a multiple of the tile
+    for i in (0, 1, sampler.num_steps // 2, sampler.num_steps - 1):
+        step = sampler.linear_step(i)
+        ours, ours_x0 = sampler_step(x, eps, noise, prev, step, block=128)
+        expected, expected_x0 = sampler_step_reference(x, eps, noise, prev, step)
+        assert_close(ours, expected, "kernel_fp32")
+        assert (ours_x0 is None) == (expected_x0 is None)
+        if expected_x0 is not None:
+            assert_close(ours_x0, expected_x0, "kernel_fp32")
+
+
+def test_fused_step_in_fp16_meets_the_error_rule_and_writes_x0_over_prev():
+    sampler = make_sampler("dpmpp_2m", NoiseSchedule("linear", 100), 10)
+    step = sampler.linear_step(3)  # second order: uses prev and keeps x0
+    x, eps, noise, prev = _step_inputs((2, 300), torch.float16)
+    exact, exact_x0 = sampler_step_reference(*(t.float() for t in (x, eps, noise, prev)), step)
+    reference, _ = sampler_step_reference(x, eps, noise, prev, step)
+    in_place = prev.clone()
+    ours, x0 = sampler_step(x, eps, noise, in_place, step, x0_out=in_place)
+    assert x0.data_ptr() == in_place.data_ptr()
+    floor = TOLERANCES["kernel_lowp_floor"].atol
+    assert (ours.float() - exact).abs().max() <= KERNEL_ERROR_FACTOR * (reference.float() - exact).abs().max() + floor
+    assert (x0.float() - exact_x0).abs().max() <= 1e-3 * exact_x0.abs().max()
+
+
+def test_fused_step_refuses_what_it_cannot_compute():
+    sampler = make_sampler("ddim", NoiseSchedule("linear", 100), 10, eta=1.0)
+    x, eps, noise, prev = _step_inputs((2, 8), torch.float32)
+    with pytest.raises(ValueError, match="give noise"):
+        sampler_step(x, eps, None, None, sampler.linear_step(0))
+    with pytest.raises(ValueError, match="eps must be like x"):
+        sampler_step(x, eps[:1], noise, None, sampler.linear_step(0))
+    with pytest.raises(ValueError, match="give prev"):
+        sampler_step(x, eps, None, None, make_sampler("dpmpp_2m", NoiseSchedule("linear", 100), 10).linear_step(2))
+
+
+@pytest.mark.parametrize("name,steps,eta", SAMPLER_CASES, ids=[f"{c[0]}-eta{c[2]}" for c in SAMPLER_CASES])
+def test_a_whole_fused_sampling_loop_gives_the_unfused_samples(name, steps, eta):
+    """Same per-image generators, so the same noise: only float32 rounding differs."""
+    schedule = NoiseSchedule("linear", 100)
+
+    def eps_fn(x, t):  # a smooth stand-in denoiser
+        return torch.tanh(0.5 * x + 0.01 * t)
+
+    def run(fused):
+        generators = [torch.Generator(device=DEVICE).manual_seed(7 + i) for i in range(3)]
+        return sample(eps_fn, (3, 2, 4, 4), schedule, name, steps, eta=eta, generator=generators, device=DEVICE,
+                      fused_step=fused)
+
+    assert_close(run(True), run(False), "fp32_sampled")
+
+
+# ----------------------------------------------------------------------------- the triton backend
+
+def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(tmp_path):
+    """The backend's per-step network (fused gather + cross-attention) and the Engine's sampling loop
+    through it (fused sampler step) against the eager reference path."""
+    from test_xattn import XATTN
+    from synthetic import smooth_images
+    from rissole_trt.builder import build_database
+    from rissole_trt.engine import Engine
+    from rissole_trt.errors import BackendUnavailableError
+    from rissole_trt.models import RissoleModel
+    from rissole_trt.runtime.triton_backend import TritonBackend
+
+    torch.manual_seed(0)
+    model = RissoleModel(XATTN).eval()
+    for layer in model.unet._xattn_layers:
+        torch.nn.init.normal_(layer.out.weight, std=0.3)
+    model = model.to(DEVICE)
+    database = build_database(model.cpu(), smooth_images(6, size=32), tmp_path / "db", progress=False)
+    model = model.to(DEVICE)
+    backend = TritonBackend(model)
+    assert backend.reads_codes and backend.fused_sampler_step
+    ids = torch.tensor([[0, 5, 2], [1, 1, 4]])
+    cond = database.neighbour_blocks(ids, device=DEVICE)
+    x = torch.randn(2, 4, 4, 4, 4, device=DEVICE)
+    ours = backend.code_denoiser(cond, ids, database.codes_tensor(DEVICE))(x, 20)
+    assert_close(ours, model.denoiser(cond)(x, 20), "engine_fp32")
+    with pytest.raises(IndexError):
+        backend.code_denoiser(cond, ids + 1, database.codes_tensor(DEVICE))  # id 6 is past the database
+
+    eager = Engine(model, database, device=DEVICE, backend="eager")
+    expected = eager.generate(2, seed=3, sampler="ddim", steps=3, progress=False)
+    if DEVICE == "cpu":  # the registry offers triton for CUDA only; under the interpreter, put it in by hand
+        with pytest.raises(BackendUnavailableError, match="runs on cuda, not cpu"):
+            Engine(model, database, device="cpu", backend="triton")
+        fused = Engine(model, database, device="cpu", backend="eager")
+        fused.runtime = backend
+        fused._denoiser = backend.denoiser
+    else:
+        fused = Engine(model, database, device=DEVICE)
+        assert fused.backend == "triton"  # auto on a GPU for xattn models
+    assert_close(fused.generate(2, seed=3, sampler="ddim", steps=3, progress=False), expected, "images_uint8")
+
+
+# ----------------------------------------------------------------------------- context + projection kernel
+
+from rissole_trt.kernels.context_xattn import context_xattn, context_xattn_reference  # noqa: E402
+
+CONTEXT_SHAPES = [  # rows, Lq, heads, head_dim, tokens, D (T and D not multiples of the tiles)
+    (3, 20, 4, 16, 45, 24),
+    (2, 64, 1, 32, 640, 64),
+    (5, 9, 2, 8, 10, 70),
+]
+
+
+def _context_problem(rows, lq, heads, dh, tokens, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape, s=1.0: (s * torch.randn(*shape, generator=g)).to(dtype).to(DEVICE)  # noqa: E731
+    return dict(q=make(rows, lq, heads, dh), ctx=make(rows, tokens, d), w_k=make(d, heads * dh, s=d ** -0.5),
+                w_v=make(d, heads * dh, s=d ** -0.5))
+
+
+@pytest.mark.parametrize("shape", CONTEXT_SHAPES, ids=[f"r{s[0]}-lq{s[1]}-h{s[2]}-d{s[3]}-t{s[4]}-D{s[5]}"
+                                                        for s in CONTEXT_SHAPES])
+def test_context_kernel_fp32_matches_the_reference(shape):
+    problem = _context_problem(*shape)
+    assert_close(context_xattn(**problem), context_xattn_reference(**problem), "kernel_fp32")
+
+
+def test_context_kernel_fp16_meets_flash_attentions_error_rule():
+    problem = _context_problem(*CONTEXT_SHAPES[0], dtype=torch.float16)
+    exact = context_xattn_reference(**{k: v.float() for k, v in problem.items()})
+    kernel_error = (context_xattn(**problem).float() - exact).abs().max()
+    reference_error = (context_xattn_reference(**problem).float() - exact).abs().max()
+    assert kernel_error <= KERNEL_ERROR_FACTOR * reference_error + TOLERANCES["kernel_lowp_floor"].atol
+
+
+def test_context_kernel_masks_tokens_and_a_fully_masked_row_is_zero():
+    problem = _context_problem(3, 20, 2, 16, 45, 24)
+    mask = torch.ones(3, 45, dtype=torch.bool, device=DEVICE)
+    mask[1] = False
+    mask[2, 10:] = False
+    out = context_xattn(**problem, mask=mask)
+    assert torch.isfinite(out).all() and (out[1] == 0).all()
+    assert_close(out, context_xattn_reference(**problem, mask=mask), "kernel_fp32")
+    short = dict(problem, q=problem["q"][2:], ctx=problem["ctx"][2:, :10])
+    assert_close(out[2:], context_xattn(**short), "kernel_fp32")  # masked tokens are as good as absent
+    with pytest.raises(ValueError, match="w_k must be"):
+        context_xattn(**dict(problem, w_k=problem["w_k"][:-1]))
+
+
+def test_context_kernel_is_an_xattn_layer_over_its_embedded_context():
+    from test_xattn import XATTN
+    from rissole_trt.models import RissoleModel
+
+    torch.manual_seed(0)
+    unet = RissoleModel(XATTN).unet
+    cond = torch.randn(4, 12, 4, 4)
+    context = unet.context_embed(unet.context_tokens(cond)).detach()  # [R, T, D]
+    layer = unet._xattn_layers[2]
+    w_k, w_v = layer.to_kv.weight.detach().t().chunk(2, dim=1)
+    q = torch.randn(4, 4, layer.n_heads, layer.head_dim)
+    expected = layer.attend(q, layer.to_kv(context)).detach()
+    ours = context_xattn(q.to(DEVICE), context.to(DEVICE), w_k.contiguous().to(DEVICE), w_v.contiguous().to(DEVICE),
+                         scale=layer.scale)
+    assert_close(ours.cpu(), expected, "fp32_reorder")
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="bf16 needs a GPU: the Triton interpreter's bf16 tl.dot is wrong")
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=["a", "b", "c"])
+def test_bf16_kernels_meet_flash_attentions_error_rule_on_a_gpu(shape):
+    floor = TOLERANCES["kernel_lowp_floor"].atol
+    problem = _problem(*shape, dtype=torch.bfloat16)
+    exact = gather_xattn_reference(**_fp32(problem))
+    assert ((gather_xattn(**problem).float() - exact).abs().max()
+            <= KERNEL_ERROR_FACTOR * (gather_xattn_reference(**problem).float() - exact).abs().max() + floor)
+    context = _context_problem(*CONTEXT_SHAPES[0], dtype=torch.bfloat16)
+    exact = context_xattn_reference(**{k: v.float() for k, v in context.items()})
+    assert ((context_xattn(**context).float() - exact).abs().max()
+            <= KERNEL_ERROR_FACTOR * (context_xattn_reference(**context).float() - exact).abs().max() + floor)
+
+
+def test_the_kernel_benchmark_script_runs(tmp_path):
+    """benchmarks/bench_kernels.py at tiny shapes: the GPU check's benchmark does not rot unseen."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(script), "--smoke", "--dtype", "fp32", "--json", str(out)], check=True,
+                   capture_output=True, env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0")})
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["gather_xattn", "context_xattn", "sampler_step (fp32)"]
+    assert all(r["kernel_ms"] > 0 and r["reference_ms"] > 0 for r in rows)

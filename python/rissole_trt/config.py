@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+from .defaults import XATTN_CONTEXT_DIM, XATTN_HEAD_DIM, XATTN_HEADS
 from .diffusion.schedules import SCHEDULES
 from .errors import InvalidArgumentError
 
@@ -29,7 +30,10 @@ __all__ = [
 #: parameter-free layer norm, conv (the reference's activate_cond_layer=True, use_addition=True).
 #: "none": the same network without retrieval: a learned constant stands where the neighbour
 #: features were added (the no-retrieval ablation; such a model needs no database).
-CONDITIONING_MODES = ("add", "none")
+#: "xattn": the input path of "none", and the neighbours enter through cross-attention layers at
+#: the levels ``xattn_levels`` names, over the k neighbours' block as k·bs² tokens (a token is a
+#: quantised latent vector, embedded linearly plus a learned in-block position embedding).
+CONDITIONING_MODES = ("add", "none", "xattn")
 
 
 #: Rows of the fixed sinusoid tables for timesteps and block positions (the reference's max_len).
@@ -174,6 +178,12 @@ class UNetConfig(_JsonConfig):
             neighbours (stride 1).
         init_padding: padding of the 3x3 conv that follows their normalised sum.
         final_kernel_size, final_padding: the output conv.
+        xattn_levels: with ``conditioning="xattn"``, where the cross-attention layers sit: level
+            i < len(channels) puts one after the second residual block of down level i and one
+            after that of the up level of the same width; ``len(channels)`` puts one after the
+            middle self-attention. Empty for the other modes.
+        xattn_heads, xattn_head_dim: heads of the cross-attention layers and the size of one head.
+        xattn_context_dim: width of a context token after its (linear) embedding.
     """
 
     latent_channels: int = 10
@@ -193,6 +203,13 @@ class UNetConfig(_JsonConfig):
     init_padding: int = 1
     final_kernel_size: int = 1
     final_padding: int = 0
+    xattn_levels: tuple[int, ...] = ()
+    xattn_heads: int = XATTN_HEADS
+    xattn_head_dim: int = XATTN_HEAD_DIM
+    xattn_context_dim: int = XATTN_CONTEXT_DIM
+
+    _added_later: ClassVar[frozenset[str]] = frozenset(
+        {"xattn_levels", "xattn_heads", "xattn_head_dim", "xattn_context_dim"})
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
@@ -200,6 +217,7 @@ class UNetConfig(_JsonConfig):
         for name in (
             "latent_channels", "n_groups", "n_heads", "dim_keys", "time_emb_dim", "pos_emb_dim",
             "k", "block_factor", "input_kernel_size", "final_kernel_size",
+            "xattn_heads", "xattn_head_dim", "xattn_context_dim",
         ):
             _positive_int(owner, name, getattr(self, name))
         for name in ("input_padding", "init_padding", "final_padding"):
@@ -226,6 +244,28 @@ class UNetConfig(_JsonConfig):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise InvalidArgumentError(f"{owner}.dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
+        self._check_xattn_levels(owner)
+
+    def _check_xattn_levels(self, owner: str) -> None:
+        value = self.xattn_levels
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise InvalidArgumentError(f"{owner}.xattn_levels must be a list of level indices, got {value!r}")
+        levels = tuple(value)
+        object.__setattr__(self, "xattn_levels", levels)
+        if self.conditioning != "xattn":
+            if levels:
+                raise InvalidArgumentError(f"{owner}: xattn_levels is only for conditioning 'xattn' "
+                                           f"(this one is {self.conditioning!r})")
+            return
+        if not levels:
+            raise InvalidArgumentError(f"{owner}: conditioning 'xattn' needs at least one of xattn_levels "
+                                       f"(0..{len(self.channels)}; {len(self.channels)} is the middle)")
+        for level in levels:
+            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= len(self.channels):
+                raise InvalidArgumentError(f"{owner}.xattn_levels: {level!r} is not a level index in "
+                                           f"0..{len(self.channels)} ({len(self.channels)} is the middle)")
+        if len(set(levels)) != len(levels) or list(levels) != sorted(levels):
+            raise InvalidArgumentError(f"{owner}.xattn_levels must be increasing without repeats, got {list(levels)}")
 
     @property
     def uses_retrieval(self) -> bool:

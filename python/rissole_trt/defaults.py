@@ -4,3 +4,6 @@ AUTOENCODER_BATCH_SIZE = 32
 AUTOENCODER_LR = 2e-4
 DENOISER_BATCH_SIZE = 16  # images per step; the denoiser sees batch_size * P block rows
 DENOISER_LR = 2e-4
+XATTN_HEADS = 4  # cross-attention layers of the "xattn" conditioning (UNetConfig's defaults too)
+XATTN_HEAD_DIM = 16
+XATTN_CONTEXT_DIM = 64

@@ -176,7 +176,6 @@ class Engine:
         if precision not in PRECISIONS:
             raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.device = _resolve_device(device if manifest is None or str(device) != "auto" else manifest["device"]["type"])
-        spec = None if manifest is not None else registry.select(backend, self.device, precision)  # refuses early
         if model is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
@@ -187,6 +186,7 @@ class Engine:
             model = RissoleModel.load(model)
         self.model = model.to(self.device).eval()
         config = self.model.config
+        spec = None if manifest is not None else registry.select(backend, self.device, precision, config.unet.conditioning)
         self.database: Database | None = None
         self.index = None
         self.index_kind = index
@@ -374,10 +374,15 @@ class Engine:
         p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size
         if self.database is None:
             cond = torch.empty((count, p, 0, bs, bs), device=self.device)  # no neighbours
+            denoiser = self._denoiser(cond)
         else:
             ids = self.retrieve(plan, first, count).neighbour_ids
             cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
-        denoiser = self._checked(self._denoiser(cond), first, count)
+            if getattr(self.runtime, "reads_codes", False):  # a fused kernel reads the neighbours' codes itself
+                denoiser = self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device))
+            else:
+                denoiser = self._denoiser(cond)
+        denoiser = self._checked(denoiser, first, count)
         if plan.clip == "codebook":
             codebook = self.model.autoencoder.codebook.detach() * config.diffusion.latent_scale
             shape = (1, 1, -1, 1, 1)  # [B, P, C, bs, bs]
@@ -386,6 +391,7 @@ class Engine:
         generators = self.image_generators(plan.seed, first, count, self.device)
         blocks = sample(denoiser, (count, p, c, bs, bs), self.model.schedule, plan.sampler, plan.steps, eta=plan.eta,
                         generator=generators, device=self.device,
+                        fused_step=getattr(self.runtime, "fused_sampler_step", False),
                         progress=None if on_step is None else lambda done, total: on_step())
         return from_model_output(self.decode(blocks))
 

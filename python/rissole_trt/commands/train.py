@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..defaults import AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR, DENOISER_BATCH_SIZE, DENOISER_LR
+from ..defaults import (AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR, DENOISER_BATCH_SIZE, DENOISER_LR, XATTN_HEAD_DIM,
+                        XATTN_HEADS)
 
 
 def _common(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
@@ -50,6 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the residual blocks (default 0.1)")
     p.add_argument("--retrieval", choices=("exclude-self", "include-self", "none"), default="exclude-self",
                    help="neighbours in training: exclude-self (default), include-self (the reference), none (no retrieval)")
+    p.add_argument("--conditioning", choices=("add", "xattn"), default="add",
+                   help="how the neighbours enter the UNet: add (a conv of the stacked neighbours, the reference; "
+                        "default) or xattn (cross-attention over their latent vectors)")
+    p.add_argument("--xattn-levels", type=int, nargs="+", metavar="LEVEL",
+                   help="with --conditioning xattn: levels with a cross-attention layer, 0..len(channels) "
+                        "(len(channels) = the middle; default: the deepest level and the middle)")
+    p.add_argument("--xattn-heads", type=int, default=XATTN_HEADS,
+                   help=f"cross-attention heads (default {XATTN_HEADS})")
+    p.add_argument("--xattn-head-dim", type=int, default=XATTN_HEAD_DIM,
+                   help=f"size of one cross-attention head (default {XATTN_HEAD_DIM})")
     p.add_argument("--key", choices=("first-block", "whole-latent"), default="first-block",
                    help="retrieval key (default first-block, the reference)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
@@ -103,15 +114,25 @@ def run_denoiser(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import DiffusionConfig, ModelConfig, UNetConfig
+    from ..errors import InvalidArgumentError
     from ..models.rissole import RissoleModel
     from ..train import DenoiserTrainConfig, load_autoencoder, train_denoiser
 
     images = _setup(args)
     autoencoder = load_autoencoder(args.autoencoder)
     ae = autoencoder.config
+    xattn = {}
+    if args.conditioning == "xattn":
+        if args.retrieval == "none":
+            raise InvalidArgumentError("--conditioning xattn attends to retrieved neighbours: it needs retrieval")
+        levels = args.xattn_levels or [len(args.channels) - 1, len(args.channels)]
+        xattn = dict(xattn_levels=tuple(levels), xattn_heads=args.xattn_heads, xattn_head_dim=args.xattn_head_dim)
+    elif args.xattn_levels:
+        raise InvalidArgumentError("--xattn-levels is for --conditioning xattn")
+    conditioning = "none" if args.retrieval == "none" else args.conditioning
     unet = UNetConfig(latent_channels=ae.latent_dim, channels=tuple(args.channels), k=args.k,
                       block_factor=args.block_factor, position_embedding=not args.no_position_embedding,
-                      dropout=args.dropout, conditioning="none" if args.retrieval == "none" else "add")
+                      dropout=args.dropout, conditioning=conditioning, **xattn)
     config = ModelConfig(autoencoder=ae, unet=unet, diffusion=DiffusionConfig(latent_scale=args.latent_scale),
                          image_size=args.image_size)
     torch.manual_seed(args.seed)  # the initial weights: the same command gives the same model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "timesteps_for",
     "ddpm_step",
+    "LinearStep",
     "Sampler",
     "DDPMSampler",
     "DDIMSampler",
@@ -153,6 +155,25 @@ def ddpm_step(
     return mean + sigma * noise
 
 
+@dataclass(frozen=True)
+class LinearStep:
+    """Every sampler step here is linear in its inputs: ``x' = x·x + eps·ε + prev·x0_prev + noise·z``,
+    and a multistep sampler also keeps this step's clean-data estimate ``x0 = x0_x·x + x0_eps·ε`` as
+    the next step's ``x0_prev``. Coefficients in float64; what a fused kernel computes in one pass
+    (:mod:`rissole_trt.kernels.sampler_step`)."""
+
+    x: float
+    eps: float
+    prev: float = 0.0
+    noise: float = 0.0
+    x0_x: float | None = None  # None: this step keeps no history
+    x0_eps: float | None = None
+
+    @property
+    def keeps_x0(self) -> bool:
+        return self.x0_x is not None
+
+
 class Sampler(ABC):
     """Base class: a schedule, the timesteps to evaluate, and the update rule.
 
@@ -203,6 +224,17 @@ class Sampler(ABC):
     @abstractmethod
     def _step(self, i: int, x: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor: ...
 
+    def linear_step(self, i: int) -> LinearStep:
+        """Step ``i`` as coefficients of :class:`LinearStep` (the same update as :meth:`step`, up to
+        floating-point reordering); ``prev`` refers to step ``i − 1``'s kept x0."""
+        i = as_int(i, "step index")
+        if not 0 <= i < self.num_steps:
+            raise OutOfRangeError(f"step index {i} out of range 0..{self.num_steps - 1}")
+        return self._linear_step(i)
+
+    @abstractmethod
+    def _linear_step(self, i: int) -> LinearStep: ...
+
     def _alpha_bar_next(self, i: int) -> float:
         """ᾱ at the timestep step ``i`` moves to (1 after the last step)."""
         return self.schedule.alpha_bar(self._timesteps[i + 1] if i + 1 < self.num_steps else -1)
@@ -224,6 +256,10 @@ class DDPMSampler(Sampler):
 
     def _step(self, i: int, x: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         return ddpm_step(self.schedule, x, eps, self._timesteps[i], noise)
+
+    def _linear_step(self, i: int) -> LinearStep:
+        scale, eps_coef, sigma = _ddpm_coefs(self.schedule, self._timesteps[i])
+        return LinearStep(x=scale, eps=-scale * eps_coef, noise=sigma if self.needs_noise(i) else 0.0)
 
 
 class DDIMSampler(Sampler):
@@ -265,6 +301,10 @@ class DDIMSampler(Sampler):
         out = a * x + b * eps
         return out + sigma * noise if sigma > 0.0 else out
 
+    def _linear_step(self, i: int) -> LinearStep:
+        a, b, sigma = self._coefs[i]
+        return LinearStep(x=a, eps=b, noise=sigma)
+
     def __repr__(self) -> str:
         return f"DDIMSampler(schedule={self.schedule!r}, steps={self.num_steps}, eta={self.eta})"
 
@@ -303,6 +343,20 @@ class DPMSolverPP2MSampler(Sampler):
         self._prev_x0 = x0
         # −α(e^{−h} − 1) = −α·expm1(−h): expm1 keeps precision for small h.
         return (self._sigma[i + 1] / self._sigma[i]) * x - (self._alpha[i + 1] * math.expm1(-h)) * d
+
+    def _linear_step(self, i: int) -> LinearStep:
+        x0_x, x0_eps = 1.0 / self._alpha[i], -self._sigma[i] / self._alpha[i]
+        if i == self.num_steps - 1:
+            return LinearStep(x=x0_x, eps=x0_eps)
+        h = self._lambda[i + 1] - self._lambda[i]
+        if i == 0:
+            new, old = 1.0, 0.0  # first order: D = x0
+        else:
+            r = (self._lambda[i] - self._lambda[i - 1]) / h
+            new, old = 1 + 0.5 / r, 0.5 / r
+        m = -self._alpha[i + 1] * math.expm1(-h)
+        return LinearStep(x=self._sigma[i + 1] / self._sigma[i] + m * new * x0_x, eps=m * new * x0_eps,
+                          prev=-m * old, x0_x=x0_x, x0_eps=x0_eps)
 
 
 def make_sampler(

@@ -65,6 +65,7 @@ def sample(
     progress: Callable[[int, int], None] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    fused_step: bool = False,
 ) -> torch.Tensor:
     """Run a sampler from pure noise to a clean sample of ``shape``.
 
@@ -87,6 +88,9 @@ def sample(
             for it; called only for steps that need noise (``sampler.needs_noise(i)``).
         progress: called as ``progress(done, total)`` after each step.
         dtype, device: of the sample when ``noise`` is not given.
+        fused_step: run every update as one Triton kernel (:mod:`rissole_trt.kernels.sampler_step`;
+            CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) instead of torch ops. The
+            noise is drawn the same way, so the result is the same up to float32 rounding.
     """
     if isinstance(sampler, Sampler):
         if steps is not None or eta is not None or spacing != DEFAULT_SPACING:
@@ -108,6 +112,11 @@ def sample(
         x = draw_noise(shape, generator, dtype=dtype, device=device)
 
     n = sampler.num_steps
+    update = sampler.step
+    if fused_step:
+        from ..kernels.sampler_step import FusedSteps
+
+        update = FusedSteps(sampler)
     for i, t in enumerate(sampler.timesteps):
         eps = eps_fn(x, t)
         step_noise = None
@@ -120,7 +129,7 @@ def sample(
                 step_noise = step_noise.to(device=x.device, dtype=x.dtype)
             else:
                 step_noise = draw_noise(shape, generator, dtype=x.dtype, device=x.device)
-        x = sampler.step(i, x, eps, step_noise)
+        x = update(i, x, eps, step_noise)
         if progress is not None:
             progress(i + 1, n)
     return x

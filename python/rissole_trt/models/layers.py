@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from ..errors import InvalidArgumentError
 
-__all__ = ["sinusoid_table", "SinusoidEmbedding", "Attention", "ResBlock", "UNetResBlock"]
+__all__ = ["sinusoid_table", "SinusoidEmbedding", "Attention", "ContextEmbedding", "CrossAttention", "ResBlock",
+           "UNetResBlock"]
 
 
 def sinusoid_table(n_rows: int, dim: int) -> torch.Tensor:
@@ -70,6 +71,75 @@ class Attention(nn.Module):
         res = torch.matmul(attn, v.transpose(-2, -1))  # [B, heads, n, d]
         res = res.transpose(-2, -1).reshape(-1, self.n_heads * self.head_dim, h, w)
         return self.out(res)
+
+
+class ContextEmbedding(nn.Module):
+    """Context tokens of the ``xattn`` mode: a linear map of the token's latent vector plus a learned
+    embedding of its position inside the block.
+
+    Linear in the latent vector on purpose: every token is a codebook row, so its embedding (and any
+    linear projection of it, such as a layer's keys and values) is a row of a table over the codebook
+    plus a row of a table over in-block positions (:meth:`BlockUNet.xattn_tables`).
+    """
+
+    def __init__(self, latent_channels: int, context_dim: int, positions: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(latent_channels, context_dim)
+        self.position = nn.Parameter(torch.randn(positions, context_dim) * 0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, k*positions, C], neighbour-major (token j*positions + s) -> [N, k*positions, D]."""
+        n, t, _ = tokens.shape
+        positions = self.position.shape[0]
+        emb = self.linear(tokens).reshape(n, t // positions, positions, -1) + self.position
+        return emb.reshape(n, t, -1)
+
+
+class CrossAttention(nn.Module):
+    """Residual multi-head attention of a feature map's pixels over context tokens.
+
+    Queries come from the (group-normalised) features, keys and values from the context through one
+    bias-free linear map (``to_kv``), so :meth:`BlockUNet.condition` computes them once per
+    generation and the per-step forward takes them ready. The output projection starts at zero: a
+    freshly made layer is the identity.
+    """
+
+    def __init__(self, channels: int, context_dim: int, n_heads: int, head_dim: int, n_groups: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = head_dim
+        self.hidden = n_heads * head_dim
+        self.scale = head_dim ** -0.5
+        self.norm = nn.GroupNorm(n_groups, channels)
+        self.to_q = nn.Conv2d(channels, self.hidden, kernel_size=1, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * self.hidden, bias=False)  # columns [keys | values], head-major
+        self.out = nn.Conv2d(self.hidden, channels, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        # This layer's place among the UNet's cross-attention layers (forward order) and the columns of
+        # its keys and values inside the hoisted context (set by the UNet).
+        self.index = 0
+        self.kv_slice = (0, 2 * self.hidden)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [N, channels, h, w] -> queries [N, h*w, heads, head_dim]."""
+        n, _, h, w = x.shape
+        return self.to_q(self.norm(x)).reshape(n, self.n_heads, self.head_dim, h * w).permute(0, 3, 1, 2)
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """Queries [N, Lq, H, dh] over this layer's keys/values kv [N, T, 2*H*dh] -> [N, Lq, H, dh]."""
+        n, t, _ = kv.shape
+        keys, values = kv.reshape(n, t, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [N, H, T, dh]
+        sim = torch.matmul(q.transpose(1, 2) * self.scale, keys.transpose(-2, -1))  # [N, H, Lq, T]
+        return torch.matmul(sim.softmax(dim=-1), values).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, attend=None) -> torch.Tensor:
+        """x + attention of x's pixels over the context: given as this layer's keys and values ``kv``,
+        or as ``attend(q) -> [N, Lq, H, dh]`` (a fused kernel reading the neighbours' codes)."""
+        n, _, h, w = x.shape
+        q = self.queries(x)
+        res = self.attend(q, kv) if attend is None else attend(q)  # [N, Lq, H, dh]
+        return x + self.out(res.permute(0, 2, 3, 1).reshape(n, self.hidden, h, w))
 
 
 class ResBlock(nn.Module):

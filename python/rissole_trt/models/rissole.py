@@ -50,7 +50,7 @@ class RissoleModel(nn.Module):
             raise InvalidTypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = config
         self.autoencoder = VQAutoencoder(config.autoencoder)
-        self.unet = BlockUNet(config.unet)
+        self.unet = BlockUNet(config.unet, config.block_size)
         d = config.diffusion
         self.schedule = NoiseSchedule(d.schedule, d.n_steps, d.beta_1, d.beta_2)
         for name in ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "posterior_variance"):
@@ -341,11 +341,15 @@ class BlockDenoiser:
     """
 
     def __init__(self, model: RissoleModel, cond: torch.Tensor, pos: torch.Tensor | None = None, *,
-                 forward: Callable[..., torch.Tensor] | None = None) -> None:
+                 forward: Callable[..., torch.Tensor] | None = None,
+                 condition: Callable[[torch.Tensor], object] | None = None) -> None:
         self.model = model
         # The per-step network: the UNet itself, or another backend's equivalent with the
         # signature of BlockUNet.forward_hoisted (ONNX Runtime, a prepacked UNet, ...).
         self.forward = model.unet.forward_hoisted if forward is None else forward
+        # What the per-step network gets for the neighbours (BlockUNet.condition, or a backend's
+        # own form of them, such as the Triton backend's database codes).
+        condition = model.unet.condition if condition is None else condition
         unet = model.unet
         p = model.config.n_blocks
         self.blocks = cond.ndim == 5
@@ -362,7 +366,7 @@ class BlockDenoiser:
         probe = cond.new_zeros((n, model.config.unet.latent_channels) + tuple(cond.shape[2:]))
         model._check_rows(probe, cond)
         with torch.no_grad():
-            self.cond_feat = unet.condition(cond)
+            self.cond_feat = condition(cond)
             self.pos_bias = None
             if unet.pos_embed is not None:
                 if pos is None:

@@ -505,7 +505,7 @@ class Database:
         self._codebook = codebook
         self._keys = keys
         self._labels = labels
-        self._codebook_tensors: dict[tuple[str, Any], Any] = {}
+        self._device_tensors: dict[tuple[str, Any], Any] = {}
         self._indexes: dict[tuple[Any, ...], SearchIndex] = {}
 
     # ------------------------------------------------------------------ opening
@@ -756,9 +756,19 @@ class Database:
 
         dtype = dtype or torch.float32
         key = (str(torch.device(device)), dtype)
-        if key not in self._codebook_tensors:
-            self._codebook_tensors[key] = torch.from_numpy(self._codebook).to(device=device, dtype=dtype)
-        return self._codebook_tensors[key]
+        if key not in self._device_tensors:
+            self._device_tensors[key] = torch.from_numpy(self._codebook).to(device=device, dtype=dtype)
+        return self._device_tensors[key]
+
+    def codes_tensor(self, device: Any = "cpu") -> Any:
+        """All codes ``[P, N, bh, bw]`` as one torch uint16 tensor on ``device``, cached: what a kernel
+        that reads neighbours through their codes (``rissole_trt.kernels.gather_xattn``) indexes."""
+        import torch
+
+        key = ("codes", str(torch.device(device)))
+        if key not in self._device_tensors:
+            self._device_tensors[key] = torch.from_numpy(np.array(self._codes)).to(device)  # a copy: the map is read-only
+        return self._device_tensors[key]
 
     def neighbour_blocks(self, ids: Any, device: Any = "cpu", dtype: Any = None) -> Any:
         """Conditioning blocks of neighbours ``ids [B, k]`` -> ``[B, P, k*C, bh, bw]`` torch tensor.

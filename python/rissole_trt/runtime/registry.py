@@ -6,8 +6,9 @@ the bench, ``rissole-trt info`` and the CLI all select through :func:`select` an
 :func:`build`; a new backend (TensorRT, CUDA graphs, Triton, OpenVINO) is one new module listed in
 ``_MODULES``.
 
-``auto`` takes the first backend of :data:`AUTO_ORDER` for the device that is available and serves
-the precision, and warns once, naming the reason, when it passes one over.
+``auto`` takes the first backend of :data:`AUTO_ORDER` for the device (and the model's conditioning
+mode, where the table has an entry for both) that is available and serves the precision, and warns
+once, naming the reason, when it passes one over.
 """
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ __all__ = ["BackendSpec", "Backend", "AUTO_ORDER", "specs", "get_spec", "select"
 
 #: Backend modules, in ``rissole_trt.runtime``.
 _MODULES = ("eager_backend", "torch_backend", "onnxruntime_backend", "compile_backend", "openvino_backend",
-            "cuda_graph_backend", "tensorrt_backend")
+            "cuda_graph_backend", "tensorrt_backend", "triton_backend")
 
-#: What ``auto`` tries, per device type, first to last: the fastest implementation that is
-#: usually available first, the plain module (the specification) last.
+#: What ``auto`` tries, per device type (or "device:conditioning", which takes precedence), first to
+#: last: the fastest implementation that is usually available first, the plain module (the
+#: specification) last. xattn models on a GPU go to the fused gather + cross-attention kernel.
 AUTO_ORDER = {
     "cpu": ("torch", "eager"),
     "cuda": ("torch", "eager"),
+    "cuda:xattn": ("triton", "torch", "eager"),
 }
 
 
@@ -91,9 +94,10 @@ def availability(spec: BackendSpec, device_type: str, precision: str) -> tuple[b
 _warned: set[tuple[str, str, str]] = set()
 
 
-def select(name: str, device: "torch.device | str", precision: str) -> BackendSpec:
+def select(name: str, device: "torch.device | str", precision: str, conditioning: str | None = None) -> BackendSpec:
     """The backend to use: ``name`` itself (refused with the reason if it cannot run here) or,
-    for ``auto``, the first available one of :data:`AUTO_ORDER` for the device."""
+    for ``auto``, the first available one of :data:`AUTO_ORDER` for the device and ``conditioning``
+    (the model's mode)."""
     device_type = device if isinstance(device, str) else device.type
     if name != "auto":
         spec = get_spec(name)
@@ -104,7 +108,7 @@ def select(name: str, device: "torch.device | str", precision: str) -> BackendSp
     if device_type not in AUTO_ORDER:
         raise RissoleError(f"no backend runs on device {device_type!r}; use cpu or cuda")
     passed = []
-    for candidate in AUTO_ORDER[device_type]:
+    for candidate in AUTO_ORDER.get(f"{device_type}:{conditioning}", AUTO_ORDER[device_type]):
         spec = get_spec(candidate)
         ok, reason = availability(spec, device_type, precision)
         if ok:
@@ -121,4 +125,4 @@ def select(name: str, device: "torch.device | str", precision: str) -> BackendSp
 def build(name: str, model: "RissoleModel", precision: str = "fp32") -> Backend:
     """Select (see :func:`select`) and build a backend for ``model`` on the model's device."""
     device = next(model.parameters()).device
-    return select(name, device, precision).build(model, precision)
+    return select(name, device, precision, model.config.unet.conditioning).build(model, precision)

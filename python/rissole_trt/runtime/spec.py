@@ -66,14 +66,12 @@ def step_spec(model: RissoleModel) -> StepSpec:
     config = model.config
     unet = config.unet
     bs, c = config.block_size, unet.latent_channels
-    half = unet.channels[0] // 2
     width = model.unet.embedding_width
-    # The conditioning conv's output size: block size for the shipped kernel/padding choices.
-    cond = bs + 2 * unet.input_padding - unet.input_kernel_size + 1
+    meaning = ("every cross-attention layer's keys and values of the context tokens (BlockUNet.condition)"
+               if unet.conditioning == "xattn" else "neighbour features (BlockUNet.condition)")
     inputs = [
         TensorSpec("x", ("rows", c, bs, bs), "float32", False, "noisy latent blocks"),
-        TensorSpec("cond_feat", ("rows", half, cond, cond), "float32", True,
-                   "neighbour features (BlockUNet.condition)"),
+        TensorSpec("cond_feat", ("rows",) + model.unet.cond_feat_shape(bs), "float32", True, meaning),
         TensorSpec("time_bias", ("time_rows", width), "float32", False,
                    "rows of BlockUNet.embed_time: 1 when all rows share the timestep"),
     ]

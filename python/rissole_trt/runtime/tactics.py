@@ -44,7 +44,7 @@ __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolera
 
 _CL = torch.channels_last
 #: Layers outside the per-step network (run once per batch by BlockDenoiser): not tuned.
-_HOISTED = {"cond_conv", "time_embed", "pos_embed"}
+_HOISTED = {"cond_conv", "time_embed", "pos_embed", "context_embed"}
 
 
 def layer_tolerance(precision: str) -> str:
