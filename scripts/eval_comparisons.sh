@@ -21,7 +21,7 @@ for dir in "$run/seed$seed"/*/; do
   if python -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['config']['unet'].get('conditioning','add') != 'none' else 1)" \
       "$dir/model/config.json"; then
     [[ -d "$dir/db" ]] || rissole-trt build-db --model "$dir/model" --images "$data" --split train_idx \
-        --labels categories --no-store-keys -o "$dir/db" >/dev/null
+        --labels categories --no-store-keys --no-progress -o "$dir/db" >/dev/null
     db_args=(--db "$dir/db")
   fi
   for eval_seed in "${eval_seeds[@]}"; do

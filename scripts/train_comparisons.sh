@@ -25,8 +25,9 @@ declare -A flags=(
   [rissole-nopos]="--k 10 --no-position-embedding"
   [rissole-wholekey]="--k 10 --key whole-latent"
   [rissole-xattn]="--k 10 --conditioning xattn"
+  [rissole-xattn-all]="--k 10 --conditioning xattn --xattn-levels 0 1 2"
 )
-rows=("${@:-rissole-k10 patchdiffusion rdm ldm rissole-k1 rissole-k5 rissole-k20 rissole-nopos rissole-wholekey rissole-xattn}")
+rows=("${@:-rissole-k10 patchdiffusion rdm ldm rissole-k1 rissole-k5 rissole-k20 rissole-nopos rissole-wholekey rissole-xattn rissole-xattn-all}")
 read -r -a rows <<< "${rows[*]}"
 
 for row in "${rows[@]}"; do

@@ -137,7 +137,7 @@ def test_cli_trains_saves_and_generates_an_xattn_model(tmp_path):
     model_dir = tmp_path / "run" / "model"
     config = RissoleModel.load(model_dir).config.unet
     assert (config.conditioning, config.xattn_levels, config.xattn_heads) == ("xattn", (1, 2), 2)
-    assert cli.main(["build-db", "--model", str(model_dir), "--images", str(npz),
+    assert cli.main(["build-db", "--model", str(model_dir), "--images", str(npz), "--no-progress",
                      "-o", str(tmp_path / "db")]) == 0
     grid = tmp_path / "grid.png"
     assert cli.main(["generate", "--model", str(model_dir), "--db", str(tmp_path / "db"), "-n", "2",
@@ -145,3 +145,15 @@ def test_cli_trains_saves_and_generates_an_xattn_model(tmp_path):
     assert grid.stat().st_size > 0
     assert cli.main(["train", "--images", str(npz), "--autoencoder", str(tmp_path / "ae"), "--steps", "1",
                      "--retrieval", "none", "--conditioning", "xattn", "-o", str(tmp_path / "bad")]) == 2
+
+
+def test_build_engine_tunes_an_xattn_model_and_its_engine_generates(model, database, tmp_path):
+    from rissole_trt.runtime.built_engine import build_engine
+
+    manifest = build_engine(model, tmp_path / "engine", batch_sizes=(1, 2), budget_s=2.0,
+                            candidates=("tuned", "torch", "eager", "onnxruntime"), log=lambda _: None)
+    assert all(b["candidates"][b["chosen"]]["within_tolerance"] for b in manifest["buckets"])
+    built = Engine(model, database, device="cpu", engine=tmp_path / "engine")
+    eager = Engine(model, database, device="cpu", backend="eager")
+    settings = dict(seed=4, sampler="ddim", steps=3, progress=False)
+    assert_close(built.generate(3, **settings), eager.generate(3, **settings), "images_uint8")

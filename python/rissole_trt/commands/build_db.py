@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-store-keys", action="store_true",
                    help="write no keys file; recompute the keys from the codes when the database is opened "
                         "(smaller on disk, for small databases such as the shipped one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     db = build_database(model, images, args.output, key_kind=args.key, batch_size=args.batch_size,
                         labels=labels, label_names=None if names is None else list(names), overwrite=args.overwrite,
                         metadata={"source": Path(args.images).name, "split": args.split},
-                        store_keys=not args.no_store_keys)
+                        store_keys=not args.no_store_keys, progress=not args.no_progress)
     print(f"wrote {db}")
     return 0

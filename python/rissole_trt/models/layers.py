@@ -129,9 +129,10 @@ class CrossAttention(nn.Module):
     def attend(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """Queries [N, Lq, H, dh] over this layer's keys/values kv [N, T, 2*H*dh] -> [N, Lq, H, dh]."""
         n, t, _ = kv.shape
-        keys, values = kv.reshape(n, t, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [N, H, T, dh]
-        sim = torch.matmul(q.transpose(1, 2) * self.scale, keys.transpose(-2, -1))  # [N, H, Lq, T]
-        return torch.matmul(sim.softmax(dim=-1), values).transpose(1, 2)
+        keys, values = kv.unflatten(2, (2, self.n_heads, self.head_dim)).permute(2, 0, 3, 1, 4)  # [N, H, T, dh] views
+        # Fused attention reads the strided views of the hoisted keys and values in place; the two
+        # matmuls of Attention would copy all of them every step.
+        return F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, scale=self.scale).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, attend=None) -> torch.Tensor:
         """x + attention of x's pixels over the context: given as this layer's keys and values ``kv``,
