@@ -1,6 +1,6 @@
 """One denoiser call, several ways, timed side by side (interleaved rounds, medians).
 
-Variants (on a preset's random weights, ``--rows`` block rows per call):
+Variants (on a preset's random weights or a saved ``--model``, ``--rows`` block rows per call):
   eager-fp32  RissoleModel.denoiser: the module's per-step forward, NCHW, weights re-laid-out per call
   torch-fp32  rissole_trt.runtime.torch_backend (prepacked oneDNN convs, channels-last)
   torch-bf16  the same in bf16 (fast only on CPUs with AVX-512-BF16/AMX, or GPUs)
@@ -9,7 +9,7 @@ Variants (on a preset's random weights, ``--rows`` block rows per call):
 
 ``--profile`` prints torch.profiler's top operators of one call per variant: where the time goes.
 
-Usage: python benchmarks/bench_denoiser.py [--preset celeba64] [--rows 64] [--rounds 5]
+Usage: python benchmarks/bench_denoiser.py [--preset celeba64 | --model DIR] [--rows 64] [--rounds 5]
            [--variants eager-fp32 torch-fp32] [--compile] [--profile] [--threads N]
 """
 
@@ -22,6 +22,7 @@ import time
 import torch
 
 from rissole_trt.bench.flops import model_flops
+from rissole_trt.models import RissoleModel
 from rissole_trt.presets import PRESETS, make_preset_model
 from rissole_trt.runtime import registry
 
@@ -29,6 +30,7 @@ from rissole_trt.runtime import registry
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="celeba64", choices=list(PRESETS))
+    ap.add_argument("--model", metavar="DIR", help="a saved model instead of a preset's random weights")
     ap.add_argument("--rows", type=int, default=64, help="block rows per call (a multiple of the block count)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--variants", nargs="+", default=["eager-fp32", "torch-fp32", "torch-bf16"], metavar="BACKEND-PRECISION",
@@ -40,7 +42,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = make_preset_model(args.preset)
+    model = RissoleModel.load(args.model) if args.model else make_preset_model(args.preset)
+    label = args.model or args.preset
     config = model.config
     p, c, bs, k = config.n_blocks, config.autoencoder.latent_dim, config.block_size, config.unet.k
     if args.rows % p:
@@ -77,7 +80,7 @@ def main() -> None:
                 start = time.perf_counter()
                 fn(x, t)
                 times[name].append(time.perf_counter() - start)
-    print(f"{args.preset}: {args.rows} rows per call, {flops / 1e9:.1f} GFLOP per call, "
+    print(f"{label}: {args.rows} rows per call, {flops / 1e9:.1f} GFLOP per call, "
           f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
     base = statistics.median(times[next(iter(times))])
     for name, ts in times.items():
