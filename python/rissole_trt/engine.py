@@ -150,7 +150,8 @@ class Engine:
             retrieval (``conditioning="none"``), which must not be given one.
         device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
         backend: a denoiser backend of :mod:`rissole_trt.runtime` (``rissole-trt info`` lists them)
-            or ``"auto"``: the first available one in the device's order (:data:`AUTO_ORDER`).
+            or ``"auto"``: the first available one in the order for the device and the model's
+            conditioning mode (:data:`AUTO_ORDER`).
         precision: ``"fp32"`` (exact; the default) or ``"bf16"`` (fast only on hardware with bf16
             arithmetic; a warning says when it is emulated); with ``engine``, the engine's.
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`).
