@@ -20,6 +20,8 @@ namespace py = pybind11;
 using rissole::BlockShape;
 using rissole::CodeGatherShape;
 using rissole::GatherShape;
+using rissole::GroupNormShape;
+using rissole::WinogradShape;
 
 namespace {
 
@@ -70,7 +72,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "rissole_trt compiled core: block split/merge and neighbour gathers (CPU and CUDA)";
+  m.doc() = "rissole_trt compiled core: block split/merge and neighbour gathers (CPU and CUDA); CPU layer kernels";
   m.def("build_info", &build_info, "How this extension was built: compiler, C++ standard, OpenMP, CUDA.");
 
   m.def(
@@ -125,6 +127,42 @@ PYBIND11_MODULE(_C, m) {
       py::arg("codes"), py::arg("codebook"), py::arg("ids"), py::arg("out"), py::arg("P"), py::arg("N"),
       py::arg("bh"), py::arg("bw"), py::arg("K"), py::arg("C"), py::arg("B"), py::arg("k"), py::arg("elem_size"),
       py::arg("num_threads") = 0);
+
+  m.def(
+      "group_norm_silu",
+      [](uintptr_t x, uintptr_t gamma, uintptr_t beta, uintptr_t add, uintptr_t residual, uintptr_t out, int64_t N,
+         int64_t HW, int64_t C, int64_t G, int64_t add_rows, float eps, int64_t elem_size, int num_threads) {
+        const GroupNormShape s{N, HW, C, G, add_rows};
+        py::gil_scoped_release release;
+        rissole::cpu::group_norm_silu(ptr<const void>(x), ptr<const float>(gamma), ptr<const float>(beta),
+                                      ptr<const float>(add), ptr<const void>(residual), ptr<void>(out), s, eps,
+                                      elem_size, num_threads);
+      },
+      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("add"), py::arg("residual"), py::arg("out"),
+      py::arg("N"), py::arg("HW"), py::arg("C"), py::arg("G"), py::arg("add_rows"), py::arg("eps"),
+      py::arg("elem_size"), py::arg("num_threads") = 0);
+
+  m.def(
+      "winograd_input_transform",
+      [](uintptr_t x, uintptr_t v, int64_t N, int64_t H, int64_t W, int64_t C, int64_t elem_size, int num_threads) {
+        const WinogradShape s{N, H, W, C, 1};
+        py::gil_scoped_release release;
+        rissole::cpu::winograd_input_transform(ptr<const void>(x), ptr<void>(v), s, elem_size, num_threads);
+      },
+      py::arg("x"), py::arg("v"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("elem_size"),
+      py::arg("num_threads") = 0);
+
+  m.def(
+      "winograd_output_transform",
+      [](uintptr_t m_, uintptr_t bias, uintptr_t out, int64_t N, int64_t H, int64_t W, int64_t K, int64_t elem_size,
+         int num_threads) {
+        const WinogradShape s{N, H, W, 1, K};
+        py::gil_scoped_release release;
+        rissole::cpu::winograd_output_transform(ptr<const void>(m_), ptr<const float>(bias), ptr<void>(out), s,
+                                                elem_size, num_threads);
+      },
+      py::arg("m"), py::arg("bias"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("K"),
+      py::arg("elem_size"), py::arg("num_threads") = 0);
 
 #ifdef RISSOLE_WITH_CUDA
   m.def(

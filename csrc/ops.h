@@ -33,7 +33,24 @@ struct CodeGatherShape {
   int64_t P, N, bh, bw, K, C, B, k;
 };
 
+// A GroupNorm over channels-last maps x [N, HW, C] with G groups; add_rows is
+// 0 (nothing added), 1 (one bias row for all samples) or N.
+struct GroupNormShape {
+  int64_t N, HW, C, G, add_rows;
+};
+
+// A 3x3, stride-1, padding-1 convolution of x [N, H, W, C] (channels-last) to K
+// channels by Winograd F(2x2, 3x3): T = N * ceil(H/2) * ceil(W/2) tiles.
+struct WinogradShape {
+  int64_t N, H, W, C, K;
+  int64_t tiles_h() const { return (H + 1) / 2; }
+  int64_t tiles_w() const { return (W + 1) / 2; }
+  int64_t tiles() const { return N * tiles_h() * tiles_w(); }
+};
+
 void check_block_shape(const BlockShape& s, int64_t elem_size);
+void check_group_norm_shape(const GroupNormShape& s, int64_t elem_size);
+void check_winograd_shape(const WinogradShape& s, int64_t elem_size);
 void check_elem_size(int64_t elem_size);
 // Throws std::out_of_range naming the first id outside [0, N).
 void check_ids(const int64_t* ids, int64_t B, int64_t k, int64_t N);
@@ -45,6 +62,20 @@ void gather_blocks(const void* db, const int64_t* ids, void* out, const GatherSh
                    int64_t elem_size, int num_threads);
 void gather_code_blocks(const uint16_t* codes, const void* codebook, const int64_t* ids, void* out,
                         const CodeGatherShape& s, int64_t elem_size, int num_threads);
+
+// Layer kernels (layers.cpp). Activations are float32 or bfloat16 (elem_size
+// 4 or 2), arithmetic float32; gamma, beta and biases are float32.
+//
+// out = silu(group_norm(x) * gamma + beta) + add[row] (+ residual), one pass
+// after the statistics; residual is like x or null.
+void group_norm_silu(const void* x, const float* gamma, const float* beta, const float* add, const void* residual,
+                     void* out, const GroupNormShape& s, float eps, int64_t elem_size, int num_threads);
+// x [N, H, W, C] -> V [16, T, C], the transformed 4x4 input tiles.
+void winograd_input_transform(const void* x, void* v, const WinogradShape& s, int64_t elem_size, int num_threads);
+// M [16, T, K] (V times the transformed weights, per tile position) -> out
+// [N, H, W, K] plus bias (null: none).
+void winograd_output_transform(const void* m, const float* bias, void* out, const WinogradShape& s,
+                               int64_t elem_size, int num_threads);
 }  // namespace cpu
 
 #ifdef RISSOLE_WITH_CUDA

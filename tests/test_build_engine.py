@@ -1,5 +1,5 @@
 """Built engines: build -> manifest -> load -> run, the cache-hit and refusal rules, padding to
-buckets, a killed build, per-layer tactics, and the peers (torch.compile, OpenVINO) as candidates.
+buckets, a killed build, per-layer tactics and rows per call, and the peers (torch.compile, OpenVINO) as candidates.
 
 Timing decides only *which* candidate runs; every assertion here is about correctness, so the
 tests hold whichever candidate wins on the machine at hand. The model is the converted authors'
@@ -200,6 +200,17 @@ def test_every_chosen_tactic_is_within_tolerance_and_the_network_matches(model, 
     again = TacticTable.from_dict(json.loads(json.dumps(table.to_dict())))
     out = TunedBackend(model, again).forward_hoisted(*inputs)
     assert_close(out, model.unet.forward_hoisted(*inputs), "engine_fp32" if precision == "fp32" else "bf16_eps")
+
+
+def test_each_bucket_times_its_splits_into_smaller_buckets_and_a_split_run_matches(model):
+    p = model.config.n_blocks
+    buckets = {rows: _step_inputs(model, rows) for rows in (p, 2 * p)}
+    table = tune(model, "fp32", buckets, seconds_per_candidate=0.001)
+    assert set(table.calls[str(2 * p)]["ms"]) == {str(2 * p), str(p)}  # whole, or two calls of the smaller bucket
+    assert set(table.calls[str(p)]["ms"]) == {str(p)}
+    table.calls[str(2 * p)]["chosen"] = p  # force the split: it must give the same network
+    split = TunedBackend(model, table).forward_hoisted(*buckets[2 * p])
+    assert_close(split, model.unet.forward_hoisted(*buckets[2 * p]), "engine_fp32")
 
 
 def test_a_tactic_table_of_another_network_is_refused(model):

@@ -26,6 +26,16 @@ def gather_code_blocks(
     codes: int, codebook: int, ids: int, out: int, P: int, N: int, bh: int, bw: int, K: int, C: int,
     B: int, k: int, elem_size: int, num_threads: int = 0,
 ) -> None: ...
+def group_norm_silu(
+    x: int, gamma: int, beta: int, add: int, residual: int, out: int, N: int, HW: int, C: int, G: int,
+    add_rows: int, eps: float, elem_size: int, num_threads: int = 0,
+) -> None: ...
+def winograd_input_transform(
+    x: int, v: int, N: int, H: int, W: int, C: int, elem_size: int, num_threads: int = 0
+) -> None: ...
+def winograd_output_transform(
+    m: int, bias: int, out: int, N: int, H: int, W: int, K: int, elem_size: int, num_threads: int = 0
+) -> None: ...
 
 # Present only in CUDA builds.
 def cuda_device_count() -> tuple[int, str | None]: ...

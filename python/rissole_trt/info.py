@@ -205,4 +205,6 @@ def format_engine(manifest: dict[str, Any]) -> str:
     if manifest.get("tactics"):
         wins = ", ".join(f"{name} x{count}" for name, count in manifest["tactics"]["wins"].items())
         lines.append(f"per-layer tactics (layer x bucket wins): {wins}; table in {manifest['tactics']['file']}")
+        splits = ", ".join(f"{rows} rows as calls of {per}" for rows, per in manifest["tactics"]["rows_per_call"].items())
+        lines.append(f"rows per call of the tuned network: {splits}")
     return "\n".join(lines)

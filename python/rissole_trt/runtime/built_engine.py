@@ -46,7 +46,8 @@ from .spec import step_spec
 __all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", "load_engine", "read_manifest",
            "BuiltEngine", "device_fingerprint", "is_engine_dir"]
 
-FORMAT_VERSION = 1
+#: 2: tactic tables hold residual blocks (fused GroupNorm + SiLU) and Winograd candidates.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
 ONNX_FILE = Path("onnx") / "denoiser.onnx"
@@ -331,7 +332,9 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
                             "fastest_other": min(peers, key=peers.get) if peers else None})
             log(f"batch {b}: {chosen} ({eligible[chosen]['ms']:.2f} ms per step)")
         manifest["buckets"] = buckets
-        manifest["tactics"] = None if table is None else {"file": TACTICS, "wins": table.summary()}
+        manifest["tactics"] = None if table is None else {
+            "file": TACTICS, "wins": table.summary(),
+            "rows_per_call": {rows: record["chosen"] for rows, record in table.calls.items()}}
         manifest["onnx"] = str(ONNX_FILE) if (tmp / ONNX_FILE).is_file() else None
         manifest["build_s"] = time.perf_counter() - started
         manifest["built"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -14,11 +14,23 @@ Candidates (each a module over channels-last activations in the backend's dtype)
 * convolutions: ``onednn_packed`` (weights reordered once to oneDNN's blocked format, the torch
   backend's choice), ``conv2d`` (``F.conv2d`` on channels-last weights), ``im2col_gemm``
   (``F.unfold`` + one GEMM, which reaches MKL's AVX-512/AMX GEMM kernels), and for 1x1 convolutions
-  ``gemm_1x1`` (a channels-last map is already the [pixels, channels] matrix: one GEMM, no copy);
+  ``gemm_1x1`` (a channels-last map is already the [pixels, channels] matrix: one GEMM, no copy),
+  and for 3x3 stride-1 convolutions ``winograd_f2`` (Winograd F(2x2, 3x3): tile transforms in the
+  C++ core, the 16 products as one batched GEMM; :mod:`.cpu_kernels`);
 * the 4x4 stride-2 upsampling: ``subpixel_packed`` / ``subpixel_conv2d`` (four 2x2 convolutions,
   one per output parity) and ``conv_transpose`` (oneDNN's transposed convolution);
 * self-attention: ``matmul`` (the reference's two matmuls and softmax) and ``sdpa``
-  (``F.scaled_dot_product_attention``, torch's fused flash-attention CPU kernel).
+  (``F.scaled_dot_product_attention``, torch's fused flash-attention CPU kernel);
+* residual blocks: ``torch_ops`` (the block's own GroupNorm, SiLU and adds) and ``fused_norm``
+  (each GroupNorm + SiLU + the bias rows or the residual add as one C++ pass), around the block's
+  convolutions as tuned.
+
+Then the **rows per call** (micro-batching): each bucket also runs as several calls of a smaller
+bucket's rows (with that bucket's tactics), in case the smaller working set's cache locality
+outweighs the per-call overhead on this machine; the fastest split is kept.
+
+Layers are tuned inner first (a block's convolutions before the block), and a composite layer is
+timed with its inner layers' choices for that bucket, so each layer's time is the one it will run at.
 """
 from __future__ import annotations
 
@@ -33,11 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..models.layers import Attention
+from ..models.layers import Attention, UNetResBlock
 from ..models.rissole import RissoleModel
 from ..models.unet import BlockUNet
 from ..tolerances import excess
 from .base import PerStepBackend
+from .cpu_kernels import group_norm_silu, winograd_applies, winograd_conv3x3, winograd_weights
 from .torch_backend import (PreparedConv, SubPixelConvTranspose, packs_for_onednn, precision_dtype, _pair)
 
 __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]
@@ -119,6 +132,35 @@ class _MatmulAttention(nn.Module):
         return self.reference(x)
 
 
+class _WinogradConv(nn.Module):
+    """A 3x3 stride-1 padding-1 convolution by Winograd F(2x2, 3x3), weights transformed once."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("u", winograd_weights(conv.weight, dtype))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return winograd_conv3x3(x, self.u, self.bias)
+
+
+class _FusedNormResBlock(nn.Module):
+    """:class:`UNetResBlock` (eval) with each GroupNorm + SiLU + add as one C++ pass; same convolutions."""
+
+    def __init__(self, block: UNetResBlock) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.skip = block.conv1, block.conv2, block.skip
+        self.groups, self.eps = block.norm1.num_groups, block.norm1.eps
+        for i, norm in ((1, block.norm1), (2, block.norm2)):
+            self.register_buffer(f"gamma{i}", norm.weight.detach().float())
+            self.register_buffer(f"beta{i}", norm.bias.detach().float())
+
+    def forward(self, x: torch.Tensor, time_bias: torch.Tensor, pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+        add = time_bias if pos_bias is None else time_bias.float() + pos_bias.float()
+        h = group_norm_silu(self.conv1(x), self.groups, self.gamma1, self.beta1, self.eps, add=add)
+        return group_norm_silu(self.conv2(h), self.groups, self.gamma2, self.beta2, self.eps, residual=self.skip(x))
+
+
 def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> dict[str, nn.Module]:
     if SubPixelConvTranspose.applies(conv):
         out = {"subpixel_conv2d": SubPixelConvTranspose(conv, dtype, packed=False),
@@ -133,26 +175,27 @@ def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> di
         out["im2col_gemm"] = _Im2colConv(conv, dtype)
         if _Gemm1x1.applies(conv):
             out["gemm_1x1"] = _Gemm1x1(conv, dtype)
+        if packed_ok and winograd_applies(conv):  # the C++ transforms are CPU code (packed_ok: CPU)
+            out["winograd_f2"] = _WinogradConv(conv, dtype)
     return out
 
 
 class _Tunable(nn.Module):
     """One layer with several implementations; ``choice[rows]`` names the one run for that many rows
-    (``default`` for any other count). While ``capture`` is a dict, calls record their input."""
+    (``default`` for any other count). While ``capture`` is a dict, calls record their inputs."""
 
-    def __init__(self, kind: str, reference: nn.Module, candidates: dict[str, nn.Module], default: str) -> None:
+    def __init__(self, kind: str, candidates: dict[str, nn.Module], default: str) -> None:
         super().__init__()
         self.kind = kind
-        self.reference = [reference]  # the float32 layer (a list: not a submodule, not converted)
         self.candidates = nn.ModuleDict(candidates)
         self.default = default
         self.choice: dict[int, str] = {}
-        self.capture: dict[int, torch.Tensor] | None = None
+        self.capture: dict[int, tuple] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor | None) -> torch.Tensor:
         if self.capture is not None:
-            self.capture[x.shape[0]] = x
-        return self.candidates[self.choice.get(x.shape[0], self.default)](x)
+            self.capture[x.shape[0]] = (x, *rest)
+        return self.candidates[self.choice.get(x.shape[0], self.default)](x, *rest)
 
 
 def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str, _Tunable]]:
@@ -166,7 +209,7 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
     def conv_tunable(name: str, conv: nn.Module) -> _Tunable:
         candidates = _conv_candidates(conv, dtype, packed_ok)
         default = next(c for c in ("subpixel_packed", "onednn_packed", "subpixel_conv2d", "conv2d") if c in candidates)
-        tunables[name] = _Tunable("conv", conv, candidates, default)
+        tunables[name] = _Tunable("conv", candidates, default)
         return tunables[name]
 
     def swap(parent: nn.Module, prefix: str) -> None:
@@ -177,7 +220,15 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
             if isinstance(child, Attention):
                 qkv, out = conv_tunable(f"{name}.qkv", child.qkv), conv_tunable(f"{name}.out", child.out)
                 candidates = {"matmul": _MatmulAttention(child, qkv, out), "sdpa": _SdpaAttention(child, qkv, out)}
-                tunables[name] = _Tunable("attention", child, candidates, "matmul")
+                tunables[name] = _Tunable("attention", candidates, "matmul")
+                setattr(parent, child_name, tunables[name])
+            elif isinstance(child, UNetResBlock):
+                swap(child, f"{name}.")  # its convolutions first: they are tuned before the block
+                candidates = {"torch_ops": child}
+                if packed_ok:  # the fused kernel is CPU code
+                    candidates["fused_norm"] = _FusedNormResBlock(child)
+                tunables[name] = _Tunable("resblock", candidates, "torch_ops")
+                tunables[name].bias_slice = child.bias_slice  # read by BlockUNet._res
                 setattr(parent, child_name, tunables[name])
             elif isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
                 setattr(parent, child_name, conv_tunable(name, child))
@@ -185,7 +236,8 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
                 swap(child, f"{name}.")
 
     swap(base, "")
-    # Norms, biases and embeddings in the backend's dtype; the tunables' candidates already are.
+    # Norms, biases and embeddings in the backend's dtype; the tunables' candidates already are
+    # (float32 buffers of the C++ kernels stay float32: they are buffers, not parameters).
     for module in base.modules():
         if not isinstance(module, _Tunable):
             for key, param in module._parameters.items():
@@ -200,16 +252,22 @@ class TacticTable:
 
     precision: str
     layers: dict[str, dict[str, dict]] = field(default_factory=dict)  # layer -> str(rows) -> record
+    # str(rows) -> {"chosen": rows per call, "ms": {str(rows per call): ms of the whole network}}
+    calls: dict[str, dict] = field(default_factory=dict)
 
     def choice(self, layer: str, rows: int) -> str:
         return self.layers[layer][str(rows)]["chosen"]
 
+    def rows_per_call(self, rows: int) -> int:
+        """How many rows one call of the network takes when ``rows`` arrive (``rows``: no split)."""
+        return int(self.calls.get(str(rows), {}).get("chosen", rows))
+
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "layers": self.layers}
+        return {"precision": self.precision, "layers": self.layers, "calls": self.calls}
 
     @classmethod
     def from_dict(cls, doc: dict) -> "TacticTable":
-        return cls(doc["precision"], doc["layers"])
+        return cls(doc["precision"], doc["layers"], doc["calls"])
 
     def summary(self) -> dict[str, int]:
         """How many (layer, bucket) pairs each candidate won."""
@@ -243,30 +301,53 @@ def tune(model: RissoleModel, precision: str, inputs_per_bucket: dict[int, tuple
     dtype = precision_dtype(precision)
     kind = layer_tolerance(precision)
     table = TacticTable(precision)
+    reference_unet = copy.deepcopy(model.unet).float().eval()  # the plain float32 layers
     for rows, inputs in inputs_per_bucket.items():
-        captured: dict[str, torch.Tensor] = {}
-        for name, tunable in tunables.items():
+        for tunable in tunables.values():
             tunable.capture = {}
         unet.forward_hoisted(*_convert_inputs(inputs, dtype))
-        for name, tunable in tunables.items():
-            captured[name] = tunable.capture[rows]
+        captured = {name: tunable.capture[rows] for name, tunable in tunables.items()}
+        for tunable in tunables.values():
             tunable.capture = None
-        for name, tunable in tunables.items():
-            x = captured[name]
-            expected = tunable.reference[0](x.float())
+        for name, tunable in tunables.items():  # inner layers first (see _tunable_unet)
+            args = captured[name]
+            expected = reference_unet.get_submodule(name)(*(None if a is None else a.float() for a in args))
             record: dict = {"candidates": {}}
             for candidate, module in tunable.candidates.items():
-                out = module(x)
+                out = module(*args)
                 err = excess(out.float(), expected, kind)
-                seconds = _median_seconds(lambda: module(x), seconds_per_candidate)
+                seconds = _median_seconds(lambda: module(*args), seconds_per_candidate)
                 record["candidates"][candidate] = {"ms": seconds * 1e3, "excess": err}
             ok = {c: r for c, r in record["candidates"].items() if r["excess"] <= 1.0}
             if not ok:
                 raise InvalidArgumentError(f"no candidate of layer {name} at {rows} rows is within tolerance")
             record["chosen"] = min(ok, key=lambda c: ok[c]["ms"])
+            tunable.choice[rows] = record["chosen"]  # layers around this one are timed with it
             table.layers.setdefault(name, {})[str(rows)] = record
         log(f"tactics at {rows} rows: " + ", ".join(f"{c} x{n}" for c, n in _count(table, rows).items()))
+    for rows, inputs in inputs_per_bucket.items():  # every bucket's layers are tuned: now the splits
+        converted = _convert_inputs(inputs, dtype)
+        splits = [rows] + sorted((r for r in inputs_per_bucket if r < rows), reverse=True)
+        ms = {str(r): 1e3 * _median_seconds(lambda: _in_calls(unet, converted, r), seconds_per_candidate)
+              for r in splits}
+        chosen = min(splits, key=lambda r: ms[str(r)])
+        table.calls[str(rows)] = {"chosen": chosen, "ms": ms}
+        if chosen != rows:
+            log(f"{rows} rows run as calls of {chosen} rows")
     return table
+
+
+def _in_calls(unet: BlockUNet, inputs: tuple, rows_per_call: int) -> torch.Tensor:
+    """``unet.forward_hoisted(*inputs)`` as calls of at most ``rows_per_call`` rows (inputs with one row,
+    such as a shared time bias, go to every call)."""
+    n = inputs[0].shape[0]
+    if rows_per_call >= n:
+        return unet.forward_hoisted(*inputs)
+    pieces = []
+    for start in range(0, n, rows_per_call):
+        part = [t if t is None or t.shape[0] != n else t[start:start + rows_per_call] for t in inputs]
+        pieces.append(unet.forward_hoisted(*part))
+    return torch.cat(pieces)
 
 
 def _count(table: TacticTable, rows: int) -> dict[str, int]:
@@ -307,6 +388,9 @@ class TunedBackend(PerStepBackend):
         super().__init__(model, table.precision)
         self.unet = apply_tactics(model, table)
 
+        self.table = table
+
     @torch.no_grad()
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        return self.unet.forward_hoisted(*_convert_inputs(inputs, self.dtype)).float().contiguous()
+        rows_per_call = self.table.rows_per_call(inputs[0].shape[0])
+        return _in_calls(self.unet, _convert_inputs(inputs, self.dtype), rows_per_call).float().contiguous()

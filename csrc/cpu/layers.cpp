@@ -1,0 +1,357 @@
+// CPU layer kernels of the per-step network (declared in ops.h): fused
+// GroupNorm + SiLU (+ adds) and the Winograd F(2x2, 3x3) tile transforms.
+//
+// Activations are channels-last ([N, H, W, C] in memory), float32 or bfloat16
+// (elem_size 4 or 2); all arithmetic is float32 and a bf16 result is rounded
+// once, to nearest even. Inner loops run over the contiguous channels and are
+// written for the auto-vectoriser; on x86-64 with GCC each hot function is
+// compiled for AVX-512, AVX2 and baseline SSE2 and the loader picks one by
+// CPUID at import time (target_clones: the runtime CPU check).
+#include "ops.h"
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RISSOLE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RISSOLE_CLONES
+#endif
+// The loops live in templates forced inline into each clone, so that each is compiled for the
+// clone's ISA (a plain call would reach one baseline copy).
+#if defined(__GNUC__)
+#define RISSOLE_INLINE __attribute__((always_inline)) inline
+#else
+#define RISSOLE_INLINE inline
+#endif
+
+namespace rissole {
+namespace {
+
+RISSOLE_INLINE float bits_to_float(uint32_t u) { return __builtin_bit_cast(float, u); }
+RISSOLE_INLINE uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
+
+// Element access by size: 4 = float32, 2 = bfloat16 (the top half of a float32).
+template <int ES>
+RISSOLE_INLINE float load(const void* base, int64_t i) {
+  if constexpr (ES == 4) {
+    return static_cast<const float*>(base)[i];
+  } else {
+    return bits_to_float(static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16);
+  }
+}
+
+template <int ES>
+RISSOLE_INLINE void store(void* base, int64_t i, float v) {
+  if constexpr (ES == 4) {
+    static_cast<float*>(base)[i] = v;
+  } else {
+    uint32_t u = float_to_bits(v);
+    u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even (finite inputs)
+    static_cast<uint16_t*>(base)[i] = static_cast<uint16_t>(u >> 16);
+  }
+}
+
+// exp(x) for the SiLU, in plain arithmetic so that it vectorises: x = n ln2 + r
+// with |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial (relative error
+// < 2e-7), 2^n by writing the exponent bits. Clamped to float's range.
+RISSOLE_INLINE float exp_vec(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504f + magic) - magic;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;  // ln2 split in two for accuracy
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const uint32_t scale = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  return p * bits_to_float(scale);
+}
+
+RISSOLE_INLINE float silu(float y) { return y / (1.0f + exp_vec(-y)); }
+
+// ---------------------------------------------------------------- GroupNorm + SiLU
+
+// One sample: stats per group (two passes: mean, then squared deviations), then
+// out = silu(x * a[c] + b[c]) + add[c] (+ residual), a = gamma * rstd, b = beta - mean * a.
+template <int ES>
+RISSOLE_INLINE void group_norm_silu_sample(const void* x, const float* gamma, const float* beta, const float* add,
+                            const void* residual, void* out, int64_t HW, int64_t C, int64_t G, float eps,
+                            float* scratch) {
+  float* csum = scratch;       // [C] per-channel sums, then the per-channel mean
+  float* a = scratch + C;      // [C]
+  float* b = scratch + 2 * C;  // [C]
+  const int64_t cg = C / G;
+  const double count = static_cast<double>(HW * cg);
+  for (int64_t c = 0; c < C; ++c) csum[c] = 0.0f;
+  for (int64_t p = 0; p < HW; ++p) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) csum[c] += load<ES>(x, p * C + c);
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double s = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) s += csum[c];
+    const float mean = static_cast<float>(s / count);
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) csum[c] = mean;
+  }
+  for (int64_t c = 0; c < C; ++c) a[c] = 0.0f;
+  for (int64_t p = 0; p < HW; ++p) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = load<ES>(x, p * C + c) - csum[c];
+      a[c] += d * d;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double s = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) s += a[c];
+    const float rstd = static_cast<float>(1.0 / std::sqrt(s / count + static_cast<double>(eps)));
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+      a[c] = gamma[c] * rstd;
+      b[c] = beta[c] - csum[c] * a[c];
+    }
+  }
+  for (int64_t p = 0; p < HW; ++p) {
+    if (residual) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = p * C + c;
+        store<ES>(out, i, silu(load<ES>(x, i) * a[c] + b[c]) + add[c] + load<ES>(residual, i));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = p * C + c;
+        store<ES>(out, i, silu(load<ES>(x, i) * a[c] + b[c]) + add[c]);
+      }
+    }
+  }
+}
+
+RISSOLE_CLONES void group_norm_silu_f32(const void* x, const float* gamma, const float* beta, const float* add,
+                                        const void* residual, void* out, int64_t HW, int64_t C, int64_t G,
+                                        float eps, float* scratch) {
+  group_norm_silu_sample<4>(x, gamma, beta, add, residual, out, HW, C, G, eps, scratch);
+}
+
+RISSOLE_CLONES void group_norm_silu_bf16(const void* x, const float* gamma, const float* beta, const float* add,
+                                         const void* residual, void* out, int64_t HW, int64_t C, int64_t G,
+                                         float eps, float* scratch) {
+  group_norm_silu_sample<2>(x, gamma, beta, add, residual, out, HW, C, G, eps, scratch);
+}
+
+// ---------------------------------------------------------------- Winograd F(2x2, 3x3)
+//
+// Output tile (i, j) covers output rows 2i, 2i+1 and columns 2j, 2j+1; its 4x4
+// input tile starts at input row 2i - 1 and column 2j - 1 (padding 1, zeros
+// outside). V = B^T d B with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1];
+// Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1].
+
+// The transformed input of the tiles of one image: V[16][T][C] at rows t0 .. t0 + th*tw.
+template <int ES>
+RISSOLE_INLINE void winograd_input_image(const void* x, void* v, const WinogradShape& s, int64_t n) {
+  const int64_t C = s.C, th = s.tiles_h(), tw = s.tiles_w(), T = s.tiles();
+  std::vector<float> d(16 * C);
+  for (int64_t ti = 0; ti < th; ++ti) {
+    for (int64_t tj = 0; tj < tw; ++tj) {
+      for (int r = 0; r < 4; ++r) {
+        const int64_t row = 2 * ti - 1 + r;
+        for (int q = 0; q < 4; ++q) {
+          const int64_t col = 2 * tj - 1 + q;
+          float* dst = d.data() + (r * 4 + q) * C;
+          if (row < 0 || row >= s.H || col < 0 || col >= s.W) {
+            for (int64_t c = 0; c < C; ++c) dst[c] = 0.0f;
+          } else {
+            const int64_t base = ((n * s.H + row) * s.W + col) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) dst[c] = load<ES>(x, base + c);
+          }
+        }
+      }
+      const int64_t t = (n * th + ti) * tw + tj;
+      const float* D = d.data();
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        float e[16];
+        for (int q = 0; q < 4; ++q) {  // B^T d: along rows
+          const float d0 = D[(0 * 4 + q) * C + c], d1 = D[(1 * 4 + q) * C + c];
+          const float d2 = D[(2 * 4 + q) * C + c], d3 = D[(3 * 4 + q) * C + c];
+          e[0 * 4 + q] = d0 - d2;
+          e[1 * 4 + q] = d1 + d2;
+          e[2 * 4 + q] = d2 - d1;
+          e[3 * 4 + q] = d1 - d3;
+        }
+        for (int r = 0; r < 4; ++r) {  // (B^T d) B: along columns
+          const float e0 = e[r * 4 + 0], e1 = e[r * 4 + 1], e2 = e[r * 4 + 2], e3 = e[r * 4 + 3];
+          store<ES>(v, ((r * 4 + 0) * T + t) * C + c, e0 - e2);
+          store<ES>(v, ((r * 4 + 1) * T + t) * C + c, e1 + e2);
+          store<ES>(v, ((r * 4 + 2) * T + t) * C + c, e2 - e1);
+          store<ES>(v, ((r * 4 + 3) * T + t) * C + c, e1 - e3);
+        }
+      }
+    }
+  }
+}
+
+// One tile's ROWS x COLS outputs (2 x 2 inside the map) of all K channels, at out[base], rows
+// row_stride apart: Y = A^T M A + bias (K values).
+template <int ES, int ROWS, int COLS>
+RISSOLE_INLINE void output_tile(const void* m, const float* bias, void* out, int64_t T, int64_t K, int64_t t, int64_t base,
+                        int64_t row_stride) {
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) {
+    float f[8];  // A^T M: 2 rows of 4
+    for (int q = 0; q < 4; ++q) {
+      const float m0 = load<ES>(m, ((0 * 4 + q) * T + t) * K + k), m1 = load<ES>(m, ((1 * 4 + q) * T + t) * K + k);
+      const float m2 = load<ES>(m, ((2 * 4 + q) * T + t) * K + k), m3 = load<ES>(m, ((3 * 4 + q) * T + t) * K + k);
+      f[q] = m0 + m1 + m2;
+      f[4 + q] = m1 - m2 - m3;
+    }
+    const float b = bias[k];
+    for (int r = 0; r < ROWS; ++r) {
+      const float* fr = f + 4 * r;
+      store<ES>(out, base + r * row_stride + k, fr[0] + fr[1] + fr[2] + b);
+      if (COLS == 2) store<ES>(out, base + r * row_stride + K + k, fr[1] - fr[2] - fr[3] + b);
+    }
+  }
+}
+
+// The outputs of one image's tiles from M[16][T][K], plus the bias; out [N, H, W, K].
+template <int ES>
+RISSOLE_INLINE void winograd_output_image(const void* m, const float* bias, void* out, const WinogradShape& s, int64_t n) {
+  const int64_t K = s.K, th = s.tiles_h(), tw = s.tiles_w(), T = s.tiles();
+  const std::vector<float> zeros(bias ? 0 : static_cast<size_t>(K), 0.0f);
+  if (!bias) bias = zeros.data();
+  for (int64_t ti = 0; ti < th; ++ti) {
+    for (int64_t tj = 0; tj < tw; ++tj) {
+      const int64_t t = (n * th + ti) * tw + tj;
+      // Tiles on an odd edge write fewer than 2x2 outputs.
+      const int rows = 2 * ti + 1 < s.H ? 2 : 1, cols = 2 * tj + 1 < s.W ? 2 : 1;
+      const int64_t base = ((n * s.H + 2 * ti) * s.W + 2 * tj) * K;
+      if (rows == 2 && cols == 2) {
+        output_tile<ES, 2, 2>(m, bias, out, T, K, t, base, s.W * K);
+      } else if (rows == 2) {
+        output_tile<ES, 2, 1>(m, bias, out, T, K, t, base, s.W * K);
+      } else if (cols == 2) {
+        output_tile<ES, 1, 2>(m, bias, out, T, K, t, base, s.W * K);
+      } else {
+        output_tile<ES, 1, 1>(m, bias, out, T, K, t, base, s.W * K);
+      }
+    }
+  }
+}
+
+RISSOLE_CLONES void winograd_input_f32(const void* x, void* v, const WinogradShape& s, int64_t n) {
+  winograd_input_image<4>(x, v, s, n);
+}
+RISSOLE_CLONES void winograd_input_bf16(const void* x, void* v, const WinogradShape& s, int64_t n) {
+  winograd_input_image<2>(x, v, s, n);
+}
+RISSOLE_CLONES void winograd_output_f32(const void* m, const float* bias, void* out, const WinogradShape& s,
+                                        int64_t n) {
+  winograd_output_image<4>(m, bias, out, s, n);
+}
+RISSOLE_CLONES void winograd_output_bf16(const void* m, const float* bias, void* out, const WinogradShape& s,
+                                         int64_t n) {
+  winograd_output_image<2>(m, bias, out, s, n);
+}
+
+int resolve_threads(int num_threads) {
+#ifdef _OPENMP
+  return num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+  (void)num_threads;
+  return 1;
+#endif
+}
+
+// fn(n) for every image n, images split over the threads.
+template <typename Fn>
+void for_each_image(int64_t N, int num_threads, Fn&& fn) {
+  const int threads = resolve_threads(num_threads);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N > 1)
+#endif
+  for (int64_t n = 0; n < N; ++n) fn(n);
+  (void)threads;
+}
+
+}  // namespace
+
+void check_group_norm_shape(const GroupNormShape& s, int64_t elem_size) {
+  check_elem_size(elem_size);
+  if (s.N < 0 || s.HW < 1 || s.C < 1 || s.G < 1) throw std::invalid_argument("group norm: bad shape");
+  if (s.C % s.G != 0) {
+    throw std::invalid_argument("group norm: " + std::to_string(s.C) + " channels are not divisible into " +
+                                std::to_string(s.G) + " groups");
+  }
+  if (s.add_rows != 0 && s.add_rows != 1 && s.add_rows != s.N) {
+    throw std::invalid_argument("group norm: the added bias must have 1 or N rows");
+  }
+}
+
+void check_winograd_shape(const WinogradShape& s, int64_t elem_size) {
+  check_elem_size(elem_size);
+  if (s.N < 0 || s.H < 1 || s.W < 1 || s.C < 1 || s.K < 1) throw std::invalid_argument("winograd: bad shape");
+}
+
+namespace cpu {
+
+void group_norm_silu(const void* x, const float* gamma, const float* beta, const float* add, const void* residual,
+                     void* out, const GroupNormShape& s, float eps, int64_t elem_size, int num_threads) {
+  check_group_norm_shape(s, elem_size);
+  const int threads = resolve_threads(num_threads);
+  const int64_t es = elem_size;
+  const std::vector<float> zeros(static_cast<size_t>(s.C), 0.0f);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && s.N > 1)
+#endif
+  {
+    std::vector<float> scratch(static_cast<size_t>(3 * s.C));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t n = 0; n < s.N; ++n) {
+      const int64_t offset = n * s.HW * s.C * es;
+      const char* xn = static_cast<const char*>(x) + offset;
+      const char* rn = residual ? static_cast<const char*>(residual) + offset : nullptr;
+      char* on = static_cast<char*>(out) + offset;
+      const float* add_n = s.add_rows == 0 ? zeros.data() : add + (s.add_rows == 1 ? 0 : n) * s.C;
+      if (es == 4) {
+        group_norm_silu_f32(xn, gamma, beta, add_n, rn, on, s.HW, s.C, s.G, eps, scratch.data());
+      } else {
+        group_norm_silu_bf16(xn, gamma, beta, add_n, rn, on, s.HW, s.C, s.G, eps, scratch.data());
+      }
+    }
+  }
+  (void)threads;
+}
+
+void winograd_input_transform(const void* x, void* v, const WinogradShape& s, int64_t elem_size, int num_threads) {
+  check_winograd_shape(s, elem_size);
+  for_each_image(s.N, num_threads, [&](int64_t n) {
+    (elem_size == 4 ? winograd_input_f32 : winograd_input_bf16)(x, v, s, n);
+  });
+}
+
+void winograd_output_transform(const void* m, const float* bias, void* out, const WinogradShape& s,
+                               int64_t elem_size, int num_threads) {
+  check_winograd_shape(s, elem_size);
+  for_each_image(s.N, num_threads, [&](int64_t n) {
+    (elem_size == 4 ? winograd_output_f32 : winograd_output_bf16)(m, bias, out, s, n);
+  });
+}
+
+}  // namespace cpu
+}  // namespace rissole

@@ -1,0 +1,123 @@
+"""The C++ core's CPU layer kernels, each beside the plain PyTorch it must match.
+
+* :func:`group_norm_silu`: GroupNorm, SiLU and the additions that follow them in a UNet residual
+  block (the time/position bias rows, or the residual branch) in one pass over the map after the
+  statistics, where torch makes three to four passes (norm, SiLU, each add) and, in bf16, rounds
+  after each. Reference: :func:`group_norm_silu_reference`.
+* :func:`winograd_conv3x3`: a 3x3, stride-1, padding-1 convolution by Winograd F(2x2, 3x3): the
+  input tiles are transformed in C++ (``V = B^T d B``), multiplied by the transformed weights
+  (:func:`winograd_weights`, ``U = G g G^T``) as 16 GEMMs in one ``torch.bmm`` (MKL / oneDNN), and
+  transformed back in C++ with the bias (``A^T M A``). 2.25x fewer multiplies than direct
+  convolution; the transforms cost memory traffic, so whether it wins is measured per layer and
+  batch by ``build-engine``. Reference: ``F.conv2d(x, w, b, padding=1)``.
+
+Both take and return channels-last CPU tensors in float32 or bfloat16 (arithmetic in float32, bf16
+results rounded once). Each C++ loop is compiled for AVX-512, AVX2 and SSE2 and the CPU's best is
+picked at import (``target_clones``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidArgumentError
+from ..ops import _core
+
+__all__ = ["group_norm_silu", "group_norm_silu_reference", "winograd_weights", "winograd_conv3x3",
+           "winograd_applies"]
+
+_CL = torch.channels_last
+_ELEM_SIZE = {torch.float32: 4, torch.bfloat16: 2}
+
+# F(2x2, 3x3) weight transform G (4x3).
+_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def _channels_last(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype not in _ELEM_SIZE or x.ndim != 4:
+        raise InvalidArgumentError(f"{name} must be a 4-d float32 or bfloat16 CPU tensor, got {x.dtype} "
+                                   f"{tuple(x.shape)} on {x.device}")
+    return x.contiguous(memory_format=_CL)
+
+
+def _rows(add: torch.Tensor | None, n: int, c: int) -> tuple[torch.Tensor | None, int]:
+    if add is None:
+        return None, 0
+    add = add.float().contiguous()
+    if add.ndim != 2 or add.shape[1] != c or add.shape[0] not in (1, n):
+        raise InvalidArgumentError(f"add must be [1 or {n}, {c}], got {tuple(add.shape)}")
+    return add, add.shape[0]
+
+
+def group_norm_silu_reference(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                              add: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(group_norm(x)) + add[:, :, None, None] + residual`` in float32 torch ops."""
+    out = F.silu(F.group_norm(x.float(), groups, weight.float(), bias.float(), eps))
+    if add is not None:
+        out = out + add.float()[:, :, None, None]
+    if residual is not None:
+        out = out + residual.float()
+    return out
+
+
+def group_norm_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                    add: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`group_norm_silu_reference` in one C++ pass; ``add`` [1 or N, C], ``residual`` like x.
+
+    The result has x's dtype, channels-last.
+    """
+    x = _channels_last(x, "x")
+    n, c, h, w = x.shape
+    if c % groups:
+        raise InvalidArgumentError(f"{c} channels are not divisible into {groups} groups")
+    if weight.shape != (c,) or bias.shape != (c,):
+        raise InvalidArgumentError(f"weight and bias must be [{c}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
+    add, add_rows = _rows(add, n, c)
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise InvalidArgumentError(f"residual must be {tuple(x.shape)}, got {tuple(residual.shape)}")
+        residual = residual.to(x.dtype).contiguous(memory_format=_CL)
+    weight, bias = weight.float().contiguous(), bias.float().contiguous()
+    out = torch.empty_like(x, memory_format=_CL)
+    _core().group_norm_silu(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), 0 if add is None else add.data_ptr(),
+                            0 if residual is None else residual.data_ptr(), out.data_ptr(), n, h * w, c, groups,
+                            add_rows, float(eps), _ELEM_SIZE[x.dtype], torch.get_num_threads())
+    return out
+
+
+def winograd_applies(conv: torch.nn.Module) -> bool:
+    """Whether ``conv`` is a convolution :func:`winograd_conv3x3` computes (3x3, stride 1, padding 1)."""
+    return (isinstance(conv, torch.nn.Conv2d) and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def winograd_weights(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``U = G g G^T`` of 3x3 weights [K, C, 3, 3], as [16, C, K] (tile position, in, out), in ``dtype``."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise InvalidArgumentError(f"weights must be [K, C, 3, 3], got {tuple(weight.shape)}")
+    u = torch.einsum("ai,kcij,bj->abck", _G, weight.detach().double(), _G)  # [4, 4, C, K]
+    return u.reshape(16, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
+
+
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, w, bias, padding=1)`` for ``u = winograd_weights(w, x.dtype)``; channels-last result."""
+    x = _channels_last(x, "x")
+    n, c, h, w = x.shape
+    if u.ndim != 3 or u.shape[:2] != (16, c) or u.dtype != x.dtype:
+        raise InvalidArgumentError(f"u must be winograd_weights(w, {x.dtype}) for {c} input channels, got "
+                                   f"{u.dtype} {tuple(u.shape)}")
+    k = u.shape[2]
+    if bias is not None:
+        bias = bias.float().contiguous()
+        if bias.shape != (k,):
+            raise InvalidArgumentError(f"bias must be [{k}], got {tuple(bias.shape)}")
+    tiles = n * ((h + 1) // 2) * ((w + 1) // 2)
+    threads, core, es = torch.get_num_threads(), _core(), _ELEM_SIZE[x.dtype]
+    v = torch.empty((16, tiles, c), dtype=x.dtype)
+    core.winograd_input_transform(x.data_ptr(), v.data_ptr(), n, h, w, c, es, threads)
+    m = torch.bmm(v, u)  # [16, tiles, K]
+    out = torch.empty((n, k, h, w), dtype=x.dtype, memory_format=_CL)
+    core.winograd_output_transform(m.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), n, h, w, k,
+                                   es, threads)
+    return out

@@ -1,0 +1,138 @@
+"""The C++ core's CPU layer kernels against the plain PyTorch they replace, and as build-engine tactics."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rissole_trt.errors import InvalidArgumentError
+from rissole_trt.models.layers import UNetResBlock
+from rissole_trt.presets import make_preset_model
+from rissole_trt.runtime.cpu_kernels import (group_norm_silu, group_norm_silu_reference, winograd_applies,
+                                             winograd_conv3x3, winograd_weights)
+from rissole_trt.runtime.tactics import _FusedNormResBlock, _WinogradConv, tune
+from tolerances import assert_close
+
+_CL = torch.channels_last
+# (N, C, H, W, groups): the UNet's maps, odd sizes, one group, one channel per group
+SHAPES = [(64, 48, 8, 8, 8), (16, 96, 4, 4, 8), (3, 16, 5, 7, 4), (2, 8, 1, 1, 1), (1, 6, 3, 2, 6)]
+
+
+def _map(n, c, h, w, seed=0, scale=3.0, shift=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, c, h, w, generator=g) * scale + shift).contiguous(memory_format=_CL)
+
+
+@pytest.mark.parametrize("n,c,h,w,groups", SHAPES)
+@pytest.mark.parametrize("extra", ["none", "one_row", "rows", "residual", "rows_and_residual"])
+def test_group_norm_silu_matches_torch(n, c, h, w, groups, extra):
+    x = _map(n, c, h, w)
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    add = {"one_row": torch.randn(1, c, generator=g), "rows": torch.randn(n, c, generator=g),
+           "rows_and_residual": torch.randn(n, c, generator=g)}.get(extra)
+    residual = _map(n, c, h, w, seed=2) if "residual" in extra else None
+    expected = group_norm_silu_reference(x, groups, weight, bias, 1e-5, add=add, residual=residual)
+    out = group_norm_silu(x, groups, weight, bias, 1e-5, add=add, residual=residual)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=_CL)
+    assert_close(out, expected, "tactic_fp32")
+    # bf16 in and out, arithmetic in float32: the build accepts it within the bf16 entry
+    low = group_norm_silu(x.bfloat16(), groups, weight, bias, 1e-5, add=None if add is None else add.bfloat16(),
+                          residual=None if residual is None else residual.bfloat16())
+    assert low.dtype == torch.bfloat16
+    assert_close(low.float(), expected, "bf16_eps")
+
+
+def test_group_norm_silu_takes_nchw_input_and_handles_extreme_values():
+    x = _map(4, 8, 3, 3, scale=200.0).contiguous()  # NCHW memory: converted; SiLU's exp saturates both ways
+    weight, bias = torch.full((8,), 50.0), torch.zeros(8)
+    out = group_norm_silu(x, 2, weight, bias, 1e-5)
+    assert torch.isfinite(out).all()
+    assert_close(out, group_norm_silu_reference(x, 2, weight, bias, 1e-5), "tactic_fp32")
+
+
+def test_group_norm_silu_refuses_bad_arguments():
+    x = _map(2, 8, 4, 4)
+    w = torch.ones(8)
+    with pytest.raises(InvalidArgumentError, match="divisible"):
+        group_norm_silu(x, 3, w, w, 1e-5)
+    with pytest.raises(InvalidArgumentError, match="add must be"):
+        group_norm_silu(x, 2, w, w, 1e-5, add=torch.zeros(3, 8))
+    with pytest.raises(InvalidArgumentError, match="residual must be"):
+        group_norm_silu(x, 2, w, w, 1e-5, residual=torch.zeros(2, 8, 4, 5))
+    with pytest.raises(InvalidArgumentError, match="weight and bias"):
+        group_norm_silu(x, 2, torch.ones(4), w, 1e-5)
+    with pytest.raises(InvalidArgumentError, match="float32 or bfloat16 CPU"):
+        group_norm_silu(x.double(), 2, w, w, 1e-5)
+
+
+@pytest.mark.parametrize("n,c,h,w,_", SHAPES)
+@pytest.mark.parametrize("out_channels", [5, 96])
+def test_winograd_matches_conv2d(n, c, h, w, _, out_channels):
+    conv = nn.Conv2d(c, out_channels, 3, padding=1)
+    x = _map(n, c, h, w)
+    with torch.no_grad():
+        expected = conv(x)
+        out = winograd_conv3x3(x, winograd_weights(conv.weight), conv.bias)
+        no_bias = winograd_conv3x3(x, winograd_weights(conv.weight))
+        low = winograd_conv3x3(x.bfloat16(), winograd_weights(conv.weight, torch.bfloat16), conv.bias)
+    assert out.shape == expected.shape and out.is_contiguous(memory_format=_CL)
+    assert_close(out, expected, "tactic_fp32")
+    assert_close(no_bias, expected - conv.bias[:, None, None], "tactic_fp32")
+    assert_close(low.float(), expected, "bf16_eps")
+
+
+def test_winograd_applies_to_3x3_stride_1_padding_1_only_and_checks_its_weights():
+    assert winograd_applies(nn.Conv2d(4, 4, 3, padding=1))
+    for conv in (nn.Conv2d(4, 4, 3, padding=1, stride=2), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1),
+                 nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")):
+        assert not winograd_applies(conv)
+    x = _map(1, 4, 4, 4)
+    with pytest.raises(InvalidArgumentError, match="winograd_weights"):
+        winograd_conv3x3(x, winograd_weights(torch.zeros(4, 5, 3, 3)))
+    with pytest.raises(InvalidArgumentError, match="winograd_weights"):
+        winograd_conv3x3(x.bfloat16(), winograd_weights(torch.zeros(4, 4, 3, 3)))
+    with pytest.raises(InvalidArgumentError, match=r"\[K, C, 3, 3\]"):
+        winograd_weights(torch.zeros(4, 4, 1, 1))
+
+
+@pytest.mark.parametrize("position", [True, False])
+def test_fused_norm_block_matches_the_residual_block(position):
+    torch.manual_seed(0)
+    for cin, cout in ((48, 48), (48, 96)):  # identity shortcut, 1x1 shortcut
+        block = UNetResBlock(cin, cout, 16, 8, 0.0, position).eval()
+        for p in block.parameters():  # non-trivial norm affine parameters
+            nn.init.normal_(p, std=0.5)
+        x = _map(8, cin, 8, 8, scale=1.0, shift=0.0)
+        time_bias = torch.randn(1, cout)
+        pos_bias = torch.randn(8, cout) if position else None
+        with torch.no_grad():
+            assert_close(_FusedNormResBlock(block)(x, time_bias, pos_bias), block(x, time_bias, pos_bias),
+                         "tactic_fp32")
+            winograd = _WinogradConv(block.conv1, torch.float32)
+            assert_close(winograd(x), block.conv1(x), "tactic_fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_build_times_the_new_candidates_for_every_residual_block_and_3x3_conv(precision):
+    from rissole_trt.runtime.torch_backend import packs_for_onednn, precision_dtype
+
+    if not packs_for_onednn("cpu", precision_dtype(precision)):
+        pytest.skip(f"oneDNN has no {precision} kernels on this CPU: the C++ candidates are offered with them")
+    model = make_preset_model("tiny")
+    rows = model.config.n_blocks
+    c, bs, k = model.config.autoencoder.latent_dim, model.config.block_size, model.config.unet.k
+    g = torch.Generator().manual_seed(0)
+    den = model.denoiser(torch.randn(1, rows, k * c, bs, bs, generator=g))
+    inputs = (torch.randn(rows, c, bs, bs, generator=g), den.cond_feat, den.time_table[10:11], den.pos_bias)
+    table = tune(model, precision, {rows: inputs}, seconds_per_candidate=0.001)
+    blocks = [name for name, m in model.unet.named_modules() if isinstance(m, UNetResBlock)]
+    convs = [name for name, m in model.unet.named_modules() if winograd_applies(m) and name != "cond_conv"]  # hoisted
+    assert blocks and convs
+    for name in blocks:
+        record = table.layers[name][str(rows)]
+        assert set(record["candidates"]) == {"torch_ops", "fused_norm"}
+        assert record["candidates"]["fused_norm"]["excess"] <= 1.0, name
+    for name in convs:
+        assert table.layers[name][str(rows)]["candidates"]["winograd_f2"]["excess"] <= 1.0, name
