@@ -22,6 +22,7 @@ using rissole::CodeGatherShape;
 using rissole::GatherShape;
 using rissole::GroupNormShape;
 using rissole::WinogradShape;
+using rissole::AttentionShape;
 
 namespace {
 
@@ -141,6 +142,17 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("add"), py::arg("residual"), py::arg("out"),
       py::arg("N"), py::arg("HW"), py::arg("C"), py::arg("G"), py::arg("add_rows"), py::arg("eps"),
       py::arg("elem_size"), py::arg("num_threads") = 0);
+
+  m.def(
+      "pixel_attention",
+      [](uintptr_t qkv, uintptr_t out, int64_t N, int64_t T, int64_t heads, int64_t head_dim, float scale,
+         int64_t elem_size, int num_threads) {
+        const AttentionShape s{N, T, heads, head_dim, scale};
+        py::gil_scoped_release release;
+        rissole::cpu::pixel_attention(ptr<const void>(qkv), ptr<void>(out), s, elem_size, num_threads);
+      },
+      py::arg("qkv"), py::arg("out"), py::arg("N"), py::arg("T"), py::arg("heads"), py::arg("head_dim"),
+      py::arg("scale"), py::arg("elem_size"), py::arg("num_threads") = 0);
 
   m.def(
       "winograd_input_transform",

@@ -39,6 +39,13 @@ struct GroupNormShape {
   int64_t N, HW, C, G, add_rows;
 };
 
+// Multi-head self-attention over the T pixels of each of N maps: qkv [N, T, 3 * heads * head_dim]
+// (channels-last 1x1-conv output), scores scaled by `scale`.
+struct AttentionShape {
+  int64_t N, T, heads, head_dim;
+  float scale;
+};
+
 // A 3x3, stride-1, padding-1 convolution of x [N, H, W, C] (channels-last) to K
 // channels by Winograd F(2x2, 3x3): T = N * ceil(H/2) * ceil(W/2) tiles.
 struct WinogradShape {
@@ -51,6 +58,7 @@ struct WinogradShape {
 void check_block_shape(const BlockShape& s, int64_t elem_size);
 void check_group_norm_shape(const GroupNormShape& s, int64_t elem_size);
 void check_winograd_shape(const WinogradShape& s, int64_t elem_size);
+void check_attention_shape(const AttentionShape& s, int64_t elem_size);
 void check_elem_size(int64_t elem_size);
 // Throws std::out_of_range naming the first id outside [0, N).
 void check_ids(const int64_t* ids, int64_t B, int64_t k, int64_t N);
@@ -70,6 +78,9 @@ void gather_code_blocks(const uint16_t* codes, const void* codebook, const int64
 // after the statistics; residual is like x or null.
 void group_norm_silu(const void* x, const float* gamma, const float* beta, const float* add, const void* residual,
                      void* out, const GroupNormShape& s, float eps, int64_t elem_size, int num_threads);
+// out [N, T, heads * head_dim] = softmax(scale * Q K^T) V per map and head, float32 throughout
+// (the whole attention in one pass; no [T, T] score matrix leaves the cache).
+void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_t elem_size, int num_threads);
 // x [N, H, W, C] -> V [16, T, C], the transformed 4x4 input tiles.
 void winograd_input_transform(const void* x, void* v, const WinogradShape& s, int64_t elem_size, int num_threads);
 // M [16, T, K] (V times the transformed weights, per tile position) -> out

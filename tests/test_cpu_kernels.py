@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rissole_trt.errors import InvalidArgumentError
-from rissole_trt.models.layers import UNetResBlock
+from rissole_trt.models.layers import Attention, UNetResBlock
 from rissole_trt.presets import make_preset_model
-from rissole_trt.runtime.cpu_kernels import (group_norm_silu, group_norm_silu_reference, winograd_applies,
-                                             winograd_conv3x3, winograd_weights)
-from rissole_trt.runtime.tactics import _FusedNormResBlock, _WinogradConv, tune
+from rissole_trt.runtime.cpu_kernels import (group_norm_silu, group_norm_silu_reference, pixel_attention,
+                                             pixel_attention_reference, winograd_applies, winograd_conv3x3,
+                                             winograd_weights)
+from rissole_trt.runtime.tactics import _FusedAttention, _FusedNormResBlock, _WinogradConv, tune
 from tolerances import assert_close
 
 _CL = torch.channels_last
@@ -67,6 +68,41 @@ def test_group_norm_silu_refuses_bad_arguments():
         group_norm_silu(x.double(), 2, w, w, 1e-5)
 
 
+# (N, heads, head_dim, H, W): the models' mid attention (64 heads of 4 over a 4x4 map, the fixed-size
+# path), wider heads over 8x8, odd sizes, one pixel
+ATTENTION_SHAPES = [(64, 64, 4, 4, 4), (8, 4, 16, 8, 8), (3, 3, 5, 3, 2), (2, 2, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("n,heads,head_dim,h,w", ATTENTION_SHAPES)
+def test_pixel_attention_matches_torch(n, heads, head_dim, h, w):
+    qkv = _map(n, 3 * heads * head_dim, h, w, scale=2.0, shift=0.0)
+    expected = pixel_attention_reference(qkv, heads, head_dim, head_dim ** -0.5)
+    out = pixel_attention(qkv, heads, head_dim, head_dim ** -0.5)
+    assert out.shape == expected.shape and out.is_contiguous(memory_format=_CL)
+    assert_close(out, expected, "tactic_fp32")
+    low = pixel_attention(qkv.bfloat16(), heads, head_dim, head_dim ** -0.5)
+    assert low.dtype == torch.bfloat16
+    assert_close(low.float(), pixel_attention_reference(qkv.bfloat16(), heads, head_dim, head_dim ** -0.5),
+                 "bf16_eps")
+
+
+def test_pixel_attention_saturated_scores_and_bad_arguments():
+    qkv = _map(2, 3 * 2 * 4, 4, 4, scale=300.0).contiguous()  # NCHW memory; one weight per query is ~1
+    assert_close(pixel_attention(qkv, 2, 4, 0.5), pixel_attention_reference(qkv, 2, 4, 0.5), "tactic_fp32")
+    with pytest.raises(InvalidArgumentError, match="channels"):
+        pixel_attention(qkv, 3, 4, 0.5)
+    with pytest.raises(InvalidArgumentError, match="float32 or bfloat16 CPU"):
+        pixel_attention(qkv.double(), 2, 4, 0.5)
+
+
+def test_fused_attention_matches_the_attention_layer():
+    torch.manual_seed(0)
+    layer = Attention(48, 64, 4).eval()
+    x = _map(8, 48, 4, 4, scale=1.0, shift=0.0)
+    with torch.no_grad():
+        assert_close(_FusedAttention(layer, layer.qkv, layer.out)(x), layer(x), "tactic_fp32")
+
+
 @pytest.mark.parametrize("n,c,h,w,_", SHAPES)
 @pytest.mark.parametrize("out_channels", [5, 96])
 def test_winograd_matches_conv2d(n, c, h, w, _, out_channels):
@@ -115,7 +151,7 @@ def test_fused_norm_block_matches_the_residual_block(position):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_build_times_the_new_candidates_for_every_residual_block_and_3x3_conv(precision):
+def test_the_build_times_the_c_core_candidates_for_every_block_attention_and_3x3_conv(precision):
     from rissole_trt.runtime.torch_backend import packs_for_onednn, precision_dtype
 
     if not packs_for_onednn("cpu", precision_dtype(precision)):
@@ -136,3 +172,7 @@ def test_the_build_times_the_new_candidates_for_every_residual_block_and_3x3_con
         assert record["candidates"]["fused_norm"]["excess"] <= 1.0, name
     for name in convs:
         assert table.layers[name][str(rows)]["candidates"]["winograd_f2"]["excess"] <= 1.0, name
+    attention = [name for name, m in model.unet.named_modules() if isinstance(m, Attention)]
+    assert attention
+    for name in attention:
+        assert table.layers[name][str(rows)]["candidates"]["fused_cpu"]["excess"] <= 1.0, name

@@ -30,6 +30,10 @@ def group_norm_silu(
     x: int, gamma: int, beta: int, add: int, residual: int, out: int, N: int, HW: int, C: int, G: int,
     add_rows: int, eps: float, elem_size: int, num_threads: int = 0,
 ) -> None: ...
+def pixel_attention(
+    qkv: int, out: int, N: int, T: int, heads: int, head_dim: int, scale: float, elem_size: int,
+    num_threads: int = 0,
+) -> None: ...
 def winograd_input_transform(
     x: int, v: int, N: int, H: int, W: int, C: int, elem_size: int, num_threads: int = 0
 ) -> None: ...

@@ -4,6 +4,11 @@
   block (the time/position bias rows, or the residual branch) in one pass over the map after the
   statistics, where torch makes three to four passes (norm, SiLU, each add) and, in bf16, rounds
   after each. Reference: :func:`group_norm_silu_reference`.
+* :func:`pixel_attention`: the multi-head self-attention of :class:`~rissole_trt.models.layers.Attention`
+  between its two projections (``softmax(scale Q K^T) V`` per map and head) in one float32 pass per
+  head, from the channels-last qkv map; torch runs it as two batched matmuls around a softmax, which
+  for the models' many small heads (64 heads of 4 channels over 16 pixels) is dominated by per-matrix
+  overhead, and in bf16 rounds the scores and weights. Reference: :func:`pixel_attention_reference`.
 * :func:`winograd_conv3x3`: a 3x3, stride-1, padding-1 convolution by Winograd F(2x2, 3x3): the
   input tiles are transformed in C++ (``V = B^T d B``), multiplied by the transformed weights
   (:func:`winograd_weights`, ``U = G g G^T``) as 16 GEMMs in one ``torch.bmm`` (MKL / oneDNN), and
@@ -23,8 +28,8 @@ import torch.nn.functional as F
 from ..errors import InvalidArgumentError
 from ..ops import _core
 
-__all__ = ["group_norm_silu", "group_norm_silu_reference", "winograd_weights", "winograd_conv3x3",
-           "winograd_applies"]
+__all__ = ["group_norm_silu", "group_norm_silu_reference", "pixel_attention", "pixel_attention_reference",
+           "winograd_weights", "winograd_conv3x3", "winograd_applies"]
 
 _CL = torch.channels_last
 _ELEM_SIZE = {torch.float32: 4, torch.bfloat16: 2}
@@ -82,6 +87,28 @@ def group_norm_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: to
     _core().group_norm_silu(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), 0 if add is None else add.data_ptr(),
                             0 if residual is None else residual.data_ptr(), out.data_ptr(), n, h * w, c, groups,
                             add_rows, float(eps), _ELEM_SIZE[x.dtype], torch.get_num_threads())
+    return out
+
+
+def pixel_attention_reference(qkv: torch.Tensor, heads: int, head_dim: int, scale: float) -> torch.Tensor:
+    """:class:`~rissole_trt.models.layers.Attention`'s arithmetic between its projections, float32:
+    qkv [N, 3 * heads * head_dim, H, W] -> [N, heads * head_dim, H, W]."""
+    n, _, h, w = qkv.shape
+    q, k, v = qkv.float().reshape(n, 3, heads, head_dim, h * w).unbind(1)  # [N, heads, d, T]
+    attn = torch.matmul((q * scale).transpose(-2, -1), k).softmax(dim=-1)  # [N, heads, T, T]
+    return torch.matmul(attn, v.transpose(-2, -1)).transpose(-2, -1).reshape(n, heads * head_dim, h, w)
+
+
+def pixel_attention(qkv: torch.Tensor, heads: int, head_dim: int, scale: float) -> torch.Tensor:
+    """:func:`pixel_attention_reference` in one C++ pass; the result has qkv's dtype, channels-last."""
+    qkv = _channels_last(qkv, "qkv")
+    n, c, h, w = qkv.shape
+    if c != 3 * heads * head_dim:
+        raise InvalidArgumentError(f"qkv must have 3 x {heads} heads x {head_dim} = {3 * heads * head_dim} "
+                                   f"channels, got {c}")
+    out = torch.empty((n, heads * head_dim, h, w), dtype=qkv.dtype, memory_format=_CL)
+    _core().pixel_attention(qkv.data_ptr(), out.data_ptr(), n, h * w, heads, head_dim, float(scale),
+                            _ELEM_SIZE[qkv.dtype], torch.get_num_threads())
     return out
 
 

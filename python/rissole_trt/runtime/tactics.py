@@ -19,8 +19,9 @@ Candidates (each a module over channels-last activations in the backend's dtype)
   C++ core, the 16 products as one batched GEMM; :mod:`.cpu_kernels`);
 * the 4x4 stride-2 upsampling: ``subpixel_packed`` / ``subpixel_conv2d`` (four 2x2 convolutions,
   one per output parity) and ``conv_transpose`` (oneDNN's transposed convolution);
-* self-attention: ``matmul`` (the reference's two matmuls and softmax) and ``sdpa``
-  (``F.scaled_dot_product_attention``, torch's fused flash-attention CPU kernel);
+* self-attention: ``matmul`` (the reference's two matmuls and softmax), ``sdpa``
+  (``F.scaled_dot_product_attention``, torch's fused flash-attention CPU kernel) and ``fused_cpu``
+  (the C++ core's one-pass attention over small maps, :mod:`.cpu_kernels`);
 * residual blocks: ``torch_ops`` (the block's own GroupNorm, SiLU and adds) and ``fused_norm``
   (each GroupNorm + SiLU + the bias rows or the residual add as one C++ pass), around the block's
   convolutions as tuned.
@@ -50,7 +51,7 @@ from ..models.rissole import RissoleModel
 from ..models.unet import BlockUNet
 from ..tolerances import excess
 from .base import PerStepBackend
-from .cpu_kernels import group_norm_silu, winograd_applies, winograd_conv3x3, winograd_weights
+from .cpu_kernels import group_norm_silu, pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights
 from .torch_backend import (PreparedConv, SubPixelConvTranspose, packs_for_onednn, precision_dtype, _pair)
 
 __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]
@@ -130,6 +131,18 @@ class _MatmulAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reference(x)
+
+
+class _FusedAttention(nn.Module):
+    """:class:`Attention` with the part between its projections in one C++ pass (:func:`pixel_attention`)."""
+
+    def __init__(self, attention: Attention, qkv: nn.Module, out: nn.Module) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.scale = attention.n_heads, attention.head_dim, attention.scale
+        self.qkv, self.out = qkv, out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(pixel_attention(self.qkv(x), self.n_heads, self.head_dim, self.scale))
 
 
 class _WinogradConv(nn.Module):
@@ -220,6 +233,8 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
             if isinstance(child, Attention):
                 qkv, out = conv_tunable(f"{name}.qkv", child.qkv), conv_tunable(f"{name}.out", child.out)
                 candidates = {"matmul": _MatmulAttention(child, qkv, out), "sdpa": _SdpaAttention(child, qkv, out)}
+                if packed_ok:  # the fused kernel is CPU code
+                    candidates["fused_cpu"] = _FusedAttention(child, qkv, out)
                 tunables[name] = _Tunable("attention", candidates, "matmul")
                 setattr(parent, child_name, tunables[name])
             elif isinstance(child, UNetResBlock):
