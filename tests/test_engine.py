@@ -197,3 +197,19 @@ def test_codebook_clip_keeps_samples_on_the_codebook_range(engine):
     assert clipped.shape == (2, 64, 64, 3)
     with pytest.raises(ValueError, match="unknown clip"):
         engine.plan(2, clip="tanh")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_engine_retrieves_with_cuvs_and_gives_the_cpu_images(db_path, engine):
+    from rissole_trt.retrieval.index import _cuvs_modules
+
+    try:
+        _cuvs_modules()
+    except RissoleError as e:
+        pytest.skip(str(e))
+    p = paths("ref_addpos_")
+    gpu_model = RissoleModel.from_reference(p["checkpoint"], p["unet_config"], p["vqgan_config"], p["ddpm_config"])
+    gpu = Engine(gpu_model, db_path, device="cuda", backend="eager")
+    assert gpu.index.kind == "cuvs"
+    kwargs = dict(n=3, seed=2, sampler="ddim", steps=4, batch_size=3, progress=False)
+    assert_close(gpu.generate(**kwargs), engine.generate(**kwargs), "images_uint8")

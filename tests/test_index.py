@@ -258,6 +258,15 @@ def test_gpu_kinds_refuse_clearly_without_gpu_or_cuvs(kind: str, keys_with_ties:
         make_index(kind, keys_with_ties)
 
 
+def test_auto_on_cuda_picks_cuvs_brute_force_then_cagra_from_100k(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The choice only: as if cuVS and a GPU were usable (their searches are tested on a GPU below).
+    monkeypatch.setattr(index_mod, "_cuvs_modules", lambda: (None, None))
+    assert resolve_index_kind("auto", 99_999, "cuda") == "cuvs"
+    assert resolve_index_kind("auto", 100_000, "cuda:1") == "cagra"
+    assert resolve_index_kind("auto", 100_000, "cpu") == "flat"
+    assert resolve_index_kind("flat", 100_000, "cuda") == "flat"  # an explicit kind is kept
+
+
 def test_auto_on_cuda_without_cuvs_falls_back_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     if _cuvs_unusable_reason() is None:
         pytest.skip("cuVS and a GPU are available here; auto picks them")

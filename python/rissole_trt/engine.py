@@ -154,7 +154,9 @@ class Engine:
             conditioning mode (:data:`AUTO_ORDER`).
         precision: ``"fp32"`` (exact; the default) or ``"bf16"`` (fast only on hardware with bf16
             arithmetic; a warning says when it is emulated); with ``engine``, the engine's.
-        index: the search index kind (see :func:`rissole_trt.retrieval.make_index`).
+        index: the search index kind (see :func:`rissole_trt.retrieval.make_index`); ``"auto"`` on
+            a CUDA device searches with cuVS (brute force, CAGRA from 100k entries) when it is
+            installed, and otherwise warns and uses FAISS on the CPU.
         engine: a directory made by ``rissole-trt build-engine`` for this model: its per-bucket
             choices run the denoiser (checked against the model and this machine when loaded).
     """
@@ -198,7 +200,8 @@ class Engine:
             raise RissoleError("this model conditions on retrieved neighbours: it needs a database (rissole-trt build-db)")
         else:
             self.database = self._open_database(database)
-            self.index = self.database.index(index)
+            # On a GPU the index searches there (cuVS), so the queries never leave the device's side.
+            self.index = self.database.index(index, device=str(self.device))
         self.precision = precision
         if manifest is not None:
             from .runtime.built_engine import load_engine

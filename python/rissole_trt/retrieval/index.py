@@ -59,6 +59,9 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "cuvs", "cagra")
 # all; an HNSW build took 79 s for 50k keys there, so ~30+ minutes for 1M. Exact search therefore
 # stays the default up to and including 1M entries.
 AUTO_HNSW_MIN_COUNT = 1_000_001
+# On a GPU, cuVS's exact brute force is the default below this many keys and CAGRA from there (a
+# CAGRA build over 100k keys takes seconds on a GPU, where an HNSW build on the CPU takes minutes).
+AUTO_CAGRA_MIN_COUNT = 100_000
 
 # FAISS computes exact inner products as BLAS products of query blocks with database blocks of this
 # many rows (FAISS's default is 1024). Larger database blocks make larger, more efficient GEMMs: 2.7x
@@ -493,24 +496,24 @@ _AUTO_GPU_WARNED = False
 def resolve_index_kind(kind: str, count: int, device: str = "cpu") -> str:
     """The concrete kind ``make_index`` builds for ``kind`` over ``count`` keys on ``device``.
 
-    ``"auto"``: exact below :data:`AUTO_HNSW_MIN_COUNT` keys, approximate from there; on a CUDA
-    ``device`` through cuVS when it can run there, otherwise (warning once) FAISS on the CPU.
+    ``"auto"``: on a CUDA ``device``, cuVS when it can run there (exact below
+    :data:`AUTO_CAGRA_MIN_COUNT` keys, CAGRA from there), otherwise (warning once) FAISS on the CPU;
+    there, exact below :data:`AUTO_HNSW_MIN_COUNT` keys and HNSW from there.
     """
     global _AUTO_GPU_WARNED
     if kind not in INDEX_KINDS:
         raise InvalidArgumentError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if kind != "auto":
         return kind
-    large = count >= AUTO_HNSW_MIN_COUNT
     if str(device).startswith("cuda"):
         try:
             _cuvs_modules()
-            return "cagra" if large else "cuvs"
+            return "cagra" if count >= AUTO_CAGRA_MIN_COUNT else "cuvs"
         except RissoleError as e:
             if not _AUTO_GPU_WARNED:
                 warnings.warn(f"retrieval falls back to FAISS on the CPU: {e}", stacklevel=3)
                 _AUTO_GPU_WARNED = True
-    return "hnsw" if large else "flat"
+    return "hnsw" if count >= AUTO_HNSW_MIN_COUNT else "flat"
 
 
 def make_index(
