@@ -156,25 +156,26 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "winograd_input_transform",
-      [](uintptr_t x, uintptr_t v, int64_t N, int64_t H, int64_t W, int64_t C, int64_t elem_size, int num_threads) {
-        const WinogradShape s{N, H, W, C, 1};
+      [](uintptr_t x, uintptr_t v, int64_t N, int64_t H, int64_t W, int64_t C, int64_t elem_size, int num_threads,
+         int64_t tile) {
+        const WinogradShape s{N, H, W, C, 1, tile};
         py::gil_scoped_release release;
         rissole::cpu::winograd_input_transform(ptr<const void>(x), ptr<void>(v), s, elem_size, num_threads);
       },
       py::arg("x"), py::arg("v"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("elem_size"),
-      py::arg("num_threads") = 0);
+      py::arg("num_threads") = 0, py::arg("tile") = 2);
 
   m.def(
       "winograd_output_transform",
       [](uintptr_t m_, uintptr_t bias, uintptr_t out, int64_t N, int64_t H, int64_t W, int64_t K, int64_t elem_size,
-         int num_threads) {
-        const WinogradShape s{N, H, W, 1, K};
+         int num_threads, int64_t tile) {
+        const WinogradShape s{N, H, W, 1, K, tile};
         py::gil_scoped_release release;
         rissole::cpu::winograd_output_transform(ptr<const void>(m_), ptr<const float>(bias), ptr<void>(out), s,
                                                 elem_size, num_threads);
       },
       py::arg("m"), py::arg("bias"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("K"),
-      py::arg("elem_size"), py::arg("num_threads") = 0);
+      py::arg("elem_size"), py::arg("num_threads") = 0, py::arg("tile") = 2);
 
 #ifdef RISSOLE_WITH_CUDA
   m.def(

@@ -47,11 +47,14 @@ struct AttentionShape {
 };
 
 // A 3x3, stride-1, padding-1 convolution of x [N, H, W, C] (channels-last) to K
-// channels by Winograd F(2x2, 3x3): T = N * ceil(H/2) * ceil(W/2) tiles.
+// channels by Winograd F(m x m, 3x3), m = 2 or 4: T = N * ceil(H/m) * ceil(W/m)
+// output tiles of m x m, each from an (m + 2) x (m + 2) input tile.
 struct WinogradShape {
   int64_t N, H, W, C, K;
-  int64_t tiles_h() const { return (H + 1) / 2; }
-  int64_t tiles_w() const { return (W + 1) / 2; }
+  int64_t m = 2;
+  int64_t alpha() const { return m + 2; }
+  int64_t tiles_h() const { return (H + m - 1) / m; }
+  int64_t tiles_w() const { return (W + m - 1) / m; }
   int64_t tiles() const { return N * tiles_h() * tiles_w(); }
 };
 
@@ -81,9 +84,9 @@ void group_norm_silu(const void* x, const float* gamma, const float* beta, const
 // out [N, T, heads * head_dim] = softmax(scale * Q K^T) V per map and head, float32 throughout
 // (the whole attention in one pass; no [T, T] score matrix leaves the cache).
 void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_t elem_size, int num_threads);
-// x [N, H, W, C] -> V [16, T, C], the transformed 4x4 input tiles.
+// x [N, H, W, C] -> V [alpha^2, T, C], the transformed input tiles.
 void winograd_input_transform(const void* x, void* v, const WinogradShape& s, int64_t elem_size, int num_threads);
-// M [16, T, K] (V times the transformed weights, per tile position) -> out
+// M [alpha^2, T, K] (V times the transformed weights, per tile position) -> out
 // [N, H, W, K] plus bias (null: none).
 void winograd_output_transform(const void* m, const float* bias, void* out, const WinogradShape& s,
                                int64_t elem_size, int num_threads);

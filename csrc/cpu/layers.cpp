@@ -1,6 +1,6 @@
 // CPU layer kernels of the per-step network (declared in ops.h): fused
 // GroupNorm + SiLU (+ adds), self-attention over the pixels of small maps and
-// the Winograd F(2x2, 3x3) tile transforms.
+// the Winograd F(2x2, 3x3) and F(4x4, 3x3) tile transforms.
 //
 // Activations are channels-last ([N, H, W, C] in memory), float32 or bfloat16
 // (elem_size 4 or 2); all arithmetic is float32 and a bf16 result is rounded
@@ -361,6 +361,124 @@ RISSOLE_CLONES void winograd_output_bf16(const void* m, const float* bias, void*
   winograd_output_image<2>(m, bias, out, s, n);
 }
 
+// ---------------------------------------------------------------- Winograd F(4x4, 3x3)
+//
+// Output tile (i, j) covers output rows 4i .. 4i+3 and columns 4j .. 4j+3; its 6x6 input tile starts
+// at row 4i - 1 and column 4j - 1 (zeros outside). Interpolation points 0, 1, -1, 2, -2 and infinity
+// (Lavin and Gray): V = B^T d B, Y = A^T M A, with the weights' G g G^T made in Python. B^T and A^T
+// are written out (their zeros skipped), each applied as one pass over a row of channels, so that
+// every loop runs over the contiguous channels.
+
+// out[j] = (B^T in)[j] for the 6 channel rows in[r] (elements i0 + r * is + c) and out[j]
+// (o0 + j * os + c). B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+// 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
+template <int IES, int OES>
+RISSOLE_INLINE void bt6_pass(const void* in, int64_t i0, int64_t is, void* out, int64_t o0, int64_t os, int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const float d0 = load<IES>(in, i0 + c), d1 = load<IES>(in, i0 + is + c), d2 = load<IES>(in, i0 + 2 * is + c);
+    const float d3 = load<IES>(in, i0 + 3 * is + c), d4 = load<IES>(in, i0 + 4 * is + c);
+    const float d5 = load<IES>(in, i0 + 5 * is + c);
+    store<OES>(out, o0 + c, 4.0f * d0 - 5.0f * d2 + d4);
+    store<OES>(out, o0 + os + c, -4.0f * (d1 + d2) + d3 + d4);
+    store<OES>(out, o0 + 2 * os + c, 4.0f * (d1 - d2) - d3 + d4);
+    store<OES>(out, o0 + 3 * os + c, 2.0f * (d3 - d1) - d2 + d4);
+    store<OES>(out, o0 + 4 * os + c, 2.0f * (d1 - d3) - d2 + d4);
+    store<OES>(out, o0 + 5 * os + c, 4.0f * d1 - 5.0f * d3 + d5);
+  }
+}
+
+// out[i] = (A^T in)[i] + add for 6 rows in, 4 rows out, as bt6_pass; A^T = [1 1 1 1 1 0;
+// 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]. add (per channel) may be null.
+template <int IES>
+RISSOLE_INLINE void at6_pass(const void* in, int64_t i0, int64_t is, float* out, int64_t os, const float* add,
+                             int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const float m0 = load<IES>(in, i0 + c), m1 = load<IES>(in, i0 + is + c), m2 = load<IES>(in, i0 + 2 * is + c);
+    const float m3 = load<IES>(in, i0 + 3 * is + c), m4 = load<IES>(in, i0 + 4 * is + c);
+    const float m5 = load<IES>(in, i0 + 5 * is + c);
+    const float b = add ? add[c] : 0.0f;
+    const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+    out[c] = m0 + s12 + s34 + b;
+    out[os + c] = d12 + 2.0f * d34 + b;
+    out[2 * os + c] = s12 + 4.0f * s34 + b;
+    out[3 * os + c] = d12 + 8.0f * d34 + m5 + b;
+  }
+}
+
+template <int ES>
+RISSOLE_INLINE void winograd4_input_image(const void* x, void* v, const WinogradShape& s, int64_t n) {
+  const int64_t C = s.C, th = s.tiles_h(), tw = s.tiles_w(), T = s.tiles();
+  std::vector<float> d(36 * C), e(36 * C);  // one tile [6][6][C], and B^T d
+  for (int64_t ti = 0; ti < th; ++ti) {
+    for (int64_t tj = 0; tj < tw; ++tj) {
+      for (int r = 0; r < 6; ++r) {
+        const int64_t row = 4 * ti - 1 + r;
+        for (int q = 0; q < 6; ++q) {
+          const int64_t col = 4 * tj - 1 + q;
+          float* dst = d.data() + (r * 6 + q) * C;
+          if (row < 0 || row >= s.H || col < 0 || col >= s.W) {
+            for (int64_t c = 0; c < C; ++c) dst[c] = 0.0f;
+          } else {
+            const int64_t base = ((n * s.H + row) * s.W + col) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) dst[c] = load<ES>(x, base + c);
+          }
+        }
+      }
+      const int64_t t = (n * th + ti) * tw + tj;
+      for (int q = 0; q < 6; ++q) bt6_pass<4, 4>(d.data(), q * C, 6 * C, e.data(), q * C, 6 * C, C);  // B^T d
+      for (int a = 0; a < 6; ++a) {  // (B^T d) B, into V[a * 6 + b][t]
+        bt6_pass<4, ES>(e.data(), 6 * a * C, C, v, ((6 * a) * T + t) * C, T * C, C);
+      }
+    }
+  }
+}
+
+template <int ES>
+RISSOLE_INLINE void winograd4_output_image(const void* m, const float* bias, void* out, const WinogradShape& s,
+                                           int64_t n) {
+  const int64_t K = s.K, th = s.tiles_h(), tw = s.tiles_w(), T = s.tiles();
+  const std::vector<float> zeros(bias ? 0 : static_cast<size_t>(K), 0.0f);
+  if (!bias) bias = zeros.data();
+  std::vector<float> f(24 * K), y(16 * K);  // A^T M [4][6][K] and one tile's outputs [4][4][K]
+  for (int64_t ti = 0; ti < th; ++ti) {
+    for (int64_t tj = 0; tj < tw; ++tj) {
+      const int64_t t = (n * th + ti) * tw + tj;
+      for (int q = 0; q < 6; ++q) at6_pass<ES>(m, (q * T + t) * K, 6 * T * K, f.data() + q * K, 6 * K, nullptr, K);
+      for (int i = 0; i < 4; ++i) at6_pass<4>(f.data(), 6 * i * K, K, y.data() + 4 * i * K, K, bias, K);
+      const float* Y = y.data();
+      // Tiles on the map's edge write only the outputs inside it.
+      const int64_t rows = std::min<int64_t>(4, s.H - 4 * ti), cols = std::min<int64_t>(4, s.W - 4 * tj);
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const int64_t base = ((n * s.H + 4 * ti + i) * s.W + 4 * tj + j) * K;
+          const float* src = Y + (i * 4 + j) * K;
+#pragma omp simd
+          for (int64_t k = 0; k < K; ++k) store<ES>(out, base + k, src[k]);
+        }
+      }
+    }
+  }
+}
+
+RISSOLE_CLONES void winograd4_input_f32(const void* x, void* v, const WinogradShape& s, int64_t n) {
+  winograd4_input_image<4>(x, v, s, n);
+}
+RISSOLE_CLONES void winograd4_input_bf16(const void* x, void* v, const WinogradShape& s, int64_t n) {
+  winograd4_input_image<2>(x, v, s, n);
+}
+RISSOLE_CLONES void winograd4_output_f32(const void* m, const float* bias, void* out, const WinogradShape& s,
+                                         int64_t n) {
+  winograd4_output_image<4>(m, bias, out, s, n);
+}
+RISSOLE_CLONES void winograd4_output_bf16(const void* m, const float* bias, void* out, const WinogradShape& s,
+                                          int64_t n) {
+  winograd4_output_image<2>(m, bias, out, s, n);
+}
+
+
 int resolve_threads(int num_threads) {
 #ifdef _OPENMP
   return num_threads > 0 ? num_threads : omp_get_max_threads();
@@ -403,6 +521,7 @@ void check_attention_shape(const AttentionShape& s, int64_t elem_size) {
 void check_winograd_shape(const WinogradShape& s, int64_t elem_size) {
   check_elem_size(elem_size);
   if (s.N < 0 || s.H < 1 || s.W < 1 || s.C < 1 || s.K < 1) throw std::invalid_argument("winograd: bad shape");
+  if (s.m != 2 && s.m != 4) throw std::invalid_argument("winograd: the output tile must be 2 or 4");
 }
 
 namespace cpu {
@@ -458,7 +577,11 @@ void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_
 void winograd_input_transform(const void* x, void* v, const WinogradShape& s, int64_t elem_size, int num_threads) {
   check_winograd_shape(s, elem_size);
   for_each_image(s.N, num_threads, [&](int64_t n) {
-    (elem_size == 4 ? winograd_input_f32 : winograd_input_bf16)(x, v, s, n);
+    if (s.m == 4) {
+      (elem_size == 4 ? winograd4_input_f32 : winograd4_input_bf16)(x, v, s, n);
+    } else {
+      (elem_size == 4 ? winograd_input_f32 : winograd_input_bf16)(x, v, s, n);
+    }
   });
 }
 
@@ -466,7 +589,11 @@ void winograd_output_transform(const void* m, const float* bias, void* out, cons
                                int64_t elem_size, int num_threads) {
   check_winograd_shape(s, elem_size);
   for_each_image(s.N, num_threads, [&](int64_t n) {
-    (elem_size == 4 ? winograd_output_f32 : winograd_output_bf16)(m, bias, out, s, n);
+    if (s.m == 4) {
+      (elem_size == 4 ? winograd4_output_f32 : winograd4_output_bf16)(m, bias, out, s, n);
+    } else {
+      (elem_size == 4 ? winograd_output_f32 : winograd_output_bf16)(m, bias, out, s, n);
+    }
   });
 }
 

@@ -35,10 +35,11 @@ def pixel_attention(
     num_threads: int = 0,
 ) -> None: ...
 def winograd_input_transform(
-    x: int, v: int, N: int, H: int, W: int, C: int, elem_size: int, num_threads: int = 0
+    x: int, v: int, N: int, H: int, W: int, C: int, elem_size: int, num_threads: int = 0, tile: int = 2
 ) -> None: ...
 def winograd_output_transform(
-    m: int, bias: int, out: int, N: int, H: int, W: int, K: int, elem_size: int, num_threads: int = 0
+    m: int, bias: int, out: int, N: int, H: int, W: int, K: int, elem_size: int, num_threads: int = 0,
+    tile: int = 2,
 ) -> None: ...
 
 # Present only in CUDA builds.

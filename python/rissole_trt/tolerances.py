@@ -35,8 +35,8 @@ TOLERANCES: dict[str, Tolerance] = {
                                          "after 6 steps on an AVX-512/AMX Xeon)"),
     "onnx_fp32": Tolerance(1e-4, 0.0, "ONNX Runtime's own fp32 kernels against torch's, one evaluation"),
     "tactic_fp32": Tolerance(1e-4, 1e-4, "one layer's fp32 output by another algorithm (im2col GEMM, 1x1 GEMM, "
-                                         "sub-pixel, fused attention, Winograd F(2x2,3x3), fused GroupNorm + "
-                                         "SiLU) against the plain layer"),
+                                         "sub-pixel, fused attention, Winograd F(2x2,3x3) / F(4x4,3x3), fused "
+                                         "GroupNorm + SiLU) against the plain layer"),
     "engine_fp32": Tolerance(1e-4, 1e-3, "a built engine's fp32 per-step network (tactics chained over ~30 layers, "
                                          "or another runtime) against the eager module"),
     "kernel_fp32": Tolerance(1e-5, 1e-5, "a Triton kernel's fp32 result against its torch reference in fp32 "

@@ -9,12 +9,13 @@
   head, from the channels-last qkv map; torch runs it as two batched matmuls around a softmax, which
   for the models' many small heads (64 heads of 4 channels over 16 pixels) is dominated by per-matrix
   overhead, and in bf16 rounds the scores and weights. Reference: :func:`pixel_attention_reference`.
-* :func:`winograd_conv3x3`: a 3x3, stride-1, padding-1 convolution by Winograd F(2x2, 3x3): the
-  input tiles are transformed in C++ (``V = B^T d B``), multiplied by the transformed weights
-  (:func:`winograd_weights`, ``U = G g G^T``) as 16 GEMMs in one ``torch.bmm`` (MKL / oneDNN), and
-  transformed back in C++ with the bias (``A^T M A``). 2.25x fewer multiplies than direct
-  convolution; the transforms cost memory traffic, so whether it wins is measured per layer and
-  batch by ``build-engine``. Reference: ``F.conv2d(x, w, b, padding=1)``.
+* :func:`winograd_conv3x3`: a 3x3, stride-1, padding-1 convolution by Winograd F(2x2, 3x3) or
+  F(4x4, 3x3): the input tiles are transformed in C++ (``V = B^T d B``), multiplied by the
+  transformed weights (:func:`winograd_weights`, ``U = G g G^T``) as 16 or 36 GEMMs in one
+  ``torch.bmm`` (MKL / oneDNN), and transformed back in C++ with the bias (``A^T M A``). 2.25x
+  (F2) or 4x (F4) fewer multiplies than direct convolution; the transforms cost memory traffic and
+  F4 rounds more, so whether either wins is measured per layer and batch by ``build-engine``.
+  Reference: ``F.conv2d(x, w, b, padding=1)``.
 
 Both take and return channels-last CPU tensors in float32 or bfloat16 (arithmetic in float32, bf16
 results rounded once). Each C++ loop is compiled for AVX-512, AVX2 and SSE2 and the CPU's best is
@@ -34,8 +35,11 @@ __all__ = ["group_norm_silu", "group_norm_silu_reference", "pixel_attention", "p
 _CL = torch.channels_last
 _ELEM_SIZE = {torch.float32: 4, torch.bfloat16: 2}
 
-# F(2x2, 3x3) weight transform G (4x3).
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+# Weight transforms G ((m + 2) x 3) of F(m x m, 3x3), by output tile m (the C++ core has B and A).
+_G = {2: torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64),
+      4: torch.tensor([[1 / 4, 0.0, 0.0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0.0, 0.0, 1.0]], dtype=torch.float64)}
+_TILE_OF = {16: 2, 36: 4}  # tile positions (alpha^2) -> m
 
 
 def _channels_last(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -119,32 +123,37 @@ def winograd_applies(conv: torch.nn.Module) -> bool:
             and conv.padding_mode == "zeros")
 
 
-def winograd_weights(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``U = G g G^T`` of 3x3 weights [K, C, 3, 3], as [16, C, K] (tile position, in, out), in ``dtype``."""
+def winograd_weights(weight: torch.Tensor, dtype: torch.dtype = torch.float32, tile: int = 2) -> torch.Tensor:
+    """``U = G g G^T`` of 3x3 weights [K, C, 3, 3] for F(tile x tile, 3x3), tile 2 or 4, as
+    [(tile + 2)^2, C, K] (tile position, in, out), in ``dtype``."""
     if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise InvalidArgumentError(f"weights must be [K, C, 3, 3], got {tuple(weight.shape)}")
-    u = torch.einsum("ai,kcij,bj->abck", _G, weight.detach().double(), _G)  # [4, 4, C, K]
-    return u.reshape(16, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
+    if tile not in _G:
+        raise InvalidArgumentError(f"the Winograd output tile must be 2 or 4, got {tile}")
+    g = _G[tile]
+    u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().double(), g)  # [alpha, alpha, C, K]
+    return u.reshape(len(g) ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, w, bias, padding=1)`` for ``u = winograd_weights(w, x.dtype)``; channels-last result."""
+    """``F.conv2d(x, w, bias, padding=1)`` for ``u = winograd_weights(w, x.dtype, tile)`` (the tile is
+    read off u's shape); channels-last result."""
     x = _channels_last(x, "x")
     n, c, h, w = x.shape
-    if u.ndim != 3 or u.shape[:2] != (16, c) or u.dtype != x.dtype:
-        raise InvalidArgumentError(f"u must be winograd_weights(w, {x.dtype}) for {c} input channels, got "
+    if u.ndim != 3 or u.shape[0] not in _TILE_OF or u.shape[1] != c or u.dtype != x.dtype:
+        raise InvalidArgumentError(f"u must be winograd_weights(w, {x.dtype}, tile) for {c} input channels, got "
                                    f"{u.dtype} {tuple(u.shape)}")
-    k = u.shape[2]
+    tile, k = _TILE_OF[u.shape[0]], u.shape[2]
     if bias is not None:
         bias = bias.float().contiguous()
         if bias.shape != (k,):
             raise InvalidArgumentError(f"bias must be [{k}], got {tuple(bias.shape)}")
-    tiles = n * ((h + 1) // 2) * ((w + 1) // 2)
+    tiles = n * -(-h // tile) * -(-w // tile)
     threads, core, es = torch.get_num_threads(), _core(), _ELEM_SIZE[x.dtype]
-    v = torch.empty((16, tiles, c), dtype=x.dtype)
-    core.winograd_input_transform(x.data_ptr(), v.data_ptr(), n, h, w, c, es, threads)
-    m = torch.bmm(v, u)  # [16, tiles, K]
+    v = torch.empty((u.shape[0], tiles, c), dtype=x.dtype)
+    core.winograd_input_transform(x.data_ptr(), v.data_ptr(), n, h, w, c, es, threads, tile)
+    m = torch.bmm(v, u)  # [alpha^2, tiles, K]
     out = torch.empty((n, k, h, w), dtype=x.dtype, memory_format=_CL)
     core.winograd_output_transform(m.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), n, h, w, k,
-                                   es, threads)
+                                   es, threads, tile)
     return out

@@ -15,8 +15,9 @@ Candidates (each a module over channels-last activations in the backend's dtype)
   backend's choice), ``conv2d`` (``F.conv2d`` on channels-last weights), ``im2col_gemm``
   (``F.unfold`` + one GEMM, which reaches MKL's AVX-512/AMX GEMM kernels), and for 1x1 convolutions
   ``gemm_1x1`` (a channels-last map is already the [pixels, channels] matrix: one GEMM, no copy),
-  and for 3x3 stride-1 convolutions ``winograd_f2`` (Winograd F(2x2, 3x3): tile transforms in the
-  C++ core, the 16 products as one batched GEMM; :mod:`.cpu_kernels`);
+  and for 3x3 stride-1 convolutions ``winograd_f2`` / ``winograd_f4`` (Winograd F(2x2, 3x3) and, in
+  fp32, F(4x4, 3x3): tile transforms in the C++ core, the 16 or 36 products as one batched GEMM;
+  :mod:`.cpu_kernels`);
 * the 4x4 stride-2 upsampling: ``subpixel_packed`` / ``subpixel_conv2d`` (four 2x2 convolutions,
   one per output parity) and ``conv_transpose`` (oneDNN's transposed convolution);
 * self-attention: ``matmul`` (the reference's two matmuls and softmax), ``sdpa``
@@ -146,11 +147,11 @@ class _FusedAttention(nn.Module):
 
 
 class _WinogradConv(nn.Module):
-    """A 3x3 stride-1 padding-1 convolution by Winograd F(2x2, 3x3), weights transformed once."""
+    """A 3x3 stride-1 padding-1 convolution by Winograd F(tile x tile, 3x3), weights transformed once."""
 
-    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, tile: int = 2) -> None:
         super().__init__()
-        self.register_buffer("u", winograd_weights(conv.weight, dtype))
+        self.register_buffer("u", winograd_weights(conv.weight, dtype, tile))
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +190,9 @@ def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> di
         if _Gemm1x1.applies(conv):
             out["gemm_1x1"] = _Gemm1x1(conv, dtype)
         if packed_ok and winograd_applies(conv):  # the C++ transforms are CPU code (packed_ok: CPU)
-            out["winograd_f2"] = _WinogradConv(conv, dtype)
+            out["winograd_f2"] = _WinogradConv(conv, dtype, tile=2)
+            if dtype == torch.float32:  # F4's transforms grow values ~100x: bf16 tiles lose ~1e-1, never in tolerance
+                out["winograd_f4"] = _WinogradConv(conv, dtype, tile=4)
     return out
 
 
