@@ -170,6 +170,28 @@ RISSOLE_CLONES void group_norm_silu_bf16(const void* x, const float* gamma, cons
 // outside). V = B^T d B with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1];
 // Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1].
 
+// The input tile of output tile (ti, tj) of image n: alpha x alpha pixels from row m * ti - 1 and
+// column m * tj - 1 (zeros outside the map), as d[alpha * alpha][C] in float32.
+template <int ES>
+RISSOLE_INLINE void load_input_tile(const void* x, const WinogradShape& s, int64_t n, int64_t ti, int64_t tj,
+                                    float* d) {
+  const int64_t C = s.C, alpha = s.alpha();
+  for (int64_t r = 0; r < alpha; ++r) {
+    const int64_t row = s.m * ti - 1 + r;
+    for (int64_t q = 0; q < alpha; ++q) {
+      const int64_t col = s.m * tj - 1 + q;
+      float* dst = d + (r * alpha + q) * C;
+      if (row < 0 || row >= s.H || col < 0 || col >= s.W) {
+        for (int64_t c = 0; c < C; ++c) dst[c] = 0.0f;
+      } else {
+        const int64_t base = ((n * s.H + row) * s.W + col) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dst[c] = load<ES>(x, base + c);
+      }
+    }
+  }
+}
+
 // The transformed input of the tiles of one image: V[16][T][C] at rows t0 .. t0 + th*tw.
 template <int ES>
 RISSOLE_INLINE void winograd_input_image(const void* x, void* v, const WinogradShape& s, int64_t n) {
@@ -177,20 +199,7 @@ RISSOLE_INLINE void winograd_input_image(const void* x, void* v, const WinogradS
   std::vector<float> d(16 * C);
   for (int64_t ti = 0; ti < th; ++ti) {
     for (int64_t tj = 0; tj < tw; ++tj) {
-      for (int r = 0; r < 4; ++r) {
-        const int64_t row = 2 * ti - 1 + r;
-        for (int q = 0; q < 4; ++q) {
-          const int64_t col = 2 * tj - 1 + q;
-          float* dst = d.data() + (r * 4 + q) * C;
-          if (row < 0 || row >= s.H || col < 0 || col >= s.W) {
-            for (int64_t c = 0; c < C; ++c) dst[c] = 0.0f;
-          } else {
-            const int64_t base = ((n * s.H + row) * s.W + col) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dst[c] = load<ES>(x, base + c);
-          }
-        }
-      }
+      load_input_tile<ES>(x, s, n, ti, tj, d.data());
       const int64_t t = (n * th + ti) * tw + tj;
       const float* D = d.data();
 #pragma omp simd
@@ -413,20 +422,7 @@ RISSOLE_INLINE void winograd4_input_image(const void* x, void* v, const Winograd
   std::vector<float> d(36 * C), e(36 * C);  // one tile [6][6][C], and B^T d
   for (int64_t ti = 0; ti < th; ++ti) {
     for (int64_t tj = 0; tj < tw; ++tj) {
-      for (int r = 0; r < 6; ++r) {
-        const int64_t row = 4 * ti - 1 + r;
-        for (int q = 0; q < 6; ++q) {
-          const int64_t col = 4 * tj - 1 + q;
-          float* dst = d.data() + (r * 6 + q) * C;
-          if (row < 0 || row >= s.H || col < 0 || col >= s.W) {
-            for (int64_t c = 0; c < C; ++c) dst[c] = 0.0f;
-          } else {
-            const int64_t base = ((n * s.H + row) * s.W + col) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dst[c] = load<ES>(x, base + c);
-          }
-        }
-      }
+      load_input_tile<ES>(x, s, n, ti, tj, d.data());
       const int64_t t = (n * th + ti) * tw + tj;
       for (int q = 0; q < 6; ++q) bt6_pass<4, 4>(d.data(), q * C, 6 * C, e.data(), q * C, 6 * C, C);  // B^T d
       for (int a = 0; a < 6; ++a) {  // (B^T d) B, into V[a * 6 + b][t]
