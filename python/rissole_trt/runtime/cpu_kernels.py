@@ -17,9 +17,9 @@
   F4 rounds more, so whether either wins is measured per layer and batch by ``build-engine``.
   Reference: ``F.conv2d(x, w, b, padding=1)``.
 
-Both take and return channels-last CPU tensors in float32 or bfloat16 (arithmetic in float32, bf16
-results rounded once). Each C++ loop is compiled for AVX-512, AVX2 and SSE2 and the CPU's best is
-picked at import (``target_clones``).
+All three take and return channels-last CPU tensors in float32 or bfloat16 (arithmetic in float32,
+bf16 results rounded once). Each C++ loop is compiled for AVX-512, AVX2 and SSE2 and the CPU's best
+is picked at import (``target_clones``).
 """
 from __future__ import annotations
 
