@@ -285,7 +285,7 @@ RISSOLE_INLINE void pixel_attention_image(const void* qkv, void* out, const Atte
   const int64_t T = FIXED_T ? FIXED_T : s.T, H = s.heads, D = s.head_dim, HD = H * D, row = 3 * HD;
   float* qt = scratch;        // [D][T] scaled queries
   float* o = qt + D * T;      // [D][T] unnormalised outputs
-  float* top = o + D * T;     // [T] max score per query, then 1 / (sum of weights)
+  float* top = o + D * T;     // [T] max score per query
   float* total = top + T;     // [T]
   float* S = total + T;       // [T keys][T queries]
   const int64_t in0 = n * T * row, out0 = n * T * HD;
