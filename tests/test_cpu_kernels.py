@@ -68,9 +68,10 @@ def test_group_norm_silu_refuses_bad_arguments():
         group_norm_silu(x.double(), 2, w, w, 1e-5)
 
 
-# (N, heads, head_dim, H, W): the models' mid attention (64 heads of 4 over a 4x4 map, the fixed-size
-# path), wider heads over 8x8, odd sizes, one pixel
-ATTENTION_SHAPES = [(64, 64, 4, 4, 4), (8, 4, 16, 8, 8), (3, 3, 5, 3, 2), (2, 2, 3, 1, 1)]
+# (N, heads, head_dim, H, W): the models' mid attention (64 heads of 4 over a 4x4 or 2x2 map, the
+# fixed head-size path), heads that do not fill the vector lanes, wider heads over 8x8, odd sizes, one pixel
+ATTENTION_SHAPES = [(64, 64, 4, 4, 4), (16, 64, 4, 2, 2), (3, 20, 4, 2, 3), (8, 4, 16, 8, 8), (3, 3, 5, 3, 2),
+                    (2, 2, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("n,heads,head_dim,h,w", ATTENTION_SHAPES)

@@ -276,80 +276,100 @@ RISSOLE_INLINE void winograd_output_image(const void* m, const float* bias, void
 // ---------------------------------------------------------------- attention over pixels
 
 // One image: for each head, softmax(scale * Q K^T) V over its T pixels, from qkv [T][3 * H * D]
-// (channels [q | k | v], head-major: channel = head * D + d) to out [T][H * D]. Every inner loop runs
-// over the T queries at once (scores kept as S[key][query]), so the softmax's max and sum are
-// elementwise across queries and no loop needs a horizontal reduction.
-template <int ES, int64_t FIXED_T>
+// (channels [q | k | v], head-major: channel = head * D + d) to out [T][H * D]. The models have many
+// small heads (64 heads of 4 channels over 4 or 16 pixels), so the heads are the vector lanes: q, k
+// and v are first de-interleaved to [T][D][Hp] (H padded with zero heads to a multiple of kLanes),
+// then each group of kLanes heads is one vector through every loop (no horizontal reductions; the
+// softmax's max and sum are elementwise across heads). FIXED_D > 0 compiles the loops over d for
+// that head size (unrolled; the de-interleaving then vectorises with permutes).
+constexpr int64_t kLanes = 16;
+
+template <int ES, int64_t FIXED_D>
 RISSOLE_INLINE void pixel_attention_image(const void* qkv, void* out, const AttentionShape& s, int64_t n,
                                           float* scratch) {
-  const int64_t T = FIXED_T ? FIXED_T : s.T, H = s.heads, D = s.head_dim, HD = H * D, row = 3 * HD;
-  float* qt = scratch;        // [D][T] scaled queries
-  float* o = qt + D * T;      // [D][T] unnormalised outputs
-  float* top = o + D * T;     // [T] max score per query
-  float* total = top + T;     // [T]
-  float* S = total + T;       // [T keys][T queries]
+  const int64_t T = s.T, H = s.heads, D = FIXED_D ? FIXED_D : s.head_dim, HD = H * D, row = 3 * HD;
+  const int64_t Hp = (H + kLanes - 1) / kLanes * kLanes, DHp = D * Hp;
+  float* q = scratch;     // [T][D][Hp] scaled queries
+  float* k = q + T * DHp;  // [T][D][Hp]
+  float* v = k + T * DHp;  // [T][D][Hp]
+  float* S = v + T * DHp;  // [T keys][kLanes] scores of one query, then its weights
   const int64_t in0 = n * T * row, out0 = n * T * HD;
-  for (int64_t h = 0; h < H; ++h) {
-    for (int64_t i = 0; i < T; ++i) {
-      for (int64_t d = 0; d < D; ++d) qt[d * T + i] = load<ES>(qkv, in0 + i * row + h * D + d) * s.scale;
-    }
-    for (int64_t j = 0; j < T; ++j) {
-      float* Sj = S + j * T;
+  for (int64_t i = 0; i < T * DHp; ++i) q[i] = k[i] = v[i] = 0.0f;  // the padding heads
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t src = in0 + i * row;
+    for (int64_t d = 0; d < D; ++d) {
+      float* qd = q + i * DHp + d * Hp;
+      float* kd = k + i * DHp + d * Hp;
+      float* vd = v + i * DHp + d * Hp;
 #pragma omp simd
-      for (int64_t i = 0; i < T; ++i) Sj[i] = 0.0f;
+      for (int64_t h = 0; h < H; ++h) {
+        qd[h] = load<ES>(qkv, src + h * D + d) * s.scale;
+        kd[h] = load<ES>(qkv, src + HD + h * D + d);
+        vd[h] = load<ES>(qkv, src + 2 * HD + h * D + d);
+      }
+    }
+  }
+  for (int64_t h0 = 0; h0 < Hp; h0 += kLanes) {
+    for (int64_t i = 0; i < T; ++i) {
+      const float* qi = q + i * DHp + h0;
+      float top[kLanes], total[kLanes];
+      for (int64_t j = 0; j < T; ++j) {
+        const float* kj = k + j * DHp + h0;
+        float acc[kLanes] = {};
+        for (int64_t d = 0; d < D; ++d) {
+#pragma omp simd
+          for (int64_t l = 0; l < kLanes; ++l) acc[l] += qi[d * Hp + l] * kj[d * Hp + l];
+        }
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          S[j * kLanes + l] = acc[l];
+          top[l] = j == 0 ? acc[l] : std::max(top[l], acc[l]);
+        }
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) total[l] = 0.0f;
+      for (int64_t j = 0; j < T; ++j) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const float e = exp_vec(S[j * kLanes + l] - top[l]);
+          S[j * kLanes + l] = e;
+          total[l] += e;
+        }
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) total[l] = 1.0f / total[l];
+      const int64_t heads = std::min(kLanes, H - h0);
       for (int64_t d = 0; d < D; ++d) {
-        const float kd = load<ES>(qkv, in0 + j * row + HD + h * D + d);
-        const float* qd = qt + d * T;
+        float acc[kLanes] = {};
+        for (int64_t j = 0; j < T; ++j) {
+          const float* vjd = v + j * DHp + d * Hp + h0;
 #pragma omp simd
-        for (int64_t i = 0; i < T; ++i) Sj[i] += kd * qd[i];
+          for (int64_t l = 0; l < kLanes; ++l) acc[l] += S[j * kLanes + l] * vjd[l];
+        }
+        for (int64_t l = 0; l < heads; ++l) store<ES>(out, out0 + i * HD + (h0 + l) * D + d, acc[l] * total[l]);
       }
-    }
-#pragma omp simd
-    for (int64_t i = 0; i < T; ++i) {
-      top[i] = S[i];
-      total[i] = 0.0f;
-    }
-    for (int64_t j = 1; j < T; ++j) {
-#pragma omp simd
-      for (int64_t i = 0; i < T; ++i) top[i] = std::max(top[i], S[j * T + i]);
-    }
-    for (int64_t j = 0; j < T; ++j) {
-      float* Sj = S + j * T;
-#pragma omp simd
-      for (int64_t i = 0; i < T; ++i) {
-        Sj[i] = exp_vec(Sj[i] - top[i]);
-        total[i] += Sj[i];
-      }
-    }
-    for (int64_t k = 0; k < D * T; ++k) o[k] = 0.0f;
-    for (int64_t j = 0; j < T; ++j) {
-      const float* Sj = S + j * T;
-      for (int64_t d = 0; d < D; ++d) {
-        const float vd = load<ES>(qkv, in0 + j * row + 2 * HD + h * D + d);
-        float* od = o + d * T;
-#pragma omp simd
-        for (int64_t i = 0; i < T; ++i) od[i] += Sj[i] * vd;
-      }
-    }
-    for (int64_t i = 0; i < T; ++i) {
-      const float inv = 1.0f / total[i];
-      for (int64_t d = 0; d < D; ++d) store<ES>(out, out0 + i * HD + h * D + d, o[d * T + i] * inv);
     }
   }
 }
 
+// Floats of pixel_attention_image's scratch.
+int64_t attention_scratch(const AttentionShape& s) {
+  const int64_t Hp = (s.heads + kLanes - 1) / kLanes * kLanes;
+  return 3 * s.T * s.head_dim * Hp + s.T * kLanes;
+}
+
 RISSOLE_CLONES void pixel_attention_f32(const void* qkv, void* out, const AttentionShape& s, int64_t n,
                                         float* scratch) {
-  if (s.T == 16) {  // 4x4 maps: the loops fully unrolled
-    pixel_attention_image<4, 16>(qkv, out, s, n, scratch);
+  if (s.head_dim == 4) {  // the models' heads
+    pixel_attention_image<4, 4>(qkv, out, s, n, scratch);
   } else {
     pixel_attention_image<4, 0>(qkv, out, s, n, scratch);
   }
 }
 RISSOLE_CLONES void pixel_attention_bf16(const void* qkv, void* out, const AttentionShape& s, int64_t n,
                                          float* scratch) {
-  if (s.T == 16) {
-    pixel_attention_image<2, 16>(qkv, out, s, n, scratch);
+  if (s.head_dim == 4) {
+    pixel_attention_image<2, 4>(qkv, out, s, n, scratch);
   } else {
     pixel_attention_image<2, 0>(qkv, out, s, n, scratch);
   }
@@ -559,7 +579,7 @@ void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_
 #pragma omp parallel num_threads(threads) if (threads > 1 && s.N > 1)
 #endif
   {
-    std::vector<float> scratch(static_cast<size_t>((2 * s.head_dim + 2 + s.T) * s.T));
+    std::vector<float> scratch(static_cast<size_t>(attention_scratch(s)));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

@@ -6,9 +6,10 @@
   after each. Reference: :func:`group_norm_silu_reference`.
 * :func:`pixel_attention`: the multi-head self-attention of :class:`~rissole_trt.models.layers.Attention`
   between its two projections (``softmax(scale Q K^T) V`` per map and head) in one float32 pass per
-  head, from the channels-last qkv map; torch runs it as two batched matmuls around a softmax, which
-  for the models' many small heads (64 heads of 4 channels over 16 pixels) is dominated by per-matrix
-  overhead, and in bf16 rounds the scores and weights. Reference: :func:`pixel_attention_reference`.
+  map with the heads as the vector lanes, from the channels-last qkv map; torch runs it as two
+  batched matmuls around a softmax, which for the models' many small heads (64 heads of 4 channels
+  over 4 or 16 pixels) is dominated by per-matrix overhead, and in bf16 rounds the scores and
+  weights. Reference: :func:`pixel_attention_reference`.
 * :func:`winograd_conv3x3`: a 3x3, stride-1, padding-1 convolution by Winograd F(2x2, 3x3) or
   F(4x4, 3x3): the input tiles are transformed in C++ (``V = B^T d B``), multiplied by the
   transformed weights (:func:`winograd_weights`, ``U = G g G^T``) as 16 or 36 GEMMs in one
