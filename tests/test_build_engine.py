@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from reference_fixtures import paths
 from synthetic import smooth_images
@@ -21,7 +22,8 @@ from rissole_trt.errors import BackendUnavailableError, EngineMismatchError, Inv
 from rissole_trt.models import RissoleModel
 from rissole_trt.runtime import built_engine
 from rissole_trt.runtime.built_engine import build_engine, load_engine, read_manifest
-from rissole_trt.runtime.tactics import TacticTable, TunedBackend, apply_tactics, tune
+from rissole_trt.presets import make_preset_model
+from rissole_trt.runtime.tactics import TacticTable, TunedBackend, _DenseMapConv, apply_tactics, tune
 
 # Fast candidates only (torch.compile compiles for tens of seconds per shape: tested once, below).
 FAST = ("tuned", "torch", "eager")
@@ -200,6 +202,40 @@ def test_every_chosen_tactic_is_within_tolerance_and_the_network_matches(model, 
     again = TacticTable.from_dict(json.loads(json.dumps(table.to_dict())))
     out = TunedBackend(model, again).forward_hoisted(*inputs)
     assert_close(out, model.unet.forward_hoisted(*inputs), "engine_fp32" if precision == "fp32" else "bf16_eps")
+
+
+@pytest.mark.parametrize("conv,size", [
+    (nn.Conv2d(12, 10, 3, padding=1), 2),             # a 3x3 conv on a 2x2 map
+    (nn.Conv2d(12, 10, 3, stride=2, padding=1), 4),   # the downsampling to 2x2
+    (nn.ConvTranspose2d(12, 10, 4, 2, 1), 2),         # the upsampling from 2x2
+    (nn.Conv2d(12, 10, 1, bias=False), 1),            # one pixel, no bias
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_dense_map_convolution_matches_the_layer_and_refuses_large_maps(conv, size, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(5, 12, size, size).contiguous(memory_format=torch.channels_last)
+    dense = _DenseMapConv(conv, dtype)
+    assert dense.applies_to(x)
+    out = dense(x.to(dtype))
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_close(out.float(), conv(x.to(dtype).float()), "tactic_fp32" if dtype == torch.float32 else "bf16_eps")
+    large = torch.randn(1, 12, 8, 8)
+    assert not dense.applies_to(large)
+    with pytest.raises(InvalidArgumentError, match="dense-map"):
+        dense(large.to(dtype))
+
+
+def test_the_dense_map_convolution_is_timed_on_tiny_maps_only():
+    model = make_preset_model("tiny")
+    rows = model.config.n_blocks
+    table = tune(model, "fp32", {rows: _step_inputs(model, rows)}, seconds_per_candidate=0.001)
+    timed = {name for name, per_rows in table.layers.items() if "dense_map" in per_rows[str(rows)]["candidates"]}
+    # tiny: 8x8 blocks, 4x4 after one downsampling, 2x2 in the middle
+    assert {"mid_res1.conv1", "mid_res2.conv2", "down.1.downsample", "up.0.upsample"} <= timed
+    assert not timed & {"in_conv", "down.0.res1.conv1", "up.1.upsample", "down.1.res1.conv1"}
+    for name in timed:
+        assert table.layers[name][str(rows)]["candidates"]["dense_map"]["excess"] <= 1.0, name
 
 
 def test_each_bucket_times_its_splits_into_smaller_buckets_and_a_split_run_matches(model):

@@ -18,6 +18,8 @@ Candidates (each a module over channels-last activations in the backend's dtype)
   and for 3x3 stride-1 convolutions ``winograd_f2`` / ``winograd_f4`` (Winograd F(2x2, 3x3) and, in
   fp32, F(4x4, 3x3): tile transforms in the C++ core, the 16 or 36 products as one batched GEMM;
   :mod:`.cpu_kernels`);
+* every convolution on a tiny map (2x2 to 2x2, 4x4 to 2x2, 2x2 to 4x4): ``dense_map``, the layer as
+  the dense matrix from a row's input pixels to its output pixels, one GEMM;
 * the 4x4 stride-2 upsampling: ``subpixel_packed`` / ``subpixel_conv2d`` (four 2x2 convolutions,
   one per output parity) and ``conv_transpose`` (oneDNN's transposed convolution);
 * self-attention: ``matmul`` (the reference's two matmuls and softmax), ``sdpa``
@@ -60,6 +62,9 @@ __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolera
 _CL = torch.channels_last
 #: Layers outside the per-step network (run once per batch by BlockDenoiser): not tuned.
 _HOISTED = {"cond_conv", "time_embed", "pos_embed", "context_embed"}
+#: The largest (input pixels x output pixels) of a map the dense-map convolution is offered for: 2x2
+#: to 2x2, 4x4 to 2x2 and 2x2 to 4x4 (matrices of at most 64 C x K entries).
+DENSE_MAP_MAX_PIXEL_PAIRS = 64
 
 
 def layer_tolerance(precision: str) -> str:
@@ -105,6 +110,60 @@ class _Gemm1x1(nn.Module):
         pixels = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels-last x
         out = pixels @ self.weight if self.bias is None else torch.addmm(self.bias, pixels, self.weight)
         return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _DenseMapConv(nn.Module):
+    """A convolution over a tiny map as one GEMM: on an h x w map the layer is a linear map from the
+    [h*w*C] pixels of a row to its [h'*w'*K] outputs, so its dense matrix (built once per input size by
+    running the layer on the unit basis; every entry is one weight or zero) replaces the convolution.
+    On 2x2 maps a 3x3 kernel sees the whole map, so the GEMM does fewer multiplies than the padded
+    direct convolution, as one call that reaches the AMX / AVX-512 GEMM kernels. Only for maps whose
+    input times output pixels are at most :data:`DENSE_MAP_MAX_PIXEL_PAIRS` (the matrix grows as their
+    product)."""
+
+    def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_channels, self.dtype = conv.in_channels, dtype
+        # Plain tensors, not parameters: the float32 layer, run only to build the matrices.
+        self.weight = conv.weight.detach().float()
+        self.bias = None if conv.bias is None else conv.bias.detach().float()
+        self.transposed = isinstance(conv, nn.ConvTranspose2d)
+        self.settings = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+        if self.transposed:
+            self.settings["output_padding"] = conv.output_padding
+        self.matrices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]] = {}
+
+    def layer(self, t: torch.Tensor) -> torch.Tensor:
+        """The float32 layer without its bias."""
+        return (F.conv_transpose2d if self.transposed else F.conv2d)(t, self.weight, None, **self.settings)
+
+    def applies_to(self, x: torch.Tensor, *_) -> bool:
+        h, w = x.shape[2:]
+        oh, ow = self.layer(torch.zeros(1, self.in_channels, h, w)).shape[2:]
+        return h * w * oh * ow <= DENSE_MAP_MAX_PIXEL_PAIRS
+
+    def _matrix(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        if (h, w) not in self.matrices:
+            c = self.in_channels
+            # basis[i] is pixel p = i // C, channel i % C set to one: the channels-last flattening order
+            basis = torch.eye(h * w * c).reshape(h * w * c, h, w, c).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                columns = self.layer(basis)  # [h*w*C, K, h', w']
+            size = tuple(columns.shape[2:])
+            matrix = columns.permute(0, 2, 3, 1).reshape(h * w * c, -1).to(self.dtype).contiguous()
+            rows = None if self.bias is None else self.bias.repeat(size[0] * size[1]).to(self.dtype)
+            self.matrices[(h, w)] = (matrix, rows, size)
+        return self.matrices[(h, w)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if (h, w) not in self.matrices and not self.applies_to(x):
+            raise InvalidArgumentError(f"the dense-map convolution is for maps of at most "
+                                       f"{DENSE_MAP_MAX_PIXEL_PAIRS} input x output pixels, got {h}x{w}")
+        matrix, bias, (oh, ow) = self._matrix(h, w)
+        flat = x.permute(0, 2, 3, 1).reshape(n, -1)  # a view for channels-last x
+        out = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
+        return out.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)
 
 
 class _SdpaAttention(nn.Module):
@@ -178,13 +237,14 @@ class _FusedNormResBlock(nn.Module):
 def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> dict[str, nn.Module]:
     if SubPixelConvTranspose.applies(conv):
         out = {"subpixel_conv2d": SubPixelConvTranspose(conv, dtype, packed=False),
-               "conv_transpose": PreparedConv(conv, dtype, packed=packed_ok)}
+               "conv_transpose": PreparedConv(conv, dtype, packed=packed_ok), "dense_map": _DenseMapConv(conv, dtype)}
         if packed_ok:
             out["subpixel_packed"] = SubPixelConvTranspose(conv, dtype, packed=True)
         return out
     out = {"conv2d": PreparedConv(conv, dtype, packed=False)}
     if packed_ok:
         out["onednn_packed"] = PreparedConv(conv, dtype, packed=True)
+    out["dense_map"] = _DenseMapConv(conv, dtype)
     if isinstance(conv, nn.Conv2d):
         out["im2col_gemm"] = _Im2colConv(conv, dtype)
         if _Gemm1x1.applies(conv):
@@ -332,6 +392,8 @@ def tune(model: RissoleModel, precision: str, inputs_per_bucket: dict[int, tuple
             expected = reference_unet.get_submodule(name)(*(None if a is None else a.float() for a in args))
             record: dict = {"candidates": {}}
             for candidate, module in tunable.candidates.items():
+                if hasattr(module, "applies_to") and not module.applies_to(*args):
+                    continue  # e.g. the dense-map convolution on a large map
                 out = module(*args)
                 err = excess(out.float(), expected, kind)
                 seconds = _median_seconds(lambda: module(*args), seconds_per_candidate)
