@@ -21,6 +21,7 @@ using rissole::BlockShape;
 using rissole::CodeGatherShape;
 using rissole::GatherShape;
 using rissole::GroupNormShape;
+using rissole::RowAdd;
 using rissole::WinogradShape;
 using rissole::AttentionShape;
 
@@ -130,17 +131,21 @@ PYBIND11_MODULE(_C, m) {
       py::arg("num_threads") = 0);
 
   m.def(
-      "group_norm_silu",
-      [](uintptr_t x, uintptr_t gamma, uintptr_t beta, uintptr_t add, uintptr_t residual, uintptr_t out, int64_t N,
-         int64_t HW, int64_t C, int64_t G, int64_t add_rows, float eps, int64_t elem_size, int num_threads) {
-        const GroupNormShape s{N, HW, C, G, add_rows};
+      "group_norm_fused",
+      [](uintptr_t x, uintptr_t gamma, uintptr_t beta, uintptr_t add1, int64_t add1_rows, int64_t add1_stride,
+         uintptr_t add2, int64_t add2_rows, int64_t add2_stride, uintptr_t residual, uintptr_t out, int64_t N,
+         int64_t HW, int64_t C, int64_t G, float eps, bool silu, int64_t elem_size, int num_threads) {
+        const GroupNormShape s{N, HW, C, G};
+        const RowAdd first{ptr<const void>(add1), add1_rows, add1_stride};
+        const RowAdd second{ptr<const void>(add2), add2_rows, add2_stride};
         py::gil_scoped_release release;
-        rissole::cpu::group_norm_silu(ptr<const void>(x), ptr<const float>(gamma), ptr<const float>(beta),
-                                      ptr<const float>(add), ptr<const void>(residual), ptr<void>(out), s, eps,
-                                      elem_size, num_threads);
+        rissole::cpu::group_norm_fused(ptr<const void>(x), ptr<const float>(gamma), ptr<const float>(beta), first,
+                                       second, ptr<const void>(residual), ptr<void>(out), s, eps, silu, elem_size,
+                                       num_threads);
       },
-      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("add"), py::arg("residual"), py::arg("out"),
-      py::arg("N"), py::arg("HW"), py::arg("C"), py::arg("G"), py::arg("add_rows"), py::arg("eps"),
+      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("add1"), py::arg("add1_rows"), py::arg("add1_stride"),
+      py::arg("add2"), py::arg("add2_rows"), py::arg("add2_stride"), py::arg("residual"), py::arg("out"),
+      py::arg("N"), py::arg("HW"), py::arg("C"), py::arg("G"), py::arg("eps"), py::arg("silu"),
       py::arg("elem_size"), py::arg("num_threads") = 0);
 
   m.def(

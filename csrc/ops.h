@@ -33,10 +33,16 @@ struct CodeGatherShape {
   int64_t P, N, bh, bw, K, C, B, k;
 };
 
-// A GroupNorm over channels-last maps x [N, HW, C] with G groups; add_rows is
-// 0 (nothing added), 1 (one bias row for all samples) or N.
+// A GroupNorm over channels-last maps x [N, HW, C] with G groups.
 struct GroupNormShape {
-  int64_t N, HW, C, G, add_rows;
+  int64_t N, HW, C, G;
+};
+
+// Rows [rows, C] added after a GroupNorm, in the activations' element type: rows is 0 (nothing
+// added), 1 (one row for every sample) or N (row n for sample n, `stride` elements apart).
+struct RowAdd {
+  const void* data;
+  int64_t rows, stride;
 };
 
 // Multi-head self-attention over the T pixels of each of N maps: qkv [N, T, 3 * heads * head_dim]
@@ -59,7 +65,7 @@ struct WinogradShape {
 };
 
 void check_block_shape(const BlockShape& s, int64_t elem_size);
-void check_group_norm_shape(const GroupNormShape& s, int64_t elem_size);
+void check_group_norm_shape(const GroupNormShape& s, const RowAdd& add1, const RowAdd& add2, int64_t elem_size);
 void check_winograd_shape(const WinogradShape& s, int64_t elem_size);
 void check_attention_shape(const AttentionShape& s, int64_t elem_size);
 void check_elem_size(int64_t elem_size);
@@ -77,10 +83,11 @@ void gather_code_blocks(const uint16_t* codes, const void* codebook, const int64
 // Layer kernels (layers.cpp). Activations are float32 or bfloat16 (elem_size
 // 4 or 2), arithmetic float32; gamma, beta and biases are float32.
 //
-// out = silu(group_norm(x) * gamma + beta) + add[row] (+ residual), one pass
-// after the statistics; residual is like x or null.
-void group_norm_silu(const void* x, const float* gamma, const float* beta, const float* add, const void* residual,
-                     void* out, const GroupNormShape& s, float eps, int64_t elem_size, int num_threads);
+// out = act(group_norm(x) * gamma + beta) + add1[row] + add2[row] (+ residual), one pass after the
+// statistics; act is SiLU (silu) or the identity; residual is like x or null.
+void group_norm_fused(const void* x, const float* gamma, const float* beta, const RowAdd& add1, const RowAdd& add2,
+                      const void* residual, void* out, const GroupNormShape& s, float eps, bool silu,
+                      int64_t elem_size, int num_threads);
 // out [N, T, heads * head_dim] = softmax(scale * Q K^T) V per map and head, float32 throughout
 // (the whole attention in one pass; no [T, T] score matrix leaves the cache).
 void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_t elem_size, int num_threads);

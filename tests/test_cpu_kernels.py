@@ -9,7 +9,7 @@ from torch import nn
 from rissole_trt.errors import InvalidArgumentError
 from rissole_trt.models.layers import Attention, UNetResBlock
 from rissole_trt.presets import make_preset_model
-from rissole_trt.runtime.cpu_kernels import (group_norm_silu, group_norm_silu_reference, pixel_attention,
+from rissole_trt.runtime.cpu_kernels import (fused_group_norm, fused_group_norm_reference, pixel_attention,
                                              pixel_attention_reference, winograd_applies, winograd_conv3x3,
                                              winograd_weights)
 from rissole_trt.runtime.tactics import _FusedAttention, _FusedNormResBlock, _WinogradConv, tune
@@ -26,46 +26,54 @@ def _map(n, c, h, w, seed=0, scale=3.0, shift=1.0):
 
 
 @pytest.mark.parametrize("n,c,h,w,groups", SHAPES)
-@pytest.mark.parametrize("extra", ["none", "one_row", "rows", "residual", "rows_and_residual"])
-def test_group_norm_silu_matches_torch(n, c, h, w, groups, extra):
+@pytest.mark.parametrize("extra", ["none", "one_row", "rows", "residual", "rows_and_residual", "two_slices",
+                                   "no_silu"])
+def test_fused_group_norm_matches_torch(n, c, h, w, groups, extra):
     x = _map(n, c, h, w)
     g = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    # two_slices: the time row and the position rows as column slices of the UNet's wider bias tables
     add = {"one_row": torch.randn(1, c, generator=g), "rows": torch.randn(n, c, generator=g),
-           "rows_and_residual": torch.randn(n, c, generator=g)}.get(extra)
+           "rows_and_residual": torch.randn(n, c, generator=g),
+           "two_slices": (torch.randn(1, c + 7, generator=g)[:, 3:3 + c], torch.randn(n, c + 5, generator=g)[:, 5:]),
+           "no_silu": torch.randn(n, c, generator=g)}.get(extra)
     residual = _map(n, c, h, w, seed=2) if "residual" in extra else None
-    expected = group_norm_silu_reference(x, groups, weight, bias, 1e-5, add=add, residual=residual)
-    out = group_norm_silu(x, groups, weight, bias, 1e-5, add=add, residual=residual)
+    silu = extra != "no_silu"
+    expected = fused_group_norm_reference(x, groups, weight, bias, 1e-5, add=add, residual=residual, silu=silu)
+    out = fused_group_norm(x, groups, weight, bias, 1e-5, add=add, residual=residual, silu=silu)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=_CL)
     assert_close(out, expected, "tactic_fp32")
     # bf16 in and out, arithmetic in float32: the build accepts it within the bf16 entry
-    low = group_norm_silu(x.bfloat16(), groups, weight, bias, 1e-5, add=None if add is None else add.bfloat16(),
-                          residual=None if residual is None else residual.bfloat16())
+    low_add = None if add is None else tuple(t.bfloat16() for t in add) if isinstance(add, tuple) else add.bfloat16()
+    low = fused_group_norm(x.bfloat16(), groups, weight, bias, 1e-5, add=low_add,
+                           residual=None if residual is None else residual.bfloat16(), silu=silu)
     assert low.dtype == torch.bfloat16
     assert_close(low.float(), expected, "bf16_eps")
 
 
-def test_group_norm_silu_takes_nchw_input_and_handles_extreme_values():
+def test_fused_group_norm_takes_nchw_input_and_handles_extreme_values():
     x = _map(4, 8, 3, 3, scale=200.0).contiguous()  # NCHW memory: converted; SiLU's exp saturates both ways
     weight, bias = torch.full((8,), 50.0), torch.zeros(8)
-    out = group_norm_silu(x, 2, weight, bias, 1e-5)
+    out = fused_group_norm(x, 2, weight, bias, 1e-5)
     assert torch.isfinite(out).all()
-    assert_close(out, group_norm_silu_reference(x, 2, weight, bias, 1e-5), "tactic_fp32")
+    assert_close(out, fused_group_norm_reference(x, 2, weight, bias, 1e-5), "tactic_fp32")
 
 
-def test_group_norm_silu_refuses_bad_arguments():
+def test_fused_group_norm_refuses_bad_arguments():
     x = _map(2, 8, 4, 4)
     w = torch.ones(8)
     with pytest.raises(InvalidArgumentError, match="divisible"):
-        group_norm_silu(x, 3, w, w, 1e-5)
+        fused_group_norm(x, 3, w, w, 1e-5)
     with pytest.raises(InvalidArgumentError, match="add must be"):
-        group_norm_silu(x, 2, w, w, 1e-5, add=torch.zeros(3, 8))
+        fused_group_norm(x, 2, w, w, 1e-5, add=torch.zeros(3, 8))
+    with pytest.raises(InvalidArgumentError, match="at most two"):
+        fused_group_norm(x, 2, w, w, 1e-5, add=(torch.zeros(1, 8),) * 3)
     with pytest.raises(InvalidArgumentError, match="residual must be"):
-        group_norm_silu(x, 2, w, w, 1e-5, residual=torch.zeros(2, 8, 4, 5))
+        fused_group_norm(x, 2, w, w, 1e-5, residual=torch.zeros(2, 8, 4, 5))
     with pytest.raises(InvalidArgumentError, match="weight and bias"):
-        group_norm_silu(x, 2, torch.ones(4), w, 1e-5)
+        fused_group_norm(x, 2, torch.ones(4), w, 1e-5)
     with pytest.raises(InvalidArgumentError, match="float32 or bfloat16 CPU"):
-        group_norm_silu(x.double(), 2, w, w, 1e-5)
+        fused_group_norm(x.double(), 2, w, w, 1e-5)
 
 
 # (N, heads, head_dim, H, W): the models' mid attention (64 heads of 4 over a 4x4 or 2x2 map, the

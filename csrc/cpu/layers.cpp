@@ -1,5 +1,5 @@
 // CPU layer kernels of the per-step network (declared in ops.h): fused
-// GroupNorm + SiLU (+ adds), self-attention over the pixels of small maps and
+// GroupNorm (+ SiLU, + adds), self-attention over the pixels of small maps and
 // the Winograd F(2x2, 3x3) and F(4x4, 3x3) tile transforms.
 //
 // Activations are channels-last ([N, H, W, C] in memory), float32 or bfloat16
@@ -95,73 +95,111 @@ RISSOLE_INLINE float silu(float y) { return y * reciprocal(1.0f + exp_vec(std::m
 
 // ---------------------------------------------------------------- GroupNorm + SiLU
 
-// One sample: stats per group (two passes: mean, then squared deviations), then
-// out = silu(x * a[c] + b[c]) + add[c] (+ residual), a = gamma * rstd, b = beta - mean * a.
-template <int ES>
-RISSOLE_INLINE void group_norm_silu_sample(const void* x, const float* gamma, const float* beta, const float* add,
-                            const void* residual, void* out, int64_t HW, int64_t C, int64_t G, float eps,
-                            float* scratch) {
-  float* csum = scratch;       // [C] per-channel sums, then the per-channel mean
-  float* a = scratch + C;      // [C]
-  float* b = scratch + 2 * C;  // [C]
+// The loops over one sample run over chunks of P whole pixels (P * C contiguous elements, about
+// kChunk) with the per-channel coefficients repeated P times, not over one pixel's C channels: the
+// models' 48 or 96 channels are not a multiple of the unrolled vector width, and per-pixel loops
+// spent as long in their remainder code as in the vector loop.
+constexpr int64_t kChunk = 512;
+
+RISSOLE_INLINE int64_t chunk_pixels(int64_t HW, int64_t C) { return std::max<int64_t>(1, std::min(HW, kChunk / C)); }
+
+// Floats of group_norm_sample's scratch.
+int64_t group_norm_scratch(const GroupNormShape& s) { return 4 * chunk_pixels(s.HW, s.C) * s.C + s.C; }
+
+// Repeats row[0 .. C) P times into rep.
+RISSOLE_INLINE void repeat_row(const float* row, float* rep, int64_t P, int64_t C) {
+  for (int64_t p = 0; p < P; ++p) std::memcpy(rep + p * C, row, static_cast<size_t>(C) * sizeof(float));
+}
+
+// Per-channel sums over the sample of f(x[i], i) into per[C] (acc[P * C] is scratch).
+template <int ES, typename F>
+RISSOLE_INLINE void channel_sums(const void* x, int64_t HW, int64_t C, int64_t P, float* acc, float* per, F f) {
+  const int64_t L = P * C;
+  for (int64_t i = 0; i < L; ++i) acc[i] = 0.0f;
+  for (int64_t p0 = 0; p0 < HW; p0 += P) {
+    const int64_t len = std::min(P, HW - p0) * C, base = p0 * C;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) acc[i] += f(load<ES>(x, base + i), i);
+  }
+  for (int64_t c = 0; c < C; ++c) per[c] = acc[c];
+  for (int64_t p = 1; p < P; ++p) {
+    for (int64_t c = 0; c < C; ++c) per[c] += acc[p * C + c];
+  }
+}
+
+// One sample: stats per group (two passes: mean, then squared deviations), then out = act(x * a[c] +
+// b[c]) + add1[c] + add2[c] (+ residual), a = gamma * rstd, b = beta - mean * a; act is SiLU or the
+// identity. add1 / add2: this sample's rows (x's element type) or null.
+template <int ES, bool SILU>
+RISSOLE_INLINE void group_norm_sample(const void* x, const float* gamma, const float* beta, const void* add1,
+                                      const void* add2, const void* residual, void* out, int64_t HW, int64_t C,
+                                      int64_t G, float eps, float* scratch) {
+  const int64_t P = chunk_pixels(HW, C), L = P * C;
+  float* a = scratch;           // [L] repeated per-channel scale (first the repeated mean)
+  float* b = a + L;             // [L] repeated per-channel shift
+  float* added = b + L;         // [L] repeated sum of the added rows
+  float* acc = added + L;       // [L] partial sums
+  float* per = acc + L;         // [C] per-channel sums
   const int64_t cg = C / G;
   const double count = static_cast<double>(HW * cg);
-  for (int64_t c = 0; c < C; ++c) csum[c] = 0.0f;
-  for (int64_t p = 0; p < HW; ++p) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) csum[c] += load<ES>(x, p * C + c);
-  }
+  channel_sums<ES>(x, HW, C, P, acc, per, [](float v, int64_t) { return v; });
   for (int64_t g = 0; g < G; ++g) {
-    double s = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) s += csum[c];
-    const float mean = static_cast<float>(s / count);
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) csum[c] = mean;
+    double sum = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) sum += per[c];
+    const float mean = static_cast<float>(sum / count);
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) b[c] = mean;
   }
-  for (int64_t c = 0; c < C; ++c) a[c] = 0.0f;
-  for (int64_t p = 0; p < HW; ++p) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float d = load<ES>(x, p * C + c) - csum[c];
-      a[c] += d * d;
-    }
-  }
+  repeat_row(b, a, P, C);
+  const float* mean = a;
+  channel_sums<ES>(x, HW, C, P, acc, per, [mean](float v, int64_t i) {
+    const float d = v - mean[i];
+    return d * d;
+  });
   for (int64_t g = 0; g < G; ++g) {
-    double s = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) s += a[c];
-    const float rstd = static_cast<float>(1.0 / std::sqrt(s / count + static_cast<double>(eps)));
+    double sum = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) sum += per[c];
+    const float rstd = static_cast<float>(1.0 / std::sqrt(sum / count + static_cast<double>(eps)));
     for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-      a[c] = gamma[c] * rstd;
-      b[c] = beta[c] - csum[c] * a[c];
+      const float scale = gamma[c] * rstd;
+      per[c] = scale;
+      b[c] = beta[c] - b[c] * scale;
     }
   }
-  for (int64_t p = 0; p < HW; ++p) {
+  repeat_row(per, a, P, C);
+  repeat_row(b, b + C, P - 1, C);
+  for (int64_t c = 0; c < C; ++c) {
+    added[c] = (add1 ? load<ES>(add1, c) : 0.0f) + (add2 ? load<ES>(add2, c) : 0.0f);
+  }
+  repeat_row(added, added + C, P - 1, C);
+  for (int64_t p0 = 0; p0 < HW; p0 += P) {
+    const int64_t len = std::min(P, HW - p0) * C, base = p0 * C;
     if (residual) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = p * C + c;
-        store<ES>(out, i, silu(load<ES>(x, i) * a[c] + b[c]) + add[c] + load<ES>(residual, i));
+      for (int64_t i = 0; i < len; ++i) {
+        const float y = load<ES>(x, base + i) * a[i] + b[i];
+        store<ES>(out, base + i, (SILU ? silu(y) : y) + added[i] + load<ES>(residual, base + i));
       }
     } else {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = p * C + c;
-        store<ES>(out, i, silu(load<ES>(x, i) * a[c] + b[c]) + add[c]);
+      for (int64_t i = 0; i < len; ++i) {
+        const float y = load<ES>(x, base + i) * a[i] + b[i];
+        store<ES>(out, base + i, (SILU ? silu(y) : y) + added[i]);
       }
     }
   }
 }
 
-RISSOLE_CLONES void group_norm_silu_f32(const void* x, const float* gamma, const float* beta, const float* add,
-                                        const void* residual, void* out, int64_t HW, int64_t C, int64_t G,
-                                        float eps, float* scratch) {
-  group_norm_silu_sample<4>(x, gamma, beta, add, residual, out, HW, C, G, eps, scratch);
-}
-
-RISSOLE_CLONES void group_norm_silu_bf16(const void* x, const float* gamma, const float* beta, const float* add,
-                                         const void* residual, void* out, int64_t HW, int64_t C, int64_t G,
-                                         float eps, float* scratch) {
-  group_norm_silu_sample<2>(x, gamma, beta, add, residual, out, HW, C, G, eps, scratch);
-}
+#define RISSOLE_GROUP_NORM_CLONE(NAME, ES, SILU)                                                                \
+  RISSOLE_CLONES void NAME(const void* x, const float* gamma, const float* beta, const void* add1,              \
+                           const void* add2, const void* residual, void* out, int64_t HW, int64_t C, int64_t G, \
+                           float eps, float* scratch) {                                                         \
+    group_norm_sample<ES, SILU>(x, gamma, beta, add1, add2, residual, out, HW, C, G, eps, scratch);             \
+  }
+RISSOLE_GROUP_NORM_CLONE(group_norm_silu_f32, 4, true)
+RISSOLE_GROUP_NORM_CLONE(group_norm_silu_bf16, 2, true)
+RISSOLE_GROUP_NORM_CLONE(group_norm_f32, 4, false)
+RISSOLE_GROUP_NORM_CLONE(group_norm_bf16, 2, false)
+#undef RISSOLE_GROUP_NORM_CLONE
 
 // ---------------------------------------------------------------- Winograd F(2x2, 3x3)
 //
@@ -517,15 +555,20 @@ void for_each_image(int64_t N, int num_threads, Fn&& fn) {
 
 }  // namespace
 
-void check_group_norm_shape(const GroupNormShape& s, int64_t elem_size) {
+void check_group_norm_shape(const GroupNormShape& s, const RowAdd& add1, const RowAdd& add2, int64_t elem_size) {
   check_elem_size(elem_size);
   if (s.N < 0 || s.HW < 1 || s.C < 1 || s.G < 1) throw std::invalid_argument("group norm: bad shape");
   if (s.C % s.G != 0) {
     throw std::invalid_argument("group norm: " + std::to_string(s.C) + " channels are not divisible into " +
                                 std::to_string(s.G) + " groups");
   }
-  if (s.add_rows != 0 && s.add_rows != 1 && s.add_rows != s.N) {
-    throw std::invalid_argument("group norm: the added bias must have 1 or N rows");
+  for (const RowAdd* add : {&add1, &add2}) {
+    if (add->rows != 0 && add->rows != 1 && add->rows != s.N) {
+      throw std::invalid_argument("group norm: an added bias must have 1 or N rows");
+    }
+    if (add->rows != 0 && (add->data == nullptr || (add->rows > 1 && add->stride < s.C))) {
+      throw std::invalid_argument("group norm: an added bias needs data and a row stride of at least C");
+    }
   }
 }
 
@@ -542,17 +585,26 @@ void check_winograd_shape(const WinogradShape& s, int64_t elem_size) {
 
 namespace cpu {
 
-void group_norm_silu(const void* x, const float* gamma, const float* beta, const float* add, const void* residual,
-                     void* out, const GroupNormShape& s, float eps, int64_t elem_size, int num_threads) {
-  check_group_norm_shape(s, elem_size);
+void group_norm_fused(const void* x, const float* gamma, const float* beta, const RowAdd& add1, const RowAdd& add2,
+                      const void* residual, void* out, const GroupNormShape& s, float eps, bool silu,
+                      int64_t elem_size, int num_threads) {
+  check_group_norm_shape(s, add1, add2, elem_size);
   const int threads = resolve_threads(num_threads);
   const int64_t es = elem_size;
-  const std::vector<float> zeros(static_cast<size_t>(s.C), 0.0f);
+  using Sample = void (*)(const void*, const float*, const float*, const void*, const void*, const void*, void*,
+                          int64_t, int64_t, int64_t, float, float*);
+  const Sample sample = es == 4 ? (silu ? group_norm_silu_f32 : group_norm_f32)
+                                : (silu ? group_norm_silu_bf16 : group_norm_bf16);
+  // This sample's row of an added bias, or null.
+  const auto row_of = [es](const RowAdd& add, int64_t n) -> const void* {
+    if (add.rows == 0) return nullptr;
+    return static_cast<const char*>(add.data) + (add.rows == 1 ? 0 : n * add.stride * es);
+  };
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (threads > 1 && s.N > 1)
 #endif
   {
-    std::vector<float> scratch(static_cast<size_t>(3 * s.C));
+    std::vector<float> scratch(static_cast<size_t>(group_norm_scratch(s)));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -561,12 +613,7 @@ void group_norm_silu(const void* x, const float* gamma, const float* beta, const
       const char* xn = static_cast<const char*>(x) + offset;
       const char* rn = residual ? static_cast<const char*>(residual) + offset : nullptr;
       char* on = static_cast<char*>(out) + offset;
-      const float* add_n = s.add_rows == 0 ? zeros.data() : add + (s.add_rows == 1 ? 0 : n) * s.C;
-      if (es == 4) {
-        group_norm_silu_f32(xn, gamma, beta, add_n, rn, on, s.HW, s.C, s.G, eps, scratch.data());
-      } else {
-        group_norm_silu_bf16(xn, gamma, beta, add_n, rn, on, s.HW, s.C, s.G, eps, scratch.data());
-      }
+      sample(xn, gamma, beta, row_of(add1, n), row_of(add2, n), rn, on, s.HW, s.C, s.G, eps, scratch.data());
     }
   }
   (void)threads;

@@ -26,9 +26,10 @@ def gather_code_blocks(
     codes: int, codebook: int, ids: int, out: int, P: int, N: int, bh: int, bw: int, K: int, C: int,
     B: int, k: int, elem_size: int, num_threads: int = 0,
 ) -> None: ...
-def group_norm_silu(
-    x: int, gamma: int, beta: int, add: int, residual: int, out: int, N: int, HW: int, C: int, G: int,
-    add_rows: int, eps: float, elem_size: int, num_threads: int = 0,
+def group_norm_fused(
+    x: int, gamma: int, beta: int, add1: int, add1_rows: int, add1_stride: int, add2: int, add2_rows: int,
+    add2_stride: int, residual: int, out: int, N: int, HW: int, C: int, G: int, eps: float, silu: bool,
+    elem_size: int, num_threads: int = 0,
 ) -> None: ...
 def pixel_attention(
     qkv: int, out: int, N: int, T: int, heads: int, head_dim: int, scale: float, elem_size: int,

@@ -102,6 +102,10 @@ class BlockUNet(nn.Module):
             self.cond_bias = nn.Parameter(torch.zeros(half))
         if xattn:
             self.context_embed = ContextEmbedding(config.latent_channels, config.xattn_context_dim, block_size ** 2)
+        # The reference builds a fresh, never-trained LayerNorm over (C, H, W) before in_conv: weight 1,
+        # bias 0, eps 1e-5. A one-group group norm without affine parameters is the same normalisation
+        # and, unlike layer_norm, needs no shape argument, so it traces and exports with a dynamic batch.
+        self.in_norm = nn.GroupNorm(1, half, eps=1e-5, affine=False)
         self.in_conv = nn.Conv2d(half, chans[0], kernel_size=3, padding=config.init_padding)
 
         self.down = nn.ModuleList(
@@ -252,11 +256,7 @@ class BlockUNet(nn.Module):
             )
         xattn = self.config.conditioning == "xattn"
         h = self.x_conv(x) + (self.cond_bias.view(1, -1, 1, 1) if xattn else cond_feat)
-        # The reference builds a fresh, never-trained LayerNorm over (C, H, W) here: weight 1,
-        # bias 0, eps 1e-5. A one-group group norm is the same normalisation and, unlike
-        # layer_norm, needs no shape argument, so it traces and exports with a dynamic batch.
-        h = F.group_norm(h, 1, eps=1e-5)
-        h = self.in_conv(h)
+        h = self.in_conv(self.in_norm(h))
 
         skips = []
         for level in self.down:

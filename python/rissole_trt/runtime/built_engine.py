@@ -47,7 +47,8 @@ __all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", 
            "BuiltEngine", "device_fingerprint", "is_engine_dir"]
 
 #: 2: tactic tables hold residual blocks (fused GroupNorm + SiLU) and Winograd candidates.
-FORMAT_VERSION = 2
+#: 3: and the one-group norms as layers, and dense-map convolutions.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
 ONNX_FILE = Path("onnx") / "denoiser.onnx"

@@ -1,9 +1,10 @@
 """The C++ core's CPU layer kernels, each beside the plain PyTorch it must match.
 
-* :func:`group_norm_silu`: GroupNorm, SiLU and the additions that follow them in a UNet residual
-  block (the time/position bias rows, or the residual branch) in one pass over the map after the
+* :func:`fused_group_norm`: GroupNorm, SiLU and the additions that follow them in a UNet residual
+  block (the time and position bias rows, or the residual branch) in one pass over the map after the
   statistics, where torch makes three to four passes (norm, SiLU, each add) and, in bf16, rounds
-  after each. Reference: :func:`group_norm_silu_reference`.
+  after each; without the SiLU for the UNet's one-group level norms. Reference:
+  :func:`fused_group_norm_reference`.
 * :func:`pixel_attention`: the multi-head self-attention of :class:`~rissole_trt.models.layers.Attention`
   between its two projections (``softmax(scale Q K^T) V`` per map and head) in one float32 pass per
   map with the heads as the vector lanes, from the channels-last qkv map; torch runs it as two
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from ..errors import InvalidArgumentError
 from ..ops import _core
 
-__all__ = ["group_norm_silu", "group_norm_silu_reference", "pixel_attention", "pixel_attention_reference",
+__all__ = ["fused_group_norm", "fused_group_norm_reference", "pixel_attention", "pixel_attention_reference",
            "winograd_weights", "winograd_conv3x3", "winograd_applies"]
 
 _CL = torch.channels_last
@@ -50,29 +51,44 @@ def _channels_last(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.contiguous(memory_format=_CL)
 
 
-def _rows(add: torch.Tensor | None, n: int, c: int) -> tuple[torch.Tensor | None, int]:
-    if add is None:
-        return None, 0
-    add = add.float().contiguous()
-    if add.ndim != 2 or add.shape[1] != c or add.shape[0] not in (1, n):
-        raise InvalidArgumentError(f"add must be [1 or {n}, {c}], got {tuple(add.shape)}")
-    return add, add.shape[0]
+def _row_adds(add: torch.Tensor | tuple[torch.Tensor, ...] | None, n: int, c: int,
+              dtype: torch.dtype) -> list[tuple[int, int, int, torch.Tensor | None]]:
+    """Up to two added bias tables as the C++ core's (address, rows, row stride) in ``dtype``; the
+    tensors are kept alive in the last field. Row slices of a wider table are passed without a copy."""
+    adds = () if add is None else (add,) if isinstance(add, torch.Tensor) else tuple(add)
+    if len(adds) > 2:
+        raise InvalidArgumentError(f"at most two bias tables can be added, got {len(adds)}")
+    out = []
+    for table in adds:
+        if table.ndim != 2 or table.shape[1] != c or table.shape[0] not in (1, n):
+            raise InvalidArgumentError(f"add must be [1 or {n}, {c}], got {tuple(table.shape)}")
+        table = table.to(dtype)
+        if table.stride(1) != 1:
+            table = table.contiguous()
+        out.append((table.data_ptr(), table.shape[0], table.stride(0), table))
+    return out + [(0, 0, 0, None)] * (2 - len(out))
 
 
-def group_norm_silu_reference(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                              add: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``silu(group_norm(x)) + add[:, :, None, None] + residual`` in float32 torch ops."""
-    out = F.silu(F.group_norm(x.float(), groups, weight.float(), bias.float(), eps))
-    if add is not None:
-        out = out + add.float()[:, :, None, None]
+def fused_group_norm_reference(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                               add: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+                               residual: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
+    """``silu(group_norm(x)) + sum(add)[:, :, None, None] + residual`` in float32 torch ops
+    (without the SiLU for ``silu=False``)."""
+    out = F.group_norm(x.float(), groups, weight.float(), bias.float(), eps)
+    if silu:
+        out = F.silu(out)
+    for table in () if add is None else (add,) if isinstance(add, torch.Tensor) else add:
+        out = out + table.float()[:, :, None, None]
     if residual is not None:
         out = out + residual.float()
     return out
 
 
-def group_norm_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                    add: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`group_norm_silu_reference` in one C++ pass; ``add`` [1 or N, C], ``residual`` like x.
+def fused_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                     add: torch.Tensor | tuple[torch.Tensor, ...] | None = None, residual: torch.Tensor | None = None,
+                     silu: bool = True) -> torch.Tensor:
+    """:func:`fused_group_norm_reference` in one C++ pass; ``add`` one or two [1 or N, C] tables
+    (rounded to x's dtype; rows may be slices of wider tables), ``residual`` like x.
 
     The result has x's dtype, channels-last.
     """
@@ -82,16 +98,16 @@ def group_norm_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: to
         raise InvalidArgumentError(f"{c} channels are not divisible into {groups} groups")
     if weight.shape != (c,) or bias.shape != (c,):
         raise InvalidArgumentError(f"weight and bias must be [{c}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
-    add, add_rows = _rows(add, n, c)
+    (a1, r1, s1, _t1), (a2, r2, s2, _t2) = _row_adds(add, n, c, x.dtype)
     if residual is not None:
         if residual.shape != x.shape:
             raise InvalidArgumentError(f"residual must be {tuple(x.shape)}, got {tuple(residual.shape)}")
         residual = residual.to(x.dtype).contiguous(memory_format=_CL)
     weight, bias = weight.float().contiguous(), bias.float().contiguous()
     out = torch.empty_like(x, memory_format=_CL)
-    _core().group_norm_silu(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), 0 if add is None else add.data_ptr(),
-                            0 if residual is None else residual.data_ptr(), out.data_ptr(), n, h * w, c, groups,
-                            add_rows, float(eps), _ELEM_SIZE[x.dtype], torch.get_num_threads())
+    _core().group_norm_fused(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), a1, r1, s1, a2, r2, s2,
+                             0 if residual is None else residual.data_ptr(), out.data_ptr(), n, h * w, c, groups,
+                             float(eps), silu, _ELEM_SIZE[x.dtype], torch.get_num_threads())
     return out
 
 

@@ -27,7 +27,9 @@ Candidates (each a module over channels-last activations in the backend's dtype)
   (the C++ core's one-pass attention over small maps, :mod:`.cpu_kernels`);
 * residual blocks: ``torch_ops`` (the block's own GroupNorm, SiLU and adds) and ``fused_norm``
   (each GroupNorm + SiLU + the bias rows or the residual add as one C++ pass), around the block's
-  convolutions as tuned.
+  convolutions as tuned;
+* the other GroupNorms (the one-group input and level norms): ``torch_ops`` and ``fused_norm``
+  (the same C++ kernel without the SiLU).
 
 Then the **rows per call** (micro-batching): each bucket also runs as several calls of a smaller
 bucket's rows (with that bucket's tactics), in case the smaller working set's cache locality
@@ -54,7 +56,7 @@ from ..models.rissole import RissoleModel
 from ..models.unet import BlockUNet
 from ..tolerances import excess
 from .base import PerStepBackend
-from .cpu_kernels import group_norm_silu, pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights
+from .cpu_kernels import fused_group_norm, pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights
 from .torch_backend import (PreparedConv, SubPixelConvTranspose, packs_for_onednn, precision_dtype, _pair)
 
 __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]
@@ -229,9 +231,23 @@ class _FusedNormResBlock(nn.Module):
             self.register_buffer(f"beta{i}", norm.bias.detach().float())
 
     def forward(self, x: torch.Tensor, time_bias: torch.Tensor, pos_bias: torch.Tensor | None = None) -> torch.Tensor:
-        add = time_bias if pos_bias is None else time_bias.float() + pos_bias.float()
-        h = group_norm_silu(self.conv1(x), self.groups, self.gamma1, self.beta1, self.eps, add=add)
-        return group_norm_silu(self.conv2(h), self.groups, self.gamma2, self.beta2, self.eps, residual=self.skip(x))
+        add = time_bias if pos_bias is None else (time_bias, pos_bias)  # column slices: read in place
+        h = fused_group_norm(self.conv1(x), self.groups, self.gamma1, self.beta1, self.eps, add=add)
+        return fused_group_norm(self.conv2(h), self.groups, self.gamma2, self.beta2, self.eps, residual=self.skip(x))
+
+
+class _FusedGroupNorm(nn.Module):
+    """A GroupNorm (the UNet's one-group level norms) as one C++ pass after its statistics."""
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        super().__init__()
+        self.groups, self.eps = norm.num_groups, norm.eps
+        c = norm.num_channels
+        self.register_buffer("gamma", norm.weight.detach().float() if norm.affine else torch.ones(c))
+        self.register_buffer("beta", norm.bias.detach().float() if norm.affine else torch.zeros(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_group_norm(x, self.groups, self.gamma, self.beta, self.eps, silu=False)
 
 
 def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> dict[str, nn.Module]:
@@ -288,7 +304,7 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
         tunables[name] = _Tunable("conv", candidates, default)
         return tunables[name]
 
-    def swap(parent: nn.Module, prefix: str) -> None:
+    def swap(parent: nn.Module, prefix: str, norms: bool = True) -> None:
         for child_name, child in list(parent.named_children()):
             name = f"{prefix}{child_name}"
             if name in _HOISTED:
@@ -301,7 +317,8 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
                 tunables[name] = _Tunable("attention", candidates, "matmul")
                 setattr(parent, child_name, tunables[name])
             elif isinstance(child, UNetResBlock):
-                swap(child, f"{name}.")  # its convolutions first: they are tuned before the block
+                # Its convolutions first: they are tuned before the block (its norms are the block's).
+                swap(child, f"{name}.", norms=False)
                 candidates = {"torch_ops": child}
                 if packed_ok:  # the fused kernel is CPU code
                     candidates["fused_norm"] = _FusedNormResBlock(child)
@@ -310,8 +327,14 @@ def _tunable_unet(unet: BlockUNet, precision: str) -> tuple[BlockUNet, dict[str,
                 setattr(parent, child_name, tunables[name])
             elif isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
                 setattr(parent, child_name, conv_tunable(name, child))
+            elif isinstance(child, nn.GroupNorm) and norms:
+                candidates = {"torch_ops": child}
+                if packed_ok:  # the fused kernel is CPU code
+                    candidates["fused_norm"] = _FusedGroupNorm(child)
+                tunables[name] = _Tunable("norm", candidates, "torch_ops")
+                setattr(parent, child_name, tunables[name])
             else:
-                swap(child, f"{name}.")
+                swap(child, f"{name}.", norms)
 
     swap(base, "")
     # Norms, biases and embeddings in the backend's dtype; the tunables' candidates already are
