@@ -167,6 +167,10 @@ def test_cuda_build_without_a_gpu_fails_clearly_and_leaves_validated_onnx(model,
     code = cli.main(["build-engine", "--preset", "tiny", "--device", "cuda", "--batch-sizes", "1",
                      "-o", str(tmp_path / "cli")])
     assert code == 2 and (tmp_path / "cli" / "onnx" / "denoiser.onnx").is_file()
+    # An fp16 build also leaves the fp16 graph TensorRT would build its plan from, validated too.
+    with pytest.raises(BackendUnavailableError, match="denoiser-fp16.onnx.*validated with ONNX Runtime"):
+        build_engine(model, tmp_path / "fp16", **dict(BUILD, device="cuda", precision="fp16", candidates=None))
+    assert {p.name for p in (tmp_path / "fp16" / "onnx").iterdir()} == {"denoiser.onnx", "denoiser-fp16.onnx"}
 
 
 def test_cli_builds_describes_and_generates(model, db, tmp_path, capsys):
@@ -298,13 +302,14 @@ def test_cuda_engine_build_and_images(model, db, tmp_path):
 
 
 @pytest.mark.trt
-def test_tensorrt_backend_matches_eager(model):
+@pytest.mark.parametrize("precision,tolerance", [("fp32", "engine_fp32"), ("fp16", "fp16_eps")])
+def test_tensorrt_backend_matches_eager(model, precision, tolerance):
     from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
 
     gpu = RissoleModel.from_reference(**paths("ref_addpos_")).cuda().eval()
-    backend = TensorRTBackend(gpu, "fp32", buckets=[4, 8])
+    backend = TensorRTBackend(gpu, precision, buckets=[4, 8])
     inputs = tuple(t.cuda() for t in _step_inputs(model, 8))
-    assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), "engine_fp32")
+    assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), tolerance)
 
 
 # --------------------------------------------------------------------------- the bench

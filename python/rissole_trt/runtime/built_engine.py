@@ -13,7 +13,9 @@ An engine directory holds:
   the one chosen;
 * ``tactics.json`` (CPU): the per-layer tactic table (:mod:`rissole_trt.runtime.tactics`);
 * ``onnx/denoiser.onnx``: the per-step graph (what ONNX Runtime, OpenVINO and TensorRT consume),
-  checked with ONNX Runtime against the eager module at build time;
+  checked with ONNX Runtime against the eager module at build time; for an fp16 CUDA build also
+  ``onnx/denoiser-fp16.onnx`` (fp16, norms and softmax in fp32: TensorRT's strongly typed input),
+  checked the same way within the fp16 tolerance;
 * ``tensorrt/denoiser.plan`` and ``tensorrt/timing.cache`` when TensorRT was a candidate.
 
 A build writes into a temporary directory renamed into place at the end (a killed build leaves no
@@ -52,6 +54,8 @@ FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
 ONNX_FILE = Path("onnx") / "denoiser.onnx"
+#: The graph a TensorRT plan of each precision is built from (fp16: fp16 with norms and softmax in fp32).
+TRT_ONNX = {"fp32": ONNX_FILE, "fp16": Path("onnx") / "denoiser-fp16.onnx"}
 TRT_PLAN, TRT_CACHE = Path("tensorrt") / "denoiser.plan", Path("tensorrt") / "timing.cache"
 ENGINE_PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_BATCH_SIZES = (1, 16, 64)
@@ -66,7 +70,7 @@ _ONNX_CANDIDATES = {"onnxruntime", "openvino", "tensorrt"}
 
 
 def _tolerance(precision: str) -> str:
-    return "engine_fp32" if precision == "fp32" else "bf16_eps"
+    return {"fp32": "engine_fp32", "bf16": "bf16_eps", "fp16": "fp16_eps"}[precision]
 
 
 def _version(dist: str) -> str | None:
@@ -150,7 +154,7 @@ def _construct(name: str, model: RissoleModel, precision: str, root: Path, table
 
         if not (root / TRT_PLAN).is_file():
             (root / TRT_PLAN).parent.mkdir(exist_ok=True)
-            build_plan(root / ONNX_FILE, root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows)
+            build_plan(root / TRT_ONNX[precision], root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows)
         return TensorRTBackend(model, precision, plan_path=root / TRT_PLAN, buckets=buckets_rows).forward_hoisted
     return registry.get_spec(name).build(model, precision).forward_hoisted
 
@@ -236,9 +240,10 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
     check_output(output, overwrite=True, kind="engine", recognise=lambda p: is_engine_dir(p) or (p / ONNX_FILE).is_file())
 
     if device_type == "cuda" and not torch.cuda.is_available():
-        _export_validated_onnx(model, output, sizes, seed, log)
-        raise BackendUnavailableError(f"--device cuda: torch sees no CUDA device here; wrote {output / ONNX_FILE} "
-                                      "(validated with ONNX Runtime) for a build on a GPU machine")
+        written = _export_validated_onnx(model, output, sizes, precision, seed, log)
+        raise BackendUnavailableError(f"--device cuda: torch sees no CUDA device here; wrote "
+                                      f"{' and '.join(str(output / f) for f in written)} (validated with ONNX "
+                                      "Runtime) for a build on a GPU machine")
     model = model.to(torch.device(device)).eval()
     P = model.config.n_blocks
     manifest = {
@@ -278,6 +283,8 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
                 log(f"candidate {name}: skipped ({reason})")
         if any(ok and name in _ONNX_CANDIDATES for name, (ok, _) in available.items()):
             _export_onnx(model, tmp, inputs[sizes[0]], expected[sizes[0]], log)
+        if precision == "fp16" and available.get("tensorrt", (False,))[0]:
+            _export_onnx(model, tmp, inputs[sizes[0]], expected[sizes[0]], log, precision="fp16")
         if available.get("tuned", (False,))[0]:
             from .tactics import tune
 
@@ -345,28 +352,30 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
 
 
 def _export_onnx(model: RissoleModel, root: Path, inputs: tuple, expected: torch.Tensor,
-                 log: Callable[[str], None]) -> dict:
-    """Export the per-step graph into ``root`` and check it with ONNX Runtime against the eager module."""
+                 log: Callable[[str], None], precision: str = "fp32") -> dict:
+    """Export the per-step graph of ``precision`` (fp32, or fp16 for TensorRT) into ``root`` and check
+    it with ONNX Runtime against the eager module, within that precision's tolerance."""
     from .onnx_export import export_denoiser_onnx
 
-    (root / ONNX_FILE).parent.mkdir(parents=True, exist_ok=True)
-    export_denoiser_onnx(model, root / ONNX_FILE)
+    file = TRT_ONNX[precision]
+    (root / file).parent.mkdir(parents=True, exist_ok=True)
+    export_denoiser_onnx(model, root / file, precision)
     try:
         from .onnxruntime_backend import OnnxRuntimeBackend
     except ImportError:  # pragma: no cover - onnxruntime ships with onnx in our extras
         return {"validated": False}
     ok, reason = registry.availability(registry.get_spec("onnxruntime"), "cpu", "fp32")
     if not ok:
-        log(f"wrote {ONNX_FILE}; not validated ({reason})")
+        log(f"wrote {file}; not validated ({reason})")
         return {"validated": False, "reason": reason}
     cpu_model = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
-    backend = OnnxRuntimeBackend(cpu_model, "fp32", onnx_path=root / ONNX_FILE)
+    backend = OnnxRuntimeBackend(cpu_model, "fp32", onnx_path=root / file)  # float32 in and out either way
     out = backend.forward_hoisted(*(t.cpu() for t in inputs))
-    err = excess(out, expected.cpu(), "onnx_fp32")
-    if err > 1.0:
-        raise RissoleError(f"the exported ONNX graph disagrees with the model (max |error| "
-                           f"{float((out - expected.cpu()).abs().max()):.2e}); this is a bug, please report it")
-    log(f"wrote {ONNX_FILE}, checked with ONNX Runtime (max |error| {float((out - expected.cpu()).abs().max()):.1e})")
+    max_abs = float((out - expected.cpu()).abs().max())
+    if excess(out, expected.cpu(), "onnx_fp32" if precision == "fp32" else _tolerance(precision)) > 1.0:
+        raise RissoleError(f"the exported {precision} ONNX graph disagrees with the model (max |error| "
+                           f"{max_abs:.2e}); this is a bug, please report it")
+    log(f"wrote {file}, checked with ONNX Runtime (max |error| {max_abs:.1e})")
     return {"validated": True}
 
 
@@ -376,14 +385,19 @@ def _cpu_copy(model: RissoleModel) -> RissoleModel:
     return copy.deepcopy(model).cpu()
 
 
-def _export_validated_onnx(model: RissoleModel, output: Path, sizes: list[int], seed: int, log) -> None:
-    """Without a GPU: what a CUDA build would consume, written (atomically) and checked on the CPU."""
+def _export_validated_onnx(model: RissoleModel, output: Path, sizes: list[int], precision: str, seed: int,
+                           log) -> list[Path]:
+    """Without a GPU: what a CUDA build would consume (the fp32 graph, and the fp16 one for an fp16
+    build), written (atomically) and checked on the CPU; returns the files."""
     model = model.cpu().eval()
     inputs = _bucket_inputs(model, sizes[0] * model.config.n_blocks, seed)
     with torch.no_grad():
         expected = model.unet.forward_hoisted(*inputs)
+    precisions = ["fp32"] + (["fp16"] if precision == "fp16" else [])
     with atomic_directory(output, replace=True) as tmp:
-        _export_onnx(model, tmp, inputs, expected, log)
+        for p in precisions:
+            _export_onnx(model, tmp, inputs, expected, log, precision=p)
+    return [TRT_ONNX[p] for p in precisions]
 
 
 # --------------------------------------------------------------------------- load and run

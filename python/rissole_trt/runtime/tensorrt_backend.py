@@ -4,10 +4,13 @@ Written against TensorRT's documented Python API (``tensorrt`` >= 10); TensorRT 
 installed in this project's workplace, so this module is untested here: its tests are marked
 ``trt`` and skip with that reason. What it does: parse the ONNX file (the graph whose dynamic axes
 ``rows`` and ``time_rows`` are named apart, :mod:`rissole_trt.runtime.spec`) into a strongly typed
-network (the graph's own float32 types; fp16/bf16 plans need a low-precision export with
-normalisation kept in float32, not built yet), add one optimisation profile per bucket (min = opt =
-max = that bucket's rows), build with the timing cache kept beside the plan, then run with
-``execute_async_v3`` on torch's current stream, into buffers the backend owns.
+network, whose layer precisions are the graph's own types: fp32 from the fp32 export, fp16 from the
+fp16 export (:func:`~rissole_trt.runtime.onnx_export.export_denoiser_onnx`: fp16 with every
+GroupNorm and the attention in float32; inputs and output float32 either way). bf16 plans are not
+built: ONNX's Conv takes bf16 only from opset 22, which neither torch's TorchScript exporter nor ONNX
+Runtime's CPU kernels (our check of the graph) reach. Then one optimisation profile per bucket
+(min = opt = max = that bucket's rows), the build with the timing cache kept beside the plan, and
+runs with ``execute_async_v3`` on torch's current stream, into buffers the backend owns.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ from ..models.rissole import RissoleModel
 from .base import PerStepBackend
 from .registry import BackendSpec
 from .spec import step_spec
+
+
+#: Plan precisions (strongly typed: from the exported graph's types).
+PRECISIONS = ("fp32", "fp16")
 
 
 def _available() -> tuple[bool, str]:
@@ -73,8 +80,8 @@ class TensorRTBackend(PerStepBackend):
         ok, reason = _available()
         if not ok:
             raise BackendUnavailableError(f"backend 'tensorrt': {reason}")
-        if precision != "fp32":
-            raise BackendUnavailableError("the tensorrt backend builds fp32 plans only so far")
+        if precision not in PRECISIONS:
+            raise BackendUnavailableError(f"the tensorrt backend builds {' and '.join(PRECISIONS)} plans, not {precision}")
         import tensorrt as trt
 
         super().__init__(model, precision)
@@ -87,7 +94,7 @@ class TensorRTBackend(PerStepBackend):
 
             self._tmp = tempfile.TemporaryDirectory(prefix="rissole-trt-")
             root = Path(self._tmp.name)
-            build_plan(export_denoiser_onnx(model, root / "denoiser.onnx"), root / "denoiser.plan",
+            build_plan(export_denoiser_onnx(model, root / "denoiser.onnx", precision), root / "denoiser.plan",
                        root / "timing.cache", self.spec, self.buckets)
             plan_path = root / "denoiser.plan"
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -119,7 +126,7 @@ class TensorRTBackend(PerStepBackend):
 
 
 SPEC = BackendSpec(
-    name="tensorrt", devices=("cuda",), precisions=("fp32",),
+    name="tensorrt", devices=("cuda",), precisions=PRECISIONS,
     description="TensorRT plan of the per-step ONNX graph, one profile per bucket (untested: no TensorRT here)",
     available=_available,
     build=TensorRTBackend,
