@@ -22,6 +22,7 @@ using rissole::CodeGatherShape;
 using rissole::GatherShape;
 using rissole::GroupNormShape;
 using rissole::RowAdd;
+using rissole::TransposedConvShape;
 using rissole::WinogradShape;
 using rissole::AttentionShape;
 
@@ -181,6 +182,19 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("m"), py::arg("bias"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("K"),
       py::arg("elem_size"), py::arg("num_threads") = 0, py::arg("tile") = 2);
+
+  m.def(
+      "transposed_conv_overlap_add",
+      [](uintptr_t cols, uintptr_t bias, uintptr_t out, int64_t N, int64_t H, int64_t W, int64_t OH, int64_t OW,
+         int64_t K, int64_t kernel, int64_t stride, int64_t padding, int64_t elem_size, int num_threads) {
+        const TransposedConvShape s{N, H, W, OH, OW, K, kernel, stride, padding};
+        py::gil_scoped_release release;
+        rissole::cpu::transposed_conv_overlap_add(ptr<const void>(cols), ptr<const float>(bias), ptr<void>(out), s,
+                                                  elem_size, num_threads);
+      },
+      py::arg("cols"), py::arg("bias"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("OH"),
+      py::arg("OW"), py::arg("K"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("elem_size"),
+      py::arg("num_threads") = 0);
 
 #ifdef RISSOLE_WITH_CUDA
   m.def(

@@ -64,7 +64,15 @@ struct WinogradShape {
   int64_t tiles() const { return N * tiles_h() * tiles_w(); }
 };
 
+// A transposed convolution (stride s, padding p, a k x k kernel, groups 1) of x [N, H, W, C] to
+// out [N, OH, OW, K] as one GEMM to per-tap columns cols [N, H, W, k, k, K] (x times the weights
+// [C, k * k * K]) and this overlap-add of the columns into the output pixels.
+struct TransposedConvShape {
+  int64_t N, H, W, OH, OW, K, kernel, stride, padding;
+};
+
 void check_block_shape(const BlockShape& s, int64_t elem_size);
+void check_transposed_conv_shape(const TransposedConvShape& s, int64_t elem_size);
 void check_group_norm_shape(const GroupNormShape& s, const RowAdd& add1, const RowAdd& add2, int64_t elem_size);
 void check_winograd_shape(const WinogradShape& s, int64_t elem_size);
 void check_attention_shape(const AttentionShape& s, int64_t elem_size);
@@ -91,6 +99,10 @@ void group_norm_fused(const void* x, const float* gamma, const float* beta, cons
 // out [N, T, heads * head_dim] = softmax(scale * Q K^T) V per map and head, float32 throughout
 // (the whole attention in one pass; no [T, T] score matrix leaves the cache).
 void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_t elem_size, int num_threads);
+// out[n, oy, ox, :] = bias + the columns of every (input pixel, tap) landing on (oy, ox); cols in
+// x's element type, float32 sums, bias float32 or null.
+void transposed_conv_overlap_add(const void* cols, const float* bias, void* out, const TransposedConvShape& s,
+                                 int64_t elem_size, int num_threads);
 // x [N, H, W, C] -> V [alpha^2, T, C], the transformed input tiles.
 void winograd_input_transform(const void* x, void* v, const WinogradShape& s, int64_t elem_size, int num_threads);
 // M [alpha^2, T, K] (V times the transformed weights, per tile position) -> out

@@ -9,7 +9,8 @@ from torch import nn
 from rissole_trt.errors import InvalidArgumentError
 from rissole_trt.models.layers import Attention, UNetResBlock
 from rissole_trt.presets import make_preset_model
-from rissole_trt.runtime.cpu_kernels import (fused_group_norm, fused_group_norm_reference, pixel_attention,
+from rissole_trt.runtime.cpu_kernels import (conv_transpose_columns, fused_group_norm, fused_group_norm_reference,
+                                             gemm_conv_transpose2d, gemm_conv_transpose_applies, pixel_attention,
                                              pixel_attention_reference, winograd_applies, winograd_conv3x3,
                                              winograd_weights)
 from rissole_trt.runtime.tactics import _FusedAttention, _FusedNormResBlock, _WinogradConv, tune
@@ -153,6 +154,45 @@ def test_winograd_applies_to_3x3_stride_1_padding_1_only_and_checks_its_weights(
         winograd_weights(torch.zeros(4, 4, 3, 3), tile=6)
 
 
+# (N, C, H, W, K, kernel, stride, padding): the UNets' 4x4 stride-2 upsampling from 2x2 and 4x4 maps,
+# odd map sizes, a stride-1 kernel, non-overlapping taps, one pixel
+TRANSPOSED_SHAPES = [(64, 96, 2, 2, 96, 4, 2, 1), (8, 48, 4, 4, 32, 4, 2, 1), (3, 5, 3, 5, 7, 4, 2, 1),
+                     (2, 6, 4, 3, 5, 3, 1, 1), (2, 6, 3, 3, 4, 2, 2, 0), (1, 4, 1, 1, 3, 4, 2, 1)]
+
+
+@pytest.mark.parametrize("n,c,h,w,k,kernel,stride,padding", TRANSPOSED_SHAPES)
+def test_gemm_conv_transpose_matches_torch(n, c, h, w, k, kernel, stride, padding):
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(c, k, kernel, stride, padding)
+    assert gemm_conv_transpose_applies(conv)
+    x = _map(n, c, h, w, scale=1.0, shift=0.0)
+    with torch.no_grad():
+        expected = conv(x)
+        out = gemm_conv_transpose2d(x, conv_transpose_columns(conv.weight), conv.bias, kernel, stride, padding)
+        assert out.shape == expected.shape and out.is_contiguous(memory_format=_CL)
+        assert_close(out, expected, "tactic_fp32")
+        low = gemm_conv_transpose2d(x.bfloat16(), conv_transpose_columns(conv.weight, torch.bfloat16), None, kernel,
+                                    stride, padding)
+        assert low.dtype == torch.bfloat16
+        assert_close(low.float(), F.conv_transpose2d(x.bfloat16().float(), conv.weight, None, stride, padding),
+                     "bf16_eps")
+
+
+def test_gemm_conv_transpose_applies_to_plain_transposed_convolutions_and_checks_its_columns():
+    for conv in (nn.ConvTranspose2d(4, 4, 4, 2, 1, output_padding=1), nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2),
+                 nn.ConvTranspose2d(4, 4, (4, 2), 2, 1), nn.Conv2d(4, 4, 3)):
+        assert not gemm_conv_transpose_applies(conv)
+    x = _map(1, 4, 3, 3)
+    with pytest.raises(InvalidArgumentError, match="conv_transpose_columns"):
+        gemm_conv_transpose2d(x, conv_transpose_columns(torch.zeros(5, 4, 4, 4)), None, 4, 2, 1)
+    with pytest.raises(InvalidArgumentError, match="conv_transpose_columns"):
+        gemm_conv_transpose2d(x.bfloat16(), conv_transpose_columns(torch.zeros(4, 4, 4, 4)), None, 4, 2, 1)
+    with pytest.raises(InvalidArgumentError, match="bias must be"):
+        gemm_conv_transpose2d(x, conv_transpose_columns(torch.zeros(4, 4, 4, 4)), torch.zeros(3), 4, 2, 1)
+    with pytest.raises(InvalidArgumentError, match="no output"):
+        gemm_conv_transpose2d(_map(1, 4, 1, 1), conv_transpose_columns(torch.zeros(4, 4, 2, 2)), None, 2, 1, 2)
+
+
 @pytest.mark.parametrize("position", [True, False])
 def test_fused_norm_block_matches_the_residual_block(position):
     torch.manual_seed(0)
@@ -200,3 +240,7 @@ def test_the_build_times_the_c_core_candidates_for_every_block_attention_and_3x3
     assert attention
     for name in attention:
         assert table.layers[name][str(rows)]["candidates"]["fused_cpu"]["excess"] <= 1.0, name
+    upsamplings = [name for name, m in model.unet.named_modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert upsamplings
+    for name in upsamplings:
+        assert table.layers[name][str(rows)]["candidates"]["gemm_overlap_add"]["excess"] <= 1.0, name

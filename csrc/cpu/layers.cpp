@@ -1,6 +1,7 @@
 // CPU layer kernels of the per-step network (declared in ops.h): fused
-// GroupNorm (+ SiLU, + adds), self-attention over the pixels of small maps and
-// the Winograd F(2x2, 3x3) and F(4x4, 3x3) tile transforms.
+// GroupNorm (+ SiLU, + adds), self-attention over the pixels of small maps, the
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) tile transforms and a transposed
+// convolution's overlap-add.
 //
 // Activations are channels-last ([N, H, W, C] in memory), float32 or bfloat16
 // (elem_size 4 or 2); all arithmetic is float32 and a bf16 result is rounded
@@ -429,6 +430,45 @@ RISSOLE_CLONES void pixel_attention_bf16(const void* qkv, void* out, const Atten
   }
 }
 
+// ---------------------------------------------------------------- transposed convolution overlap-add
+
+// One image: output pixel (oy, ox) receives tap (ky, kx) of input pixel (iy, ix) where
+// oy = iy * stride - padding + ky (likewise for x): per output row, the taps whose input row is whole.
+template <int ES>
+RISSOLE_INLINE void overlap_add_image(const void* cols, const float* bias, void* out, const TransposedConvShape& s,
+                                      int64_t n, float* acc) {
+  const int64_t K = s.K, k = s.kernel, taps = k * k * K;
+  for (int64_t oy = 0; oy < s.OH; ++oy) {
+    for (int64_t ox = 0; ox < s.OW; ++ox) {
+#pragma omp simd
+      for (int64_t c = 0; c < K; ++c) acc[c] = bias ? bias[c] : 0.0f;
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t ny = oy + s.padding - ky;
+        if (ny < 0 || ny % s.stride != 0 || ny / s.stride >= s.H) continue;
+        for (int64_t kx = 0; kx < k; ++kx) {
+          const int64_t nx = ox + s.padding - kx;
+          if (nx < 0 || nx % s.stride != 0 || nx / s.stride >= s.W) continue;
+          const int64_t base = ((n * s.H + ny / s.stride) * s.W + nx / s.stride) * taps + (ky * k + kx) * K;
+#pragma omp simd
+          for (int64_t c = 0; c < K; ++c) acc[c] += load<ES>(cols, base + c);
+        }
+      }
+      const int64_t dst = ((n * s.OH + oy) * s.OW + ox) * K;
+#pragma omp simd
+      for (int64_t c = 0; c < K; ++c) store<ES>(out, dst + c, acc[c]);
+    }
+  }
+}
+
+RISSOLE_CLONES void overlap_add_f32(const void* cols, const float* bias, void* out, const TransposedConvShape& s,
+                                    int64_t n, float* acc) {
+  overlap_add_image<4>(cols, bias, out, s, n, acc);
+}
+RISSOLE_CLONES void overlap_add_bf16(const void* cols, const float* bias, void* out, const TransposedConvShape& s,
+                                     int64_t n, float* acc) {
+  overlap_add_image<2>(cols, bias, out, s, n, acc);
+}
+
 RISSOLE_CLONES void winograd_input_f32(const void* x, void* v, const WinogradShape& s, int64_t n) {
   winograd_input_image<4>(x, v, s, n);
 }
@@ -588,6 +628,14 @@ void check_group_norm_shape(const GroupNormShape& s, const RowAdd& add1, const R
   }
 }
 
+void check_transposed_conv_shape(const TransposedConvShape& s, int64_t elem_size) {
+  check_elem_size(elem_size);
+  if (s.N < 0 || s.H < 1 || s.W < 1 || s.OH < 1 || s.OW < 1 || s.K < 1 || s.kernel < 1 || s.stride < 1 ||
+      s.padding < 0) {
+    throw std::invalid_argument("transposed conv: bad shape");
+  }
+}
+
 void check_attention_shape(const AttentionShape& s, int64_t elem_size) {
   check_elem_size(elem_size);
   if (s.N < 0 || s.T < 1 || s.heads < 1 || s.head_dim < 1) throw std::invalid_argument("attention: bad shape");
@@ -648,6 +696,25 @@ void pixel_attention(const void* qkv, void* out, const AttentionShape& s, int64_
 #endif
     for (int64_t n = 0; n < s.N; ++n) {
       (elem_size == 4 ? pixel_attention_f32 : pixel_attention_bf16)(qkv, out, s, n, scratch.data());
+    }
+  }
+  (void)threads;
+}
+
+void transposed_conv_overlap_add(const void* cols, const float* bias, void* out, const TransposedConvShape& s,
+                                 int64_t elem_size, int num_threads) {
+  check_transposed_conv_shape(s, elem_size);
+  const int threads = resolve_threads(num_threads);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && s.N > 1)
+#endif
+  {
+    std::vector<float> acc(static_cast<size_t>(s.K));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t n = 0; n < s.N; ++n) {
+      (elem_size == 4 ? overlap_add_f32 : overlap_add_bf16)(cols, bias, out, s, n, acc.data());
     }
   }
   (void)threads;

@@ -43,6 +43,11 @@ def winograd_output_transform(
     tile: int = 2,
 ) -> None: ...
 
+def transposed_conv_overlap_add(
+    cols: int, bias: int, out: int, N: int, H: int, W: int, OH: int, OW: int, K: int, kernel: int, stride: int,
+    padding: int, elem_size: int, num_threads: int = 0,
+) -> None: ...
+
 # Present only in CUDA builds.
 def cuda_device_count() -> tuple[int, str | None]: ...
 def cuda_split_blocks(

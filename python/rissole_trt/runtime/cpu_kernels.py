@@ -19,7 +19,12 @@
   F4 rounds more, so whether either wins is measured per layer and batch by ``build-engine``.
   Reference: ``F.conv2d(x, w, b, padding=1)``.
 
-All three take and return channels-last CPU tensors in float32 or bfloat16 (arithmetic in float32,
+* :func:`gemm_conv_transpose2d`: a transposed convolution as one GEMM from the input pixels to
+  per-tap columns (:func:`conv_transpose_columns` of the weights) and the C++ core's overlap-add of
+  those columns into the output pixels (+ bias): no multiply by an inserted zero, unlike the
+  sub-pixel or direct forms on small maps. Reference: ``F.conv_transpose2d``.
+
+All four take and return channels-last CPU tensors in float32 or bfloat16 (arithmetic in float32,
 bf16 results rounded once). Each C++ loop is compiled for AVX-512, AVX2 and SSE2 and the CPU's best
 is picked at import (``target_clones``).
 """
@@ -32,7 +37,8 @@ from ..errors import InvalidArgumentError
 from ..ops import _core
 
 __all__ = ["fused_group_norm", "fused_group_norm_reference", "pixel_attention", "pixel_attention_reference",
-           "winograd_weights", "winograd_conv3x3", "winograd_applies"]
+           "winograd_weights", "winograd_conv3x3", "winograd_applies", "conv_transpose_columns",
+           "gemm_conv_transpose2d", "gemm_conv_transpose_applies"]
 
 _CL = torch.channels_last
 _ELEM_SIZE = {torch.float32: 4, torch.bfloat16: 2}
@@ -173,4 +179,45 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     out = torch.empty((n, k, h, w), dtype=x.dtype, memory_format=_CL)
     core.winograd_output_transform(m.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), n, h, w, k,
                                    es, threads, tile)
+    return out
+
+
+def gemm_conv_transpose_applies(conv: torch.nn.Module) -> bool:
+    """Whether ``conv`` is a transposed convolution :func:`gemm_conv_transpose2d` computes (square
+    kernel and stride, one group, no dilation or output padding)."""
+    return (isinstance(conv, torch.nn.ConvTranspose2d) and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+            and tuple(conv.output_padding) == (0, 0) and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1])
+
+
+def conv_transpose_columns(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """ConvTranspose2d weights [C, K, k, k] as the GEMM's [C, k * k * K] (tap-major columns), in ``dtype``."""
+    if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
+        raise InvalidArgumentError(f"weights must be [C, K, k, k], got {tuple(weight.shape)}")
+    c, k, kernel, _ = weight.shape
+    return weight.detach().permute(0, 2, 3, 1).reshape(c, kernel * kernel * k).to(dtype).contiguous()
+
+
+def gemm_conv_transpose2d(x: torch.Tensor, columns: torch.Tensor, bias: torch.Tensor | None, kernel: int,
+                          stride: int, padding: int) -> torch.Tensor:
+    """``F.conv_transpose2d(x, w, bias, stride, padding)`` for ``columns = conv_transpose_columns(w, x.dtype)``;
+    channels-last result."""
+    x = _channels_last(x, "x")
+    n, c, h, w = x.shape
+    if columns.ndim != 2 or columns.shape[0] != c or columns.shape[1] % (kernel * kernel) or columns.dtype != x.dtype:
+        raise InvalidArgumentError(f"columns must be conv_transpose_columns(w, {x.dtype}) for {c} input channels "
+                                   f"and a {kernel}x{kernel} kernel, got {columns.dtype} {tuple(columns.shape)}")
+    k = columns.shape[1] // (kernel * kernel)
+    oh, ow = (h - 1) * stride - 2 * padding + kernel, (w - 1) * stride - 2 * padding + kernel
+    if oh < 1 or ow < 1:
+        raise InvalidArgumentError(f"a {kernel}x{kernel} kernel with padding {padding} leaves no output of a {h}x{w} map")
+    if bias is not None:
+        bias = bias.float().contiguous()
+        if bias.shape != (k,):
+            raise InvalidArgumentError(f"bias must be [{k}], got {tuple(bias.shape)}")
+    cols = x.permute(0, 2, 3, 1).reshape(-1, c) @ columns  # [N*H*W, k*k*K], a view for channels-last x
+    out = torch.empty((n, k, oh, ow), dtype=x.dtype, memory_format=_CL)
+    _core().transposed_conv_overlap_add(cols.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), n,
+                                        h, w, oh, ow, k, kernel, stride, padding, _ELEM_SIZE[x.dtype],
+                                        torch.get_num_threads())
     return out

@@ -21,7 +21,8 @@ Candidates (each a module over channels-last activations in the backend's dtype)
 * every convolution on a tiny map (2x2 to 2x2, 4x4 to 2x2, 2x2 to 4x4): ``dense_map``, the layer as
   the dense matrix from a row's input pixels to its output pixels, one GEMM;
 * the 4x4 stride-2 upsampling: ``subpixel_packed`` / ``subpixel_conv2d`` (four 2x2 convolutions,
-  one per output parity) and ``conv_transpose`` (oneDNN's transposed convolution);
+  one per output parity), ``conv_transpose`` (oneDNN's transposed convolution) and
+  ``gemm_overlap_add`` (one GEMM to per-tap columns, then the C++ core's overlap-add);
 * self-attention: ``matmul`` (the reference's two matmuls and softmax), ``sdpa``
   (``F.scaled_dot_product_attention``, torch's fused flash-attention CPU kernel) and ``fused_cpu``
   (the C++ core's one-pass attention over small maps, :mod:`.cpu_kernels`);
@@ -56,7 +57,8 @@ from ..models.rissole import RissoleModel
 from ..models.unet import BlockUNet
 from ..tolerances import excess
 from .base import PerStepBackend
-from .cpu_kernels import fused_group_norm, pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights
+from .cpu_kernels import (conv_transpose_columns, fused_group_norm, gemm_conv_transpose2d, gemm_conv_transpose_applies,
+                          pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights)
 from .torch_backend import (PreparedConv, SubPixelConvTranspose, packs_for_onednn, precision_dtype, _pair)
 
 __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]
@@ -219,6 +221,19 @@ class _WinogradConv(nn.Module):
         return winograd_conv3x3(x, self.u, self.bias)
 
 
+class _GemmConvTranspose(nn.Module):
+    """A transposed convolution as one GEMM to per-tap columns and the C++ core's overlap-add."""
+
+    def __init__(self, conv: nn.ConvTranspose2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        self.register_buffer("columns", conv_transpose_columns(conv.weight, dtype))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gemm_conv_transpose2d(x, self.columns, self.bias, self.kernel, self.stride, self.padding)
+
+
 class _FusedNormResBlock(nn.Module):
     """:class:`UNetResBlock` (eval) with each GroupNorm + SiLU + add as one C++ pass; same convolutions."""
 
@@ -254,8 +269,10 @@ def _conv_candidates(conv: nn.Module, dtype: torch.dtype, packed_ok: bool) -> di
     if SubPixelConvTranspose.applies(conv):
         out = {"subpixel_conv2d": SubPixelConvTranspose(conv, dtype, packed=False),
                "conv_transpose": PreparedConv(conv, dtype, packed=packed_ok), "dense_map": _DenseMapConv(conv, dtype)}
-        if packed_ok:
+        if packed_ok:  # (packed_ok: CPU, where the C++ overlap-add runs)
             out["subpixel_packed"] = SubPixelConvTranspose(conv, dtype, packed=True)
+            if gemm_conv_transpose_applies(conv):
+                out["gemm_overlap_add"] = _GemmConvTranspose(conv, dtype)
         return out
     out = {"conv2d": PreparedConv(conv, dtype, packed=False)}
     if packed_ok:
