@@ -183,6 +183,8 @@ def test_options_are_validated():
         BenchOptions(preset="tiny", timing_steps=0).validate()
     with pytest.raises(ValueError, match="precision"):
         BenchOptions(preset="tiny", precisions=("fp16",)).validate()
+    with pytest.raises(ValueError, match="warm_calls"):
+        BenchOptions(preset="tiny", warm_calls=-1).validate()
 
 
 def test_goals_say_by_how_much_they_are_missed():
@@ -223,6 +225,7 @@ def test_bench_cli_writes_a_complete_report(tmp_path, capsys):
     assert isinstance(hw["onednn_bf16_native"], bool)
     assert report["versions"]["torch"] == torch.__version__
     assert report["setup"]["threads"] == 1 and report["setup"]["rows_per_call"] == 4
+    assert report["setup"]["warm_calls"] == 1  # the default: each timed call follows an untimed one
     assert report["model"]["flops"]["denoiser_per_row"] > 0
     for precision in ("fp32", "bf16"):
         peak = report["peak"][precision]

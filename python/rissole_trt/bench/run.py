@@ -14,7 +14,12 @@ Vocabulary:
 
 Variants are warmed up one by one, then timed step by step in turn (round-robin), so that the
 machine's load changing during the run hits all of them alike: ratios between variants are what
-this benchmark measures best on a shared machine.
+this benchmark measures best on a shared machine. In its turn a backend's step first makes
+``warm_calls`` untimed denoiser calls on the same input: in a sampling loop a call follows a call of
+the same network, with its weights in cache, whereas round-robin alone would time every call right
+after another variant's (cold caches cost most the variants with the largest weights, e.g. Winograd's
+transformed ones). ``warm_calls=0`` times the cold calls. The reference baseline runs its block
+positions' calls back to back already.
 
 Budget: a variant in a precision the hardware emulates (bf16 on a CPU without bf16 arithmetic), or
 whose calls are too slow for ``budget_s`` to fit three of them, is timed on one image's block rows and
@@ -87,6 +92,7 @@ class BenchOptions:
     profile: bool = False
     peak_time: float = 1.0
     peers: bool = False  # add the peers a user would pick instead (PEERS), interleaved with the rest
+    warm_calls: int = 1  # untimed calls before each timed one in a variant's turn (module docstring)
     engine: str | None = None  # a built engine directory, timed beside the backends
 
     def validate(self) -> None:
@@ -100,6 +106,8 @@ class BenchOptions:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.psnr_images < 0:
             raise InvalidArgumentError(f"psnr_images must be >= 0, got {self.psnr_images}")
+        if isinstance(self.warm_calls, bool) or not isinstance(self.warm_calls, int) or self.warm_calls < 0:
+            raise InvalidArgumentError(f"warm_calls must be an integer >= 0, got {self.warm_calls!r}")
         if self.threads is not None and self.threads < 1:
             raise InvalidArgumentError(f"threads must be a positive integer, got {self.threads}")
         if not self.budget_s > 0 or not self.peak_time > 0:
@@ -288,7 +296,7 @@ class _Bench:
             log(f"  {v.name}: {runner.rows} rows per call, warm-up {runner.warm_s:.2f} s per step"
                 + (f" (timed on one image and scaled x{v.rows_per_call // runner.rows}: {v.precision} is emulated "
                    f"here or a full call would take ~{runner.predicted_s:.0f} s at peak)" if runner.scaled else ""))
-        per_round = sum(r.warm_s for r in runners)
+        per_round = sum(r.warm_s * (1 if r.variant.kind == "reference" else 1 + o.warm_calls) for r in runners)
         n = max(2, min(o.timing_steps, int(o.budget_s * len(runners) // max(per_round, 1e-9))))
         log(f"timing {n} steps of each variant, interleaved" +
             (f" (budget-limited from {o.timing_steps})" if n < o.timing_steps else ""))
@@ -447,8 +455,11 @@ class _Runner:
             for chain in self.chains:
                 chain.step(self.timesteps[i], self.noise, timer)
             return
+        t = self.sampler.timesteps[i]
+        for _ in range(b.o.warm_calls):  # untimed: the weights into cache, as in a sampling loop
+            self.eps_fn(self.x, t)
         with timer("denoiser"):
-            eps = self.eps_fn(self.x, self.sampler.timesteps[i])
+            eps = self.eps_fn(self.x, t)
         with timer("step"):
             noise = draw_noise(self.shape, self.gens, device=b.device) if self.sampler.needs_noise(i) else None
             self.x = self.sampler.step(i, self.x, eps, noise)
@@ -617,6 +628,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] | None = None) -
             "threads_probe_s": bench.threads_probe,
             "interop_threads": torch.get_num_interop_threads(), "images": bench.B, "block_positions": bench.P,
             "rows_per_call": bench.B * bench.P, "n_steps": bench.T, "timing_steps": options.timing_steps,
+            "warm_calls": options.warm_calls,
             "database_entries": bench.db_entries, "database": options.db or "synthetic (random codes)",
             "setup_s": bench.setup_s,
         },

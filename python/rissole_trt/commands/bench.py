@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-steps", type=int, default=20,
                    help="sampler steps timed per backend; per-step costs are extrapolated to all steps (default 20)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the per-batch phases (default 3)")
+    p.add_argument("--warm-calls", type=int, default=1, metavar="N",
+                   help="untimed denoiser calls before each timed one in a backend's turn of the round-robin, "
+                        "so that it is timed with its weights in cache as in a sampling loop (0: cold; default 1)")
     p.add_argument("--budget", type=float, default=90.0, metavar="SECONDS",
                    help="time budget per backend: fewer timed steps, or one image's rows scaled up, when a "
                         "backend is too slow to fit (default 90)")
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         preset=None if args.model else (args.preset or "celeba64"), model=args.model, db=args.db,
         baseline=None if args.baseline == "none" else args.baseline, backends=tuple(args.backend),
         precisions=tuple(args.precision), samplers=tuple(args.sampler), images=args.images,
-        timing_steps=args.timing_steps, repeats=args.repeats, budget_s=args.budget, threads=args.threads,
+        timing_steps=args.timing_steps, repeats=args.repeats, warm_calls=args.warm_calls,
+        budget_s=args.budget, threads=args.threads,
         device=args.device, db_size=args.db_size, psnr_images=args.psnr_images, seed=args.seed,
         profile=args.profile, peers=args.peers, engine=args.engine)
     report = run_bench(options)
