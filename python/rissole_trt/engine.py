@@ -35,6 +35,7 @@ from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 from .runtime import registry
+from .runtime.loop_graph import LOOP_SAMPLERS
 
 #: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``).
 PRECISIONS = ("fp32", "bf16")
@@ -358,19 +359,29 @@ class Engine:
         return [torch.Generator(device=device).manual_seed(_image_seed(seed, i, 0))
                 for i in range(first, first + count)]
 
+    @staticmethod
+    def _check_finite(values: torch.Tensor, first: int, where: str) -> None:
+        """Stop with :class:`NonFiniteError` when ``values`` (dim 0: the batch's images) hold NaN or inf."""
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = (~torch.isfinite(values)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise NonFiniteError(
+            f"the denoiser returned NaN or infinite values {where} for images "
+            f"{[first + i for i in bad][:8]}: the model's weights are "
+            "broken (a NaN or infinity in them, or a corrupt file loaded with verify=False)")
+
     def _checked(self, denoiser, first: int, count: int):
         """``denoiser`` that stops with :class:`NonFiniteError` as soon as ε is NaN or infinite."""
         def eps_fn(x_t: torch.Tensor, t) -> torch.Tensor:
             eps = denoiser(x_t, t)
-            if not bool(torch.isfinite(eps).all()):
-                bad = (~torch.isfinite(eps)).flatten(1).any(1).nonzero().flatten().tolist()
-                step = t.tolist() if isinstance(t, torch.Tensor) else t
-                raise NonFiniteError(
-                    f"the denoiser returned NaN or infinite values at timestep {step} for images "
-                    f"{[first + i for i in bad][:8]}: the model's weights are "
-                    "broken (a NaN or infinity in them, or a corrupt file loaded with verify=False)")
+            self._check_finite(eps, first, f"at timestep {t.tolist() if isinstance(t, torch.Tensor) else t}")
             return eps
         return eps_fn
+
+    def _loop_sampler(self, sampler, rows: int):
+        """The runtime's whole-loop sampler for ``rows`` rows (CUDA graphs), or None to step in Python."""
+        getter = getattr(self.runtime, "loop_sampler", None)
+        return None if getter is None or sampler.name not in LOOP_SAMPLERS else getter(rows)
 
     @torch.no_grad()
     def _run_batch(self, plan: GenerationPlan, first: int, count: int, on_step: Callable[[], None] | None) -> np.ndarray:
@@ -386,17 +397,28 @@ class Engine:
                 denoiser = self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device))
             else:
                 denoiser = self._denoiser(cond)
-        denoiser = self._checked(denoiser, first, count)
+        clip = None
         if plan.clip == "codebook":
             codebook = self.model.autoencoder.codebook.detach() * config.diffusion.latent_scale
             shape = (1, 1, -1, 1, 1)  # [B, P, C, bs, bs]
-            denoiser = clip_x0(denoiser, self.model.schedule, codebook.min(0).values.view(shape),
-                               codebook.max(0).values.view(shape))
+            clip = (codebook.min(0).values.view(shape), codebook.max(0).values.view(shape))
         generators = self.image_generators(plan.seed, first, count, self.device)
-        blocks = sample(denoiser, (count, p, c, bs, bs), self.model.schedule, plan.sampler, plan.steps, eta=plan.eta,
-                        generator=generators, device=self.device,
-                        fused_step=getattr(self.runtime, "fused_sampler_step", False),
-                        progress=None if on_step is None else lambda done, total: on_step())
+        sampler = make_sampler(plan.sampler, self.model.schedule, plan.steps, eta=plan.eta)
+        shape = (count, p, c, bs, bs)
+        whole_loop = self._loop_sampler(sampler, count * p)
+        if whole_loop is not None:  # the whole loop replayed from one CUDA graph: no Python per step
+            blocks = whole_loop(denoiser, sampler, shape, generators, clip=clip)
+            self._check_finite(blocks, first, "the sampling loop (captured whole)")
+            if on_step is not None:
+                for _ in range(sampler.num_steps):
+                    on_step()
+        else:
+            eps_fn = self._checked(denoiser, first, count)
+            if clip is not None:
+                eps_fn = clip_x0(eps_fn, self.model.schedule, *clip)
+            blocks = sample(eps_fn, shape, self.model.schedule, sampler, generator=generators, device=self.device,
+                            fused_step=getattr(self.runtime, "fused_sampler_step", False),
+                            progress=None if on_step is None else lambda done, total: on_step())
         return from_model_output(self.decode(blocks))
 
     def generate_batch(self, plan: GenerationPlan, start: int, count: int) -> np.ndarray:

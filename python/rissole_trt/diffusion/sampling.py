@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence, Union
 
 import torch
@@ -147,11 +148,13 @@ def clip_x0(eps_fn: EpsFn, schedule: NoiseSchedule, low: torch.Tensor, high: tor
 
     def clipped(x_t: torch.Tensor, t) -> torch.Tensor:
         eps = eps_fn(x_t, t)
-        a = alpha_bars.to(x_t.device, x_t.dtype)[t]
-        if isinstance(a, torch.Tensor) and a.ndim == 1:
-            a = a.view(-1, *([1] * (x_t.ndim - 1)))
-        a = torch.as_tensor(a, dtype=x_t.dtype, device=x_t.device)
-        x0 = ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(low, high)
-        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        if isinstance(t, torch.Tensor) and t.ndim == 1:  # one timestep per row
+            a = alpha_bars.to(x_t.device, x_t.dtype)[t].view(-1, *([1] * (x_t.ndim - 1)))
+            root_a, root_1ma = a.sqrt(), (1 - a).sqrt()
+        else:  # Python constants: no host-to-device copy, so the loop can be captured as a CUDA graph
+            a = schedule.alpha_bar(int(t))
+            root_a, root_1ma = math.sqrt(a), math.sqrt(1 - a)
+        x0 = ((x_t - root_1ma * eps) / root_a).clamp(low, high)
+        return (x_t - root_a * x0) / root_1ma
 
     return clipped

@@ -500,6 +500,11 @@ class BuiltEngine:
     def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
         return BlockDenoiser(self.model, cond, pos, forward=self.forward_hoisted)
 
+    def loop_sampler(self, rows: int):
+        """The whole-loop sampler of the candidate that runs ``rows`` rows, if it has one (cuda_graph)."""
+        owner = getattr(self._run[self.bucket_for(rows)], "__self__", None)
+        return owner.loop_sampler(rows) if hasattr(owner, "loop_sampler") else None
+
     def describe(self) -> list[str]:
         """One line per bucket: what runs it and how fast it measured against eager."""
         lines = []

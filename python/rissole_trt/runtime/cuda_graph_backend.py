@@ -3,16 +3,21 @@
 At small batches a GPU spends most of a step launching ~100 kernels; a CUDA graph replays the
 whole captured step as one launch. Inputs are copied into static buffers owned by the backend
 (a graph reads fixed addresses), the captured output is copied out. One graph per distinct input
-shape (the engine's buckets keep that set small). Written against torch's documented
-``torch.cuda.graph`` API; its tests are marked ``gpu`` and run only on a CUDA machine.
+shape (the engine's buckets keep that set small). For DDIM and DPM-Solver++ the Engine goes one
+step further through :meth:`CudaGraphBackend.loop_sampler`: the whole sampling loop as one graph
+(:mod:`rissole_trt.runtime.loop_graph`). Written against torch's documented ``torch.cuda.graph``
+API; its tests are marked ``gpu`` and run only on a CUDA machine.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from ..errors import BackendUnavailableError
-from ..models.rissole import RissoleModel
+from ..models.rissole import BlockDenoiser, RissoleModel
 from .base import PerStepBackend
+from .loop_graph import LoopGraphs, cuda_capture
 from .registry import BackendSpec
 from .torch_backend import PRECISIONS
 
@@ -57,6 +62,7 @@ class CudaGraphBackend(PerStepBackend):
             raise BackendUnavailableError("the cuda_graph backend needs the model on a CUDA device")
         self.unet = self.private_unet()
         self._graphs: dict[tuple, _Captured] = {}
+        self.loops = LoopGraphs(cuda_capture)
 
     @torch.no_grad()
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
@@ -65,6 +71,18 @@ class CudaGraphBackend(PerStepBackend):
         if key not in self._graphs:
             self._graphs[key] = _Captured(self.unet, inputs)
         return self._graphs[key](inputs).float()
+
+    def _uncaptured(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """The per-step network itself: what a whole-loop capture records (graphs do not nest)."""
+        return self.unet.forward_hoisted(*self.cast(inputs)).float()
+
+    def loop_sampler(self, rows: int):
+        """``sample(denoiser, sampler, shape, generator, clip=None)``: the whole loop from one graph."""
+        def sample(denoiser: BlockDenoiser, sampler, shape, generator, clip=None) -> torch.Tensor:
+            plain = copy.copy(denoiser)
+            plain.forward = self._uncaptured
+            return self.loops.sample(plain, sampler, shape, generator, clip=clip)
+        return sample
 
 
 SPEC = BackendSpec(
