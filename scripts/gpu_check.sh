@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for the H200 machine (torch 2.11 + CUDA 13, Triton 3.6, no internet): build the
 # extension with its CUDA kernels, run the tests that use the GPU, print the build report, run the
-# Triton kernels' tests and benchmark (JSON under $OUT).
+# Triton kernels' tests and benchmark, then eager vs CUDA graphs (per step, whole loop) vs a
+# CUDA-graph engine built here on celeba64 at 1 and 256 images (JSON and tables under $OUT).
 # Usage, from the repository root: bash scripts/gpu_check.sh   (log also lands in $OUT when set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,6 @@ export PYTHONUNBUFFERED=1
   for dtype in bf16 fp16; do
     python3 benchmarks/bench_kernels.py --dtype "$dtype" --json "${OUT:-/tmp}/bench_kernels_$dtype.json"
   done
+  echo "== eager vs CUDA graphs vs a built engine (celeba64, 1 and 256 images)"
+  python3 benchmarks/bench_gpu.py --out "${OUT:-/tmp}" --preset celeba64 --images 1 256 --samplers dpmpp_2m:20 ddim:50
 } 2>&1 | tee "$log"

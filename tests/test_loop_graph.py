@@ -124,3 +124,20 @@ def test_cuda_graph_whole_loop_images_equal_the_eager_engine(db, sampler, eta):
     assert len(engine.runtime.loops) == 1  # captured once, replayed for the second batch
     assert_close(got, eager, "images_uint8")
     assert np.array_equal(engine.generate(4, **kwargs), got)  # a replay is deterministic
+
+
+def test_the_gpu_benchmark_script_runs_and_says_what_it_skipped(tmp_path):
+    """benchmarks/bench_gpu.py (what scripts/gpu_check.sh runs) in its smoke mode: on a machine
+    without a GPU the CUDA rows are skipped with the reason and the goal is not claimed."""
+    import runpy
+    from conftest import REPO_ROOT
+
+    script = runpy.run_path(str(REPO_ROOT / "benchmarks" / "bench_gpu.py"))
+    report = script["main"](["--smoke", "--out", str(tmp_path)])
+    assert (tmp_path / "bench_gpu.json").is_file() and (tmp_path / "bench_gpu.md").is_file()
+    whats = [row["what"] for row in report["rows"]]
+    assert whats == ["per-step call", "denoising loop dpmpp_2m:3", "end to end dpmpp_2m:3"]
+    assert all(value > 0 for row in report["rows"] for value in row.get("ms", row.get("images/s")).values())
+    if not torch.cuda.is_available():
+        assert set(report["skipped"]) == {"cuda_graph", "tensorrt", "engine"}
+        assert report["goal_batch1"].startswith("not measured")
