@@ -116,4 +116,7 @@ def test_cli_trains_generates_and_evaluates_without_retrieval(tmp_path):
     assert report["seam_ratio"]["real"] == pytest.approx(block_seam_ratio(images, 2))
     assert 0.0 <= report["memorisation"]["rate"] <= 1.0
     assert report["swd"]["mean"] > 0 and report["swd_training_images"]["mean"] >= 0
+    # The autoencoder's floor: the same training images decoded by the model's autoencoder.
+    floor = report["autoencoder_floor"]
+    assert floor["swd"]["mean"] > 0 and floor["domain_fid"] >= 0 and floor["seam_ratio"] > 0
     assert (tmp_path / "eval" / "report.png").stat().st_size > 0

@@ -73,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
     report["settings"].update({"model": args.model or "built-in", "db": args.db or ("built-in" if engine.database is not None else None)})
     json_path, grid = write_report(report, generated, args.output)
     print(json.dumps({k: report[k] for k in ("seam_ratio", "swd", "domain_fid", "autoencoder_psnr_db")
-                      + (("memorisation",) if training is not None else ())}, indent=1))
+                      + (("memorisation", "autoencoder_floor") if training is not None else ())}, indent=1))
     print(f"wrote {json_path} and {grid}")
     return 0
