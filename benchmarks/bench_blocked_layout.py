@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch.utils import mkldnn
 
 from rissole_trt.bench.hardware import machine_info
+from rissole_trt.bench.timing import interleaved_medians
 
 SHAPES = ((48, 8), (96, 4), (256, 8), (512, 4))  # (channels, map size): tiny and celeba64 levels
 
@@ -44,16 +43,9 @@ def main(argv=None) -> list[dict]:
             variants = {"channels_last": lambda: conv(x), "blocked": lambda: blocked(xb),
                         "blocked + reorders": lambda: blocked(x.to_mkldnn()).to_dense()}
             torch.testing.assert_close(variants["blocked + reorders"](), variants["channels_last"](), atol=1e-4, rtol=1e-4)
-            samples = {name: [] for name in variants}
-            for fn in variants.values():
-                fn()
-            for _ in range(args.repeats):
-                for name, fn in variants.items():
-                    start = time.perf_counter()
-                    fn()
-                    samples[name].append(time.perf_counter() - start)
+            medians = interleaved_medians(variants, args.repeats)
             row = {"channels": channels, "size": size, "rows": args.rows,
-                   "ms": {name: statistics.median(v) * 1e3 for name, v in samples.items()}}
+                   "ms": {name: seconds * 1e3 for name, seconds in medians.items()}}
             results.append(row)
             print(f"{channels:>4} ch {size}x{size}, {args.rows} rows: "
                   + ", ".join(f"{name} {ms:.3f} ms" for name, ms in row["ms"].items()))

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rissole_trt.bench.hardware import machine_info
+from rissole_trt.bench.timing import interleaved_medians
 from rissole_trt.builder import build_database
 from rissole_trt.diffusion import make_sampler, sample
 from rissole_trt.engine import Engine
@@ -38,26 +37,6 @@ from rissole_trt.runtime.built_engine import build_engine, _bucket_inputs
 from rissole_trt.runtime.loop_graph import LOOP_SAMPLERS
 
 GOAL_BATCH1_SPEEDUP = 5.0  # issue #11: the CUDA-graph engine >= 5x eager images/s at batch 1
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _interleaved(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each fn, one call of each in turn per repeat (after a warm-up each)."""
-    samples = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _backend(name: str, model, device: torch.device):
@@ -118,7 +97,7 @@ def main(argv=None) -> dict:
                     with FlopCounterMode(display=False) as counter:
                         model.unet.forward_hoisted(*inputs)
                     flops_per_row = counter.get_total_flops() / rows
-                times = _interleaved(step, args.repeats, device)
+                times = interleaved_medians(step, args.repeats, device)
                 report["rows"].append({"what": "per-step call", "images": n_images, "rows": rows,
                                        "ms": {k: v * 1e3 for k, v in times.items()},
                                        "GFLOP/s": {k: flops_per_row * rows / v / 1e9 for k, v in times.items()}})
@@ -138,7 +117,7 @@ def main(argv=None) -> dict:
                         if name in LOOP_SAMPLERS:
                             whole = graph.loop_sampler(rows)
                             loop["cuda_graph whole loop"] = lambda: whole(graph.denoiser(cond), sampler, shape, gens())
-                    times = _interleaved(loop, args.repeats, device)
+                    times = interleaved_medians(loop, args.repeats, device)
                     report["rows"].append({"what": f"denoising loop {spec}", "images": n_images, "rows": rows,
                                            "ms": {k: v * 1e3 for k, v in times.items()}})
 
@@ -149,7 +128,7 @@ def main(argv=None) -> dict:
                         engines["built engine"] = Engine(model, db, device=device, engine=engine_dir)
                     run = {k: (lambda e=e: e.generate(n_images, sampler=name, steps=int(steps), batch_size=n_images,
                                                       progress=False)) for k, e in engines.items()}
-                    times = _interleaved(run, args.repeats, device)
+                    times = interleaved_medians(run, args.repeats, device)
                     report["rows"].append({"what": f"end to end {spec}", "images": n_images, "rows": rows,
                                            "images/s": {k: n_images / v for k, v in times.items()}})
     report["flops_per_row"] = flops_per_row

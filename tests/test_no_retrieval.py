@@ -99,7 +99,7 @@ def test_engine_needs_no_database_and_refuses_retrieval_arguments(models, tmp_pa
 
 def test_cli_trains_generates_and_evaluates_without_retrieval(tmp_path):
     images = smooth_images(8, size=32)
-    npz = cli_train_tiny(images, tmp_path, 1, "--retrieval", "none")
+    npz = cli_train_tiny(images, tmp_path, 1, "--retrieval", "none", "--channels-last")
     model_dir = tmp_path / "run" / "model"
     assert RissoleModel.load(model_dir).config.unet.conditioning == "none"
     grid = tmp_path / "grid.png"

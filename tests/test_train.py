@@ -125,3 +125,19 @@ def test_cli_trains_both_stages_and_writes_a_loadable_model(images, tmp_path):
     # Asking for more neighbours than the training set has (minus the image itself) is refused.
     assert cli.main(["train", *common, "--steps", "2", "--autoencoder", str(tmp_path / "ae"), "--channels", "16", "32",
                      "--k", "10", "-o", str(tmp_path / "run2")]) == 2
+
+
+def test_channels_last_training_resumes_exactly_and_the_layout_may_change_on_resume(images, tmp_path):
+    def run(steps: int, directory, channels_last: bool) -> dict:
+        torch.manual_seed(123)
+        cfg = DenoiserTrainConfig(steps=steps, batch_size=3, checkpoint_every=100, channels_last=channels_last)
+        unet = train_denoiser(images, RissoleModel(MODEL), cfg, directory, progress=False).unet
+        assert all(p.is_contiguous() for p in unet.parameters())  # handed back in the default layout
+        return _state(unet)
+
+    once = run(4, tmp_path / "once", True)
+    run(2, tmp_path / "twice", True)
+    _assert_bitwise_equal(once, run(4, tmp_path / "twice", True))
+    run(2, tmp_path / "switched", False)  # a contiguous checkpoint continues in channels-last
+    switched = run(4, tmp_path / "switched", True)
+    assert all(torch.isfinite(v).all() for v in switched.values())

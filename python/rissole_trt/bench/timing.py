@@ -12,7 +12,8 @@ from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["Timer", "median", "quartiles", "time_calls", "reset_peak_memory", "peak_memory_mib"]
+__all__ = ["Timer", "median", "quartiles", "time_calls", "interleaved_medians", "reset_peak_memory",
+           "peak_memory_mib"]
 
 
 class Timer:
@@ -72,6 +73,21 @@ def time_calls(fn: Callable[[], object], *, min_time: float, min_reps: int = 3, 
         with timer("call"):
             fn()
     return timer.samples["call"]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int,
+                        device: torch.device | str = "cpu", warmups: int = 1) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, called in turn repeat by repeat (after ``warmups``
+    untimed calls each), so that a change in machine load hits every variant alike."""
+    timer = Timer(device)
+    for fn in fns.values():
+        for _ in range(warmups):
+            fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            with timer(name):
+                fn()
+    return {name: timer.median(name) for name in fns}
 
 
 def reset_peak_memory(device: torch.device | str = "cpu") -> bool:

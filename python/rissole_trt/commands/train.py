@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", choices=("first-block", "whole-latent"), default="first-block",
                    help="retrieval key (default first-block, the reference)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in the channels-last memory layout (faster on some CPUs: "
+                        "benchmarks/bench_training_layout.py tells); may change on resume")
     p.add_argument("--latent-scale", type=float, default=1.0,
                    help="diffuse latent_scale x the latent (LDM's scale factor; default 1.0, the reference's)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="run folder: checkpoints and the result; rerun to resume")
@@ -140,7 +143,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
     model.autoencoder.load_state_dict(autoencoder.state_dict())
     train = DenoiserTrainConfig(steps=args.steps, retrieval=args.retrieval, key_kind=args.key,
                                 checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, seed=args.seed,
-                                precision=args.precision,
+                                precision=args.precision, channels_last=args.channels_last,
                                 **_overrides(args, ("batch_size", "lr")))
     out = Path(args.output)
     train_denoiser(images, model, train, out / "checkpoints", max_minutes=args.max_minutes,

@@ -20,8 +20,9 @@ from ..errors import InvalidArgumentError, TrainingDiverged
 from ..atomic import atomic_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: Training settings a resume may change: the budget, the checkpoint interval and the precision.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "precision")
+#: Training settings a resume may change: the budget, the checkpoint interval, the precision and the
+#: memory layout (the last two change only the rounding).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "precision", "channels_last")
 
 #: Training precisions: ``fp32``, ``bf16`` (autocast: matmuls and convolutions in bfloat16, weights,
 #: optimizer state and losses in float32) and ``auto`` (bf16 where the device has bf16 arithmetic).
