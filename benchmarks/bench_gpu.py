@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
                                        "ms": {k: v * 1e3 for k, v in times.items()},
                                        "GFLOP/s": {k: flops_per_row * rows / v / 1e9 for k, v in times.items()}})
 
-                ids = db.index("flat").search(db.keys[:n_images], config.unet.k)[1]
+                ids = db.index("auto", device=str(device)).search(db.keys[:n_images], config.unet.k)[1]
                 cond = db.neighbour_blocks(np.asarray(ids), device=device)
                 shape = (n_images, P, config.autoencoder.latent_dim, config.block_size, config.block_size)
                 for spec in args.samplers:

@@ -13,6 +13,7 @@ from rissole_trt.retrieval import (
     CuvsCagraIndex,
     FlatIPIndex,
     HNSWIndex,
+    TorchIndex,
     make_index,
     resolve_index_kind,
 )
@@ -267,13 +268,42 @@ def test_auto_on_cuda_picks_cuvs_brute_force_then_cagra_from_100k(monkeypatch: p
     assert resolve_index_kind("flat", 100_000, "cuda") == "flat"  # an explicit kind is kept
 
 
-def test_auto_on_cuda_without_cuvs_falls_back_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_on_cuda_without_cuvs_uses_torch_on_the_device_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     if _cuvs_unusable_reason() is None:
         pytest.skip("cuVS and a GPU are available here; auto picks them")
     monkeypatch.setattr(index_mod, "_AUTO_GPU_WARNED", False)
-    keys = unit_rows(np.random.default_rng(5), 50, 8)
-    with pytest.warns(UserWarning, match="falls back to FAISS"):
-        assert isinstance(make_index("auto", keys, device="cuda"), FlatIPIndex)
+    with pytest.warns(UserWarning, match="torch's exact search on cuda instead of cuVS"):
+        assert resolve_index_kind("auto", 200_000, "cuda") == "torch"  # exact at every size
+    assert resolve_index_kind("auto", 50, "cpu") == "flat"
+
+
+# --------------------------------------------------------------------------- torch (any device)
+
+
+@pytest.mark.parametrize("chunk_rows", [65536, 128])  # one chunk, and a merge over five
+def test_torch_index_is_exact_with_ties_and_exclusions(keys_with_ties: np.ndarray, monkeypatch, chunk_rows) -> None:
+    monkeypatch.setattr(TorchIndex, "chunk_rows", chunk_rows)
+    rng = np.random.default_rng(14)
+    q = np.concatenate([unit_rows(rng, 30, 32), keys_with_ties[[1, 505]]])
+    index = make_index("torch", keys_with_ties, device="cpu")
+    assert isinstance(index, TorchIndex) and index.exact
+    full = exact_scores(keys_with_ties, q)
+    scores, ids = index.search(q, 10)
+    assert_knn_matches(full, scores, ids, 10)
+    ex = np.array([-1] * 30 + [1, 505], dtype=np.int64)
+    scores, ids = index.search(q, 10, exclude=ex)
+    assert_knn_matches(full, scores, ids, 10, exclude=ex)
+    scores, ids = index.search(q[:3], len(keys_with_ties))  # k = N: every key, in order
+    assert_knn_matches(full[:3], scores, ids, len(keys_with_ties))
+    with pytest.raises(ValueError, match="larger than the database"):
+        index.search(q, len(keys_with_ties) + 1)
+
+
+@pytest.mark.gpu
+def test_torch_index_on_a_gpu_matches_the_cpu(keys_with_ties: np.ndarray) -> None:
+    q = unit_rows(np.random.default_rng(15), 40, 32)
+    scores, ids = make_index("torch", keys_with_ties, device="cuda").search(q, 10)
+    assert_knn_matches(exact_scores(keys_with_ties, q), scores, ids, 10)
 
 
 # --------------------------------------------------------------------------- HNSW

@@ -157,7 +157,7 @@ class Engine:
             arithmetic; a warning says when it is emulated); with ``engine``, the engine's.
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`); ``"auto"`` on
             a CUDA device searches with cuVS (brute force, CAGRA from 100k entries) when it is
-            installed, and otherwise warns and uses FAISS on the CPU.
+            installed, and otherwise warns and searches exactly with torch on the device.
         engine: a directory made by ``rissole-trt build-engine`` for this model: its per-bucket
             choices run the denoiser (checked against the model and this machine when loaded).
     """

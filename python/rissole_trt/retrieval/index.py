@@ -16,6 +16,9 @@ Implementations:
 - :class:`HNSWIndex` — approximate, ``faiss.IndexHNSWFlat`` (inner product), for large databases.
 - :class:`CuvsBruteForceIndex`, :class:`CuvsCagraIndex` — exact / approximate on an NVIDIA GPU
   through cuVS, imported only when asked for.
+- :class:`TorchIndex` — exact, a GEMM and a top-k per chunk of keys with torch on the keys' device:
+  GPU search where cuVS is not installed (and FAISS may not be either), without a copy of the
+  queries to the host and back.
 
 Persistence: flat and cuVS indexes are rebuilt from the keys (flat needs no build; the GPU builds are
 quick). HNSW indexes can be written with :meth:`HNSWIndex.save` (atomic) and read back with
@@ -45,13 +48,14 @@ __all__ = [
     "HNSWIndex",
     "CuvsBruteForceIndex",
     "CuvsCagraIndex",
+    "TorchIndex",
     "make_index",
     "resolve_index_kind",
     "check_keys",
     "normalize_queries",
 ]
 
-INDEX_KINDS = ("auto", "flat", "hnsw", "cuvs", "cagra")
+INDEX_KINDS = ("auto", "flat", "hnsw", "cuvs", "cagra", "torch")
 
 # "auto" switches from exact to approximate search at this many keys. Exact search over 1M 640-d keys
 # answers ~18 queries/s in batches of 256 on two (busy) CPU cores (benchmarks/bench_retrieval.py):
@@ -399,15 +403,15 @@ def _cuvs_modules() -> tuple[Any, Any]:
     return torch, neighbors
 
 
-class _CuvsIndex(SearchIndex):
-    """Shared GPU plumbing: keys live on the GPU as a torch tensor (CUDA array interface for cuVS)."""
+class _DeviceIndex(SearchIndex):
+    """Keys held on a torch device (uploaded in chunks), and exact rescoring there."""
 
-    def __init__(self, keys: np.ndarray, device: Any = "cuda") -> None:
+    def __init__(self, keys: np.ndarray, device: Any) -> None:
         super().__init__(keys)
-        self._torch, self._neighbors = _cuvs_modules()
-        self._device = self._torch.device(device)
-        if self._device.type != "cuda":
-            raise InvalidArgumentError(f"cuVS indexes run on a CUDA device, got {self._device}")
+        import torch
+
+        self._torch = torch
+        self._device = torch.device(device)
         # Upload in chunks: no host-side copy of a (memory-mapped, read-only) key file.
         self._gpu_keys = self._torch.empty(self._keys.shape, dtype=self._torch.float32, device=self._device)
         for start in range(0, self.count, _CHECK_ROWS):
@@ -430,6 +434,18 @@ class _CuvsIndex(SearchIndex):
         scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
         ids = torch.gather(ids, 1, order)
         return scores.cpu().numpy().astype(np.float32), ids.cpu().numpy()
+
+
+class _CuvsIndex(_DeviceIndex):
+    """Shared cuVS plumbing: keys on the GPU as a torch tensor (CUDA array interface for cuVS)."""
+
+    def __init__(self, keys: np.ndarray, device: Any = "cuda") -> None:
+        _, self._neighbors = _cuvs_modules()
+        import torch
+
+        if torch.device(device).type != "cuda":
+            raise InvalidArgumentError(f"cuVS indexes run on a CUDA device, got {device}")
+        super().__init__(keys, device)
 
 
 class CuvsBruteForceIndex(_CuvsIndex):
@@ -488,6 +504,33 @@ class CuvsCagraIndex(_CuvsIndex):
             return self._rescore(queries, neighbours)
 
 
+class TorchIndex(_DeviceIndex):
+    """Exact inner-product search with torch on the keys' device: per chunk of keys one GEMM with
+    the queries and a top-k, merged across chunks (scratch: queries x chunk scores)."""
+
+    kind = "torch"
+    exact = True
+    chunk_rows = 65536
+
+    def __init__(self, keys: np.ndarray, device: Any = "cpu") -> None:
+        super().__init__(keys, device)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        q = torch.from_numpy(queries).to(self._device)
+        best_scores = q.new_empty((len(q), 0))
+        best_ids = torch.empty((len(q), 0), dtype=torch.int64, device=self._device)
+        for start in range(0, self.count, self.chunk_rows):
+            scores = q @ self._gpu_keys[start:start + self.chunk_rows].T
+            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            best_scores = torch.cat([best_scores, top.values], dim=1)
+            best_ids = torch.cat([best_ids, top.indices + start], dim=1)
+            if best_scores.shape[1] > k:
+                best_scores, order = best_scores.topk(k, dim=1)
+                best_ids = torch.gather(best_ids, 1, order)
+        return self._rescore(queries, best_ids)
+
+
 # --------------------------------------------------------------------------- factory
 
 _AUTO_GPU_WARNED = False
@@ -497,8 +540,9 @@ def resolve_index_kind(kind: str, count: int, device: str = "cpu") -> str:
     """The concrete kind ``make_index`` builds for ``kind`` over ``count`` keys on ``device``.
 
     ``"auto"``: on a CUDA ``device``, cuVS when it can run there (exact below
-    :data:`AUTO_CAGRA_MIN_COUNT` keys, CAGRA from there), otherwise (warning once) FAISS on the CPU;
-    there, exact below :data:`AUTO_HNSW_MIN_COUNT` keys and HNSW from there.
+    :data:`AUTO_CAGRA_MIN_COUNT` keys, CAGRA from there), otherwise (warning once, naming why) the
+    exact torch search on that device; on the CPU FAISS, exact below :data:`AUTO_HNSW_MIN_COUNT`
+    keys and HNSW from there.
     """
     global _AUTO_GPU_WARNED
     if kind not in INDEX_KINDS:
@@ -511,8 +555,9 @@ def resolve_index_kind(kind: str, count: int, device: str = "cpu") -> str:
             return "cagra" if count >= AUTO_CAGRA_MIN_COUNT else "cuvs"
         except RissoleError as e:
             if not _AUTO_GPU_WARNED:
-                warnings.warn(f"retrieval falls back to FAISS on the CPU: {e}", stacklevel=3)
+                warnings.warn(f"retrieval uses torch's exact search on {device} instead of cuVS: {e}", stacklevel=3)
                 _AUTO_GPU_WARNED = True
+            return "torch"
     return "hnsw" if count >= AUTO_HNSW_MIN_COUNT else "flat"
 
 
@@ -522,7 +567,7 @@ def make_index(
     """Build a search index over ``keys`` (float32 ``[N, D]``, L2-normalised).
 
     ``kind``: ``"flat"`` (exact, CPU), ``"hnsw"`` (approximate, CPU), ``"cuvs"`` (exact, GPU),
-    ``"cagra"`` (approximate, GPU) or ``"auto"`` (see :func:`resolve_index_kind`). ``params`` go to
+    ``"cagra"`` (approximate, GPU), ``"torch"`` (exact, torch on ``device``) or ``"auto"`` (see :func:`resolve_index_kind`). ``params`` go to
     the index class (e.g. ``m``, ``ef_construction``, ``ef_search`` for HNSW). An explicitly requested
     GPU kind that cannot run raises RissoleError with the reason.
     """
@@ -533,6 +578,8 @@ def make_index(
         return FlatIPIndex(keys, **params)
     if kind == "hnsw":
         return HNSWIndex(keys, **params)
+    if kind == "torch":
+        return TorchIndex(keys, device=device, **params)
     gpu_device = device if str(device).startswith("cuda") else "cuda"
     if kind == "cuvs":
         return CuvsBruteForceIndex(keys, device=gpu_device, **params)
