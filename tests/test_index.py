@@ -299,6 +299,14 @@ def test_torch_index_is_exact_with_ties_and_exclusions(keys_with_ties: np.ndarra
         index.search(q, len(keys_with_ties) + 1)
 
 
+def test_torch_index_refuses_a_device_it_cannot_use(keys_with_ties: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        make_index("torch", keys_with_ties, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RissoleError, match="needs a CUDA device, but torch sees none"):
+            make_index("torch", keys_with_ties, device="cuda")
+
+
 @pytest.mark.gpu
 def test_torch_index_on_a_gpu_matches_the_cpu(keys_with_ties: np.ndarray) -> None:
     q = unit_rows(np.random.default_rng(15), 40, 32)

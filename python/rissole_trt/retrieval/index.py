@@ -513,6 +513,14 @@ class TorchIndex(_DeviceIndex):
     chunk_rows = 65536
 
     def __init__(self, keys: np.ndarray, device: Any = "cpu") -> None:
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError) as e:
+            raise InvalidArgumentError(f"the torch index got an unknown device {device!r}: {e}") from e
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise RissoleError(f"the torch index on {device} needs a CUDA device, but torch sees none")
         super().__init__(keys, device)
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
