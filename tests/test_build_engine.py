@@ -68,6 +68,26 @@ def test_manifest_records_the_model_the_machine_and_every_candidate(built, model
     assert (path / "tactics.json").is_file() and sum(manifest["tactics"]["wins"].values()) > 0
 
 
+def test_the_manifest_says_what_each_layer_chose_and_why(built):
+    path, manifest = built
+    table = TacticTable.from_dict(json.loads((path / "tactics.json").read_text()))
+    decisions = manifest["tactics"]["layers"]
+    assert set(decisions) == set(table.layers)
+    for layer, per_rows in decisions.items():
+        assert set(per_rows) == {"4", "8"}  # both buckets' rows
+        for rows, decision in per_rows.items():
+            timed = table.layers[layer][rows]["candidates"]
+            assert decision["chosen"] == table.choice(layer, int(rows)) and decision["ms"] == timed[decision["chosen"]]["ms"]
+            others = [c for c, r in timed.items() if r["excess"] <= 1.0 and c != decision["chosen"]]
+            if others:  # the runner-up is the next fastest within tolerance, never faster than the choice
+                assert decision["runner_up"] == min(others, key=lambda c: timed[c]["ms"])
+                assert decision["runner_up_ms"] >= decision["ms"]
+            else:
+                assert decision["runner_up"] is None
+            assert all(timed[c]["excess"] > 1.0 and timed[c]["ms"] < decision["ms"]
+                       for c in decision["faster_outside_tolerance"])
+
+
 def test_engine_images_equal_the_eager_engine_within_one_grey_level(built, model, db):
     path, _ = built
     kwargs = dict(n=3, seed=4, sampler="ddim", steps=5, batch_size=3, progress=False)  # 3: padded / split
@@ -121,6 +141,79 @@ def test_another_cpu_warns_and_another_format_is_refused(built, model, tmp_path)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineMismatchError, match="format 99"):
         load_engine(copy, model)
+
+
+def _manifest_on(device: dict, chosen: str = "tuned", **versions) -> dict:
+    base = {"torch": "2.13.0", "onednn": "3.7", "cuda": "13.0", "tensorrt": "10.13", "onnxruntime": "1.23",
+            "openvino": "2025.3"}
+    return {"device": device, "versions": dict(base, **versions), "buckets": [{"chosen": chosen}]}
+
+
+CPU = {"type": "cpu", "cpu_model": "AMD EPYC", "isa_flags": ["avx2", "fma"], "threads": 2}
+H200 = {"type": "cuda", "name": "NVIDIA H200", "capability": "9.0", "driver": 13000}
+NOW = _manifest_on(CPU)["versions"]
+
+
+@pytest.mark.parametrize("built_on,here,versions,message", [
+    (_manifest_on(H200), CPU, NOW, "built for cuda, the model is on cpu"),
+    (_manifest_on(CPU), H200, NOW, "built for cpu, the model is on cuda"),
+    (_manifest_on(H200), dict(H200, name="NVIDIA H100 80GB HBM3"), NOW, "built on NVIDIA H200 .*rebuild it here"),
+    (_manifest_on(H200), dict(H200, capability="8.0"), NOW, r"sm 9.0\), this is .*sm 8.0"),
+    (_manifest_on(H200, "tensorrt"), H200, dict(NOW, tensorrt="10.14"), "TensorRT 10.13 plan.*TensorRT 10.14"),
+    (_manifest_on(H200, "tensorrt"), H200, dict(NOW, tensorrt=None), "TensorRT 10.13 plan.*TensorRT None"),
+])
+def test_another_device_gpu_or_tensorrt_version_is_refused_with_the_reason(built_on, here, versions, message):
+    with pytest.raises(EngineMismatchError, match=message):
+        built_engine.check_machine(built_on, here, versions)
+
+
+@pytest.mark.parametrize("built_on,here,versions,expected", [
+    (_manifest_on(CPU), CPU, NOW, []),
+    (_manifest_on(CPU), dict(CPU, threads=16), NOW, ["threads 2 -> 16"]),
+    (_manifest_on(CPU), dict(CPU, isa_flags=["avx2", "avx512f", "fma"], cpu_model="Intel Xeon"), NOW,
+     ["cpu_model AMD EPYC -> Intel Xeon", "isa_flags ['avx2', 'fma'] -> ['avx2', 'avx512f', 'fma']"]),
+    (_manifest_on(CPU), CPU, dict(NOW, torch="2.14.0", onednn="3.8"), ["torch 2.13.0 -> 2.14.0", "onednn 3.7 -> 3.8"]),
+    # the ONNX Runtime / OpenVINO versions matter only where they run a bucket
+    (_manifest_on(CPU), CPU, dict(NOW, onnxruntime="1.24", openvino=None), []),
+    (_manifest_on(CPU, "openvino"), CPU, dict(NOW, openvino="2026.0"), ["openvino 2025.3 -> 2026.0"]),
+    (_manifest_on(CPU, "onnxruntime"), CPU, dict(NOW, onnxruntime="1.24"), ["onnxruntime 1.23 -> 1.24"]),
+    # a GPU engine: TensorRT only where a bucket runs it; another driver or CUDA warns
+    (_manifest_on(H200, "cuda_graph"), H200, dict(NOW, tensorrt=None), []),
+    (_manifest_on(H200, "cuda_graph"), dict(H200, driver=13010), dict(NOW, cuda="13.1"),
+     ["driver 13000 -> 13010", "cuda 13.0 -> 13.1"]),
+])
+def test_what_differs_but_runs_is_returned_for_the_warning(built_on, here, versions, expected):
+    assert built_engine.check_machine(built_on, here, versions) == expected
+
+
+def test_loading_on_another_thread_count_or_torch_warns(built, model, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(built[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["device"]["threads"] += 3
+    manifest["versions"]["torch"] = "1.0.0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match=r"threads \d+ -> \d+; torch 1.0.0 -> .*--rebuild"):
+        engine = load_engine(copy, model)
+    inputs = _step_inputs(model, 4)
+    assert_close(engine.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "engine_fp32")
+
+
+def test_an_engine_without_the_plan_it_chose_is_refused_not_completed(model, tmp_path):
+    with pytest.raises(MissingFileError, match="lacks tensorrt/denoiser.plan.*--rebuild"):
+        built_engine._construct("tensorrt", model, "fp32", tmp_path, None, [4])
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_engine_builds_from_a_preset(tmp_path):
+    model = make_preset_model("tiny")
+    manifest = build_engine(model, tmp_path / "engine", **dict(BUILD, batch_sizes=(1,)))
+    assert manifest["model_config"] == model.config.to_dict()
+    engine = load_engine(tmp_path / "engine", model)
+    inputs = _step_inputs(model, 3 * model.config.n_blocks)  # split into calls of the one bucket
+    assert_close(engine.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "engine_fp32")
 
 
 def test_rebuild_replaces_and_a_killed_build_leaves_nothing(model, tmp_path, monkeypatch):
@@ -183,6 +276,7 @@ def test_cli_builds_describes_and_generates(model, db, tmp_path, capsys):
     assert cli.main(["info", "--engine", str(engine_dir)]) == 0
     text = capsys.readouterr().out
     assert "batch 1 (4 rows)" in text and "per-layer tactics" in text
+    assert "    in_conv: 4: " in text and "; 8: " in text  # each layer's choice per bucket
     assert cli.main(["generate", "--model", str(model_dir), "--db", str(db.path), "--engine", str(engine_dir), "-n", "2",
                      "--sampler", "ddim", "--steps", "3", "--no-progress", "-o", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").is_file()
@@ -309,7 +403,12 @@ def test_tensorrt_backend_matches_eager(model, precision, tolerance):
     gpu = RissoleModel.from_reference(**paths("ref_addpos_")).cuda().eval()
     backend = TensorRTBackend(gpu, precision, buckets=[4, 8])
     inputs = tuple(t.cuda() for t in _step_inputs(model, 8))
-    assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), tolerance)
+    first = backend.forward_hoisted(*inputs)
+    assert_close(first.cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), tolerance)
+    # one timestep per row (time_rows = rows) through the same profile; the first result is not overwritten
+    per_row = inputs[:2] + (gpu.unet.embed_time(torch.arange(8, device="cuda") * 100),) + inputs[3:]
+    assert_close(backend.forward_hoisted(*per_row).cpu(), gpu.unet.forward_hoisted(*per_row).cpu(), tolerance)
+    assert_close(first.cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), tolerance)
 
 
 # --------------------------------------------------------------------------- the bench

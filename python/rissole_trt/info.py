@@ -204,7 +204,20 @@ def format_engine(manifest: dict[str, Any]) -> str:
                 lines.append(f"      {name:<14} {'skipped: ' + result['skipped'] if 'skipped' in result else 'failed: ' + result['failed']}")
     if manifest.get("tactics"):
         wins = ", ".join(f"{name} x{count}" for name, count in manifest["tactics"]["wins"].items())
-        lines.append(f"per-layer tactics (layer x bucket wins): {wins}; table in {manifest['tactics']['file']}")
+        lines.append(f"per-layer tactics (layer x bucket wins): {wins}; every timing in {manifest['tactics']['file']}")
+        lines.append("  per layer and bucket (rows): the fastest within tolerance, and by how much it beat the runner-up")
+        for layer, per_rows in manifest["tactics"]["layers"].items():
+            lines.append(f"    {layer}: " + "; ".join(f"{rows}: {_why(d)}" for rows, d in per_rows.items()))
         splits = ", ".join(f"{rows} rows as calls of {per}" for rows, per in manifest["tactics"]["rows_per_call"].items())
         lines.append(f"rows per call of the tuned network: {splits}")
     return "\n".join(lines)
+
+
+def _why(decision: dict[str, Any]) -> str:
+    """One layer's choice at one bucket, e.g. ``winograd2 0.41 ms (1.32x packed)``."""
+    text = f"{decision['chosen']} {decision['ms']:.3g} ms"
+    if decision["runner_up"] is not None:
+        text += f" ({decision['runner_up_ms'] / decision['ms']:.2f}x {decision['runner_up']})"
+    if decision["faster_outside_tolerance"]:
+        text += f" [faster but outside tolerance: {', '.join(decision['faster_outside_tolerance'])}]"
+    return text

@@ -20,8 +20,10 @@ An engine directory holds:
 
 A build writes into a temporary directory renamed into place at the end (a killed build leaves no
 engine), and the same build run again is a cache hit. Loading refuses another model, another device
-type, another GPU or another TensorRT version with the reason; a CPU with other ISA flags, another
-thread count or another torch only warns (rebuild with ``--rebuild`` to re-tune).
+type, another GPU or another TensorRT version with the reason, and an engine that lacks a file
+it chose; another CPU model, ISA flags or thread count, or other versions of the libraries whose
+kernels it runs (torch, oneDNN, CUDA, and ONNX Runtime / OpenVINO where chosen) only warn (rebuild
+with ``--rebuild`` to re-tune): :func:`check_machine`.
 """
 from __future__ import annotations
 
@@ -46,11 +48,12 @@ from . import registry
 from .spec import step_spec
 
 __all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", "load_engine", "read_manifest",
-           "BuiltEngine", "device_fingerprint", "is_engine_dir"]
+           "BuiltEngine", "check_machine", "device_fingerprint", "is_engine_dir"]
 
 #: 2: tactic tables hold residual blocks (fused GroupNorm + SiLU) and Winograd candidates.
 #: 3: and the one-group norms as layers, and dense-map convolutions.
-FORMAT_VERSION = 3
+#: 4: the manifest gives each layer's choice per bucket and why (``tactics.layers``).
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
 ONNX_FILE = Path("onnx") / "denoiser.onnx"
@@ -132,9 +135,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 
 def _construct(name: str, model: RissoleModel, precision: str, root: Path, table=None,
-               buckets_rows: list[int] | None = None):
+               buckets_rows: list[int] | None = None, building: bool = False):
     """The per-step callable ``forward_hoisted(x, cond_feat, time_bias, pos_bias) -> eps`` (float32)
-    of candidate ``name``, built from the engine directory ``root``. The one place that builds them."""
+    of candidate ``name``, built from the engine directory ``root``. The one place that builds them;
+    ``building``: ``root`` is a build's temporary directory, where a TensorRT plan is made (a loaded
+    engine without its plan is refused, never completed outside the atomic build)."""
     if name == "tuned":
         from .tactics import TunedBackend
 
@@ -153,6 +158,9 @@ def _construct(name: str, model: RissoleModel, precision: str, root: Path, table
         from .tensorrt_backend import TensorRTBackend, build_plan
 
         if not (root / TRT_PLAN).is_file():
+            if not building:
+                raise MissingFileError(f"engine {root} chose TensorRT but lacks {TRT_PLAN}; rebuild it with "
+                                       "rissole-trt build-engine --rebuild")
             (root / TRT_PLAN).parent.mkdir(exist_ok=True)
             build_plan(root / TRT_ONNX[precision], root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows)
         return TensorRTBackend(model, precision, plan_path=root / TRT_PLAN, buckets=buckets_rows).forward_hoisted
@@ -303,7 +311,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
                 continue
             t = time.perf_counter()
             try:
-                fn = _construct(name, model, precision, tmp, table, [rows_of[b] for b in sizes])
+                fn = _construct(name, model, precision, tmp, table, [rows_of[b] for b in sizes], building=True)
             except (RissoleError, RuntimeError, ImportError) as error:  # a candidate that cannot build here
                 log(f"candidate {name}: failed to build ({error})")
                 for b in sizes:
@@ -341,7 +349,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
             log(f"batch {b}: {chosen} ({eligible[chosen]['ms']:.2f} ms per step)")
         manifest["buckets"] = buckets
         manifest["tactics"] = None if table is None else {
-            "file": TACTICS, "wins": table.summary(),
+            "file": TACTICS, "wins": table.summary(), "layers": table.decisions(),
             "rows_per_call": {rows: record["chosen"] for rows, record in table.calls.items()}}
         manifest["onnx"] = str(ONNX_FILE) if (tmp / ONNX_FILE).is_file() else None
         manifest["build_s"] = time.perf_counter() - started
@@ -411,28 +419,38 @@ def load_engine(path: str | os.PathLike, model: RissoleModel, *, log=None) -> "B
     if manifest["model_fingerprint"] != model_fingerprint(model):
         raise EngineMismatchError(f"engine {path} was built for another model (its weights or config differ); "
                                   "build one for this model with rissole-trt build-engine")
-    built_on, here = manifest["device"], device_fingerprint(device)
-    if built_on["type"] != here["type"]:
-        raise EngineMismatchError(f"engine {path} was built for {built_on['type']}, the model is on {here['type']}")
-    now = versions()
-    if here["type"] == "cuda":
-        for key in ("name", "capability"):
-            if built_on[key] != here[key]:
-                raise EngineMismatchError(f"engine {path} was built on {built_on['name']} (sm {built_on['capability']}),"
-                                          f" this is {here['name']} (sm {here['capability']}); rebuild it here")
-        if any(b["chosen"] == "tensorrt" for b in manifest["buckets"]) and manifest["versions"]["tensorrt"] != now["tensorrt"]:
-            raise EngineMismatchError(f"engine {path} holds a TensorRT {manifest['versions']['tensorrt']} plan; "
-                                      f"this machine has TensorRT {now['tensorrt']}: rebuild it")
-    else:
-        differences = [f"{k} {built_on.get(k)} -> {here.get(k)}" for k in ("cpu_model", "isa_flags", "threads")
-                       if built_on.get(k) != here.get(k)]
-        if manifest["versions"]["torch"] != now["torch"]:
-            differences.append(f"torch {manifest['versions']['torch']} -> {now['torch']}")
-        if differences:
-            warnings.warn(f"engine {path} was tuned on another machine or setup ({'; '.join(differences)}); it runs, "
-                          "but its choices may not be the fastest here: rissole-trt build-engine --rebuild re-tunes",
-                          stacklevel=3)
+    differences = check_machine(manifest, device_fingerprint(device), versions(), where=path)
+    if differences:
+        warnings.warn(f"engine {path} was tuned on another machine or setup ({'; '.join(differences)}); it runs, "
+                      "but its choices may not be the fastest here: rissole-trt build-engine --rebuild re-tunes",
+                      stacklevel=3)
     return BuiltEngine(path, manifest, model)
+
+
+def check_machine(manifest: dict, here: dict, now: dict[str, str | None], where: object = "the engine") -> list[str]:
+    """The load rules against this machine (``here``: :func:`device_fingerprint`; ``now``:
+    :func:`versions`). Refuses another device type, another GPU, and a TensorRT plan from another
+    TensorRT version; returns what differs but still runs correctly (warned about): the CPU model,
+    ISA flags or thread count, and the versions of the libraries whose kernels the chosen
+    candidates run (torch and oneDNN always; CUDA, ONNX Runtime, OpenVINO where chosen)."""
+    built_on, then = manifest["device"], manifest["versions"]
+    chosen = {b["chosen"] for b in manifest["buckets"]}
+    if built_on["type"] != here["type"]:
+        raise EngineMismatchError(f"engine {where} was built for {built_on['type']}, the model is on {here['type']}")
+    if here["type"] == "cuda":
+        if (built_on["name"], built_on["capability"]) != (here["name"], here["capability"]):
+            raise EngineMismatchError(f"engine {where} was built on {built_on['name']} (sm {built_on['capability']}), "
+                                      f"this is {here['name']} (sm {here['capability']}); rebuild it here")
+        if "tensorrt" in chosen and then["tensorrt"] != now["tensorrt"]:
+            raise EngineMismatchError(f"engine {where} holds a TensorRT {then['tensorrt']} plan; this machine has "
+                                      f"TensorRT {now['tensorrt']}: rebuild it")
+        machine_keys, libraries = ("driver",), ["torch", "cuda"]
+    else:
+        machine_keys, libraries = ("cpu_model", "isa_flags", "threads"), ["torch", "onednn"]
+    libraries += [name for name in ("onnxruntime", "openvino") if name in chosen]
+    differences = [f"{k} {built_on.get(k)} -> {here.get(k)}" for k in machine_keys if built_on.get(k) != here.get(k)]
+    differences += [f"{lib} {then.get(lib)} -> {now.get(lib)}" for lib in libraries if then.get(lib) != now.get(lib)]
+    return differences
 
 
 @dataclass(frozen=True)

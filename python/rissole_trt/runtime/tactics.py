@@ -387,6 +387,23 @@ class TacticTable:
     def from_dict(cls, doc: dict) -> "TacticTable":
         return cls(doc["precision"], doc["layers"], doc["calls"])
 
+    def decisions(self) -> dict[str, dict[str, dict]]:
+        """Per layer and bucket: what was chosen and why (the fastest within tolerance; the runner-up
+        within tolerance, and the candidates that were faster but outside the tolerance)."""
+        out: dict[str, dict[str, dict]] = {}
+        for layer, per_rows in self.layers.items():
+            for rows, record in per_rows.items():
+                timed = record["candidates"]
+                chosen = record["chosen"]
+                ok = sorted((c for c, r in timed.items() if r["excess"] <= 1.0), key=lambda c: timed[c]["ms"])
+                runner_up = next((c for c in ok if c != chosen), None)
+                out.setdefault(layer, {})[rows] = {
+                    "chosen": chosen, "ms": timed[chosen]["ms"],
+                    "runner_up": runner_up, "runner_up_ms": None if runner_up is None else timed[runner_up]["ms"],
+                    "faster_outside_tolerance": sorted(c for c, r in timed.items()
+                                                       if r["excess"] > 1.0 and r["ms"] < timed[chosen]["ms"])}
+        return out
+
     def summary(self) -> dict[str, int]:
         """How many (layer, bucket) pairs each candidate won."""
         counts: dict[str, int] = {}

@@ -9,8 +9,10 @@ fp16 export (:func:`~rissole_trt.runtime.onnx_export.export_denoiser_onnx`: fp16
 GroupNorm and the attention in float32; inputs and output float32 either way). bf16 plans are not
 built: ONNX's Conv takes bf16 only from opset 22, which neither torch's TorchScript exporter nor ONNX
 Runtime's CPU kernels (our check of the graph) reach. Then one optimisation profile per bucket
-(min = opt = max = that bucket's rows), the build with the timing cache kept beside the plan, and
-runs with ``execute_async_v3`` on torch's current stream, into buffers the backend owns.
+(``rows`` fixed at the bucket's rows; ``time_rows`` from 1, the samplers' shared timestep, up to
+``rows``), the build with the timing cache kept beside the plan, and runs with ``execute_async_v3``
+on torch's current stream, from and into buffers the backend owns (allocated and bound once per
+bucket, as TensorRT's demos do).
 """
 from __future__ import annotations
 
@@ -59,8 +61,10 @@ def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, 
     for rows in buckets:
         profile = builder.create_optimization_profile()
         for tensor in spec.inputs:
-            shape = tensor.concrete({"rows": rows, "time_rows": 1})
-            profile.set_shape(tensor.name, shape, shape, shape)
+            # time_rows is 1 (one timestep for every row, the samplers' case) up to rows (one per row)
+            profile.set_shape(tensor.name, tensor.concrete({"rows": rows, "time_rows": 1}),
+                              tensor.concrete({"rows": rows, "time_rows": 1}),
+                              tensor.concrete({"rows": rows, "time_rows": rows}))
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -101,28 +105,47 @@ class TensorRTBackend(PerStepBackend):
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         self.contexts = {}
 
-    def _context(self, rows: int):
+    def _bindings(self, rows: int) -> "_Bindings":
         if rows not in self.buckets:
             raise BackendUnavailableError(f"the plan has profiles for {self.buckets} rows, not {rows}")
         if rows not in self.contexts:
-            context = self.engine.create_execution_context()
-            context.set_optimization_profile_async(self.buckets.index(rows), torch.cuda.current_stream().cuda_stream)
-            self.contexts[rows] = context
+            self.contexts[rows] = _Bindings(self.engine, self.spec, self.buckets.index(rows), rows, self.device)
         return self.contexts[rows]
 
     @torch.no_grad()
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        feeds = {name: t.float().contiguous() for name, t in self.spec.feeds(*inputs).items()}
-        rows = feeds["x"].shape[0]
-        context = self._context(rows)
-        for name, tensor in feeds.items():
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-        out = torch.empty(self.spec.output.concrete({"rows": rows}), device=self.device)
-        context.set_tensor_address(self.spec.output.name, out.data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        feeds = self.spec.feeds(*inputs)
+        return self._bindings(feeds["x"].shape[0]).run(feeds)
+
+
+class _Bindings:
+    """One bucket's execution context and the buffers it reads and writes, allocated once at the
+    bucket's largest shapes and bound to the context once (TensorRT reads fixed addresses)."""
+
+    def __init__(self, engine, spec, profile: int, rows: int, device: torch.device) -> None:
+        stream = torch.cuda.current_stream().cuda_stream
+        self.context = engine.create_execution_context()
+        self.context.set_optimization_profile_async(profile, stream)
+        self.spec, self.rows = spec, rows
+        largest = {"rows": rows, "time_rows": rows}
+        self.inputs = {t.name: torch.empty(t.concrete(largest), device=device) for t in spec.inputs}
+        self.output = torch.empty(spec.output.concrete(largest), device=device)
+        for name, buffer in self.inputs.items():
+            self.context.set_tensor_address(name, buffer.data_ptr())
+        self.context.set_tensor_address(spec.output.name, self.output.data_ptr())
+        self.time_rows = None
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        time_rows = feeds["time_bias"].shape[0]
+        if time_rows != self.time_rows:  # 1 in sampling; rows when every row has its own timestep
+            for tensor in self.spec.inputs:
+                self.context.set_input_shape(tensor.name, tensor.concrete({"rows": self.rows, "time_rows": time_rows}))
+            self.time_rows = time_rows
+        for name, value in feeds.items():
+            self.inputs[name][:value.shape[0]].copy_(value)
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise BackendUnavailableError("TensorRT execution failed")
-        return out
+        return self.output.clone()  # the next call overwrites the owned buffer
 
 
 SPEC = BackendSpec(
