@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images denoised together (default 32)")
     p.add_argument("--clip", choices=("none", "codebook"), default="none",
                    help="sample with clean-latent clamping to the codebook's range (see generate --help)")
+    p.add_argument("--overlap", choices=("none", "half"), default="none",
+                   help="sample with half-block shifted windows too (see generate --help)")
     p.add_argument("--include-self", action="store_true", help="let a query be its own neighbour (the reference)")
     p.add_argument("--device", default="auto", help="auto (CUDA if torch sees a GPU, else CPU), cpu or cuda[:i]")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     training = load_images(args.train, size, indices_key=args.train_split) if args.train else None
     report, generated = evaluate(engine, real, training, n=args.n, seed=args.seed, sampler=args.sampler,
                                  steps=args.steps, batch_size=args.batch_size, exclude_self=not args.include_self, clip=args.clip,
-                                 progress=not args.no_progress)
+                                 overlap=args.overlap, progress=not args.no_progress)
     report["settings"].update({"model": args.model or "built-in", "db": args.db or ("built-in" if engine.database is not None else None)})
     json_path, grid = write_report(report, generated, args.output)
     print(json.dumps({k: report[k] for k in ("seam_ratio", "swd", "domain_fid", "autoencoder_psnr_db")

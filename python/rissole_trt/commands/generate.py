@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", choices=("none", "codebook"), default="none",
                    help="none (the reference's sampling, default) or codebook: clamp each step's clean-latent "
                         "estimate to the codebook's range")
+    p.add_argument("--overlap", choices=("none", "half"), default="none",
+                   help="none (the reference's aligned blocks, default) or half: each step also denoises the "
+                        "windows shifted by half a block and blends them (fewer seams; 9/4 the denoiser work)")
     p.add_argument("--batch-size", type=int, default=16, help="images denoised together (default 16)")
     p.add_argument("--include-self", action="store_true",
                    help="let a query be its own neighbour (the reference behaviour)")
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         query_ids = np.nonzero(engine.database.labels == names.index(args.category))[0]
     images = engine.generate(args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
                              batch_size=args.batch_size, exclude_self=not args.include_self, query=query,
-                             query_ids=query_ids, clip=args.clip, progress=not args.no_progress)
+                             query_ids=query_ids, clip=args.clip, overlap=args.overlap,
+                             progress=not args.no_progress)
     if args.save_dir:
         with atomic_directory(args.save_dir, replace=args.overwrite) as folder:
             for i, image in enumerate(images):

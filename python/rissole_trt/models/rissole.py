@@ -137,7 +137,8 @@ class RissoleModel(nn.Module):
         """An ``eps_fn(x_t, t)`` for a sampler, with the step-invariant work done once here.
 
         ``cond`` is either rows [N, k*C, bs, bs] (with ``pos`` [N] when the model uses the
-        position embedding) or blocks [B, P, k*C, bs, bs] (positions 0..P-1 implied, ``pos`` must
+        position embedding, or float weights [N, P] that mix the positions' embeddings, as the
+        shifted windows of :mod:`rissole_trt.windows` do) or blocks [B, P, k*C, bs, bs] (positions 0..P-1 implied, ``pos`` must
         be None); ``x_t`` passed to the returned function has the same layout.
         """
         return BlockDenoiser(self, cond, pos)
@@ -373,6 +374,10 @@ class BlockDenoiser:
                     raise InvalidArgumentError("this model uses the block-position embedding: pos is required")
                 if self.blocks:  # one row per position, repeated: no batch-size dependent GEMM shapes
                     self.pos_bias = unet.embed_pos(torch.arange(p, device=cond.device)).repeat(self.batch, 1)
+                elif pos.is_floating_point():  # [rows, P] weights: a mix of the positions' embeddings
+                    if tuple(pos.shape) != (n, p):
+                        raise InvalidArgumentError(f"position weights must be [rows={n}, P={p}], got {list(pos.shape)}")
+                    self.pos_bias = pos.to(cond) @ unet.embed_pos(torch.arange(p, device=cond.device))
                 else:
                     self.pos_bias = unet.embed_pos(model._row_tensor(pos, n, p, "pos"))
             steps = torch.arange(model.config.diffusion.n_steps, device=cond.device)

@@ -1,0 +1,89 @@
+"""Half-block shifted windows: sampling that lets each block see the blocks generated beside it.
+
+With ``overlap="none"`` (the reference) every step predicts ε for the P aligned blocks
+independently, each from its own position's neighbour blocks, and the samples' block borders join
+about as badly as blocks of different similar images do (``benchmarks/diagnose_seams.py``). With
+``overlap="half"`` each step also predicts ε on the block-sized windows shifted by half a block
+(a window straddling a border sees both sides of it), each conditioned on the neighbours' latents
+cropped to the same window, with a position bias that is the mean of the covered blocks' position
+embeddings weighted by the overlap; the predictions are blended per latent pixel with weights that
+fall off towards each window's edges (MultiDiffusion's averaging of overlapping windows). The
+model is unchanged; a step costs ``(2 bf - 1)^2 / bf^2`` times the aligned one (9/4 for 2x2 blocks).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import ops
+from .errors import InvalidArgumentError
+
+__all__ = ["OVERLAPS", "ShiftedWindows"]
+
+#: Sampling overlaps: ``none`` (the reference's aligned blocks) or ``half`` (half-block shifted windows too).
+OVERLAPS = ("none", "half")
+
+
+class ShiftedWindows:
+    """The windows of a ``block_factor`` x ``block_factor`` grid of ``block_size`` blocks, stride half a block."""
+
+    def __init__(self, block_factor: int, block_size: int) -> None:
+        if block_factor < 2:
+            raise InvalidArgumentError("overlap='half' needs a model of several blocks (block_factor >= 2)")
+        if block_size % 2:
+            raise InvalidArgumentError(f"overlap='half' needs an even block size, the model's is {block_size}")
+        self.bf, self.bs = block_factor, block_size
+        side = block_factor * block_size
+        stride = block_size // 2
+        self.offsets = [(y, x) for y in range(0, side - block_size + 1, stride)
+                        for x in range(0, side - block_size + 1, stride)]
+        ramp = torch.minimum(torch.arange(block_size) + 0.5, block_size - 0.5 - torch.arange(block_size))
+        self.weight = torch.outer(ramp, ramp) / (block_size / 2) ** 2  # 1 at the centre, small at the edges
+        total = torch.zeros(side, side)
+        for y, x in self.offsets:
+            total[y:y + block_size, x:x + block_size] += self.weight
+        self.total = total
+
+    def position_weights(self) -> torch.Tensor:
+        """``[W, P]``: the share of each window that lies in each block (rows of one-hots for aligned ones)."""
+        bs = self.bs
+        out = torch.zeros(len(self.offsets), self.bf * self.bf)
+        for w, (y, x) in enumerate(self.offsets):
+            for by in range(self.bf):
+                for bx in range(self.bf):
+                    rows = max(0, min(y + bs, (by + 1) * bs) - max(y, by * bs))
+                    cols = max(0, min(x + bs, (bx + 1) * bs) - max(x, bx * bs))
+                    out[w, by * self.bf + bx] = rows * cols / bs ** 2
+        return out
+
+    def crop(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, H, W]`` -> the windows ``[B * W, C, bs, bs]`` (image-major)."""
+        bs = self.bs
+        return torch.stack([z[:, :, y:y + bs, x:x + bs] for y, x in self.offsets], 1).flatten(0, 1)
+
+    def blend(self, windows: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`crop` for per-window predictions: the weighted mean per latent pixel."""
+        bs, count = self.bs, windows.shape[0] // len(self.offsets)
+        windows = windows.view(count, len(self.offsets), *windows.shape[1:])
+        side = self.bf * bs
+        out = windows.new_zeros(count, windows.shape[2], side, side)
+        weight = self.weight.to(windows)
+        for w, (y, x) in enumerate(self.offsets):
+            out[:, :, y:y + bs, x:x + bs] += windows[:, w] * weight
+        return out / self.total.to(windows)
+
+    def denoiser(self, make_rows: Callable[[torch.Tensor, torch.Tensor], Callable], cond_blocks: torch.Tensor):
+        """``eps_fn(x_t, t)`` over blocks ``[B, P, C, bs, bs]`` from a row denoiser
+        ``make_rows(cond [B*W, k*C, bs, bs], position weights [B*W, P])`` of the windows."""
+        count = cond_blocks.shape[0]
+        cond = self.crop(ops.merge_blocks(cond_blocks, self.bf))
+        positions = self.position_weights().to(cond_blocks.device).repeat(count, 1)
+        rows = make_rows(cond, positions)
+
+        def eps_fn(x_t: torch.Tensor, t) -> torch.Tensor:
+            if isinstance(t, torch.Tensor) and t.ndim == 1:  # one timestep per image -> per window
+                t = t.repeat_interleave(len(self.offsets))
+            eps = rows(self.crop(ops.merge_blocks(x_t, self.bf)), t)
+            return ops.split_blocks(self.blend(eps), self.bf)
+        return eps_fn
