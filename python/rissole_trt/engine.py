@@ -397,22 +397,17 @@ class Engine:
     def _run_batch(self, plan: GenerationPlan, first: int, count: int, on_step: Callable[[], None] | None) -> np.ndarray:
         config = self.model.config
         p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size
-        if plan.overlap == "half":
-            ids = None if self.database is None else self.retrieve(plan, first, count).neighbour_ids
-            cond = (torch.empty((count, p, 0, bs, bs), device=self.device) if ids is None
-                    else self.database.neighbour_blocks(ids, device=self.device))
-            windows = ShiftedWindows(config.unet.block_factor, bs)
-            denoiser = windows.denoiser(self._denoiser, cond)
-        elif self.database is None:
-            cond = torch.empty((count, p, 0, bs, bs), device=self.device)  # no neighbours
-            denoiser = self._denoiser(cond)
+        if self.database is None:
+            ids, cond = None, torch.empty((count, p, 0, bs, bs), device=self.device)  # no neighbours
         else:
             ids = self.retrieve(plan, first, count).neighbour_ids
             cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
-            if getattr(self.runtime, "reads_codes", False):  # a fused kernel reads the neighbours' codes itself
-                denoiser = self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device))
-            else:
-                denoiser = self._denoiser(cond)
+        if plan.overlap == "half":
+            denoiser = ShiftedWindows(config.unet.block_factor, bs).denoiser(self._denoiser, cond)
+        elif ids is not None and getattr(self.runtime, "reads_codes", False):  # a fused kernel reads the codes itself
+            denoiser = self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device))
+        else:
+            denoiser = self._denoiser(cond)
         clip = None
         if plan.clip == "codebook":
             codebook = self.model.autoencoder.codebook.detach() * config.diffusion.latent_scale

@@ -62,9 +62,8 @@ def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, 
         profile = builder.create_optimization_profile()
         for tensor in spec.inputs:
             # time_rows is 1 (one timestep for every row, the samplers' case) up to rows (one per row)
-            profile.set_shape(tensor.name, tensor.concrete({"rows": rows, "time_rows": 1}),
-                              tensor.concrete({"rows": rows, "time_rows": 1}),
-                              tensor.concrete({"rows": rows, "time_rows": rows}))
+            shared_time = tensor.concrete({"rows": rows, "time_rows": 1})
+            profile.set_shape(tensor.name, shared_time, shared_time, tensor.concrete({"rows": rows, "time_rows": rows}))
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -103,14 +102,14 @@ class TensorRTBackend(PerStepBackend):
             plan_path = root / "denoiser.plan"
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-        self.contexts = {}
+        self.bindings: dict[int, _Bindings] = {}
 
     def _bindings(self, rows: int) -> "_Bindings":
         if rows not in self.buckets:
             raise BackendUnavailableError(f"the plan has profiles for {self.buckets} rows, not {rows}")
-        if rows not in self.contexts:
-            self.contexts[rows] = _Bindings(self.engine, self.spec, self.buckets.index(rows), rows, self.device)
-        return self.contexts[rows]
+        if rows not in self.bindings:
+            self.bindings[rows] = _Bindings(self.engine, self.spec, self.buckets.index(rows), rows, self.device)
+        return self.bindings[rows]
 
     @torch.no_grad()
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
