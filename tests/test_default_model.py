@@ -23,7 +23,17 @@ def test_engine_without_arguments_uses_the_default_model():
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8 and images.std() > 0
 
 
-def test_generate_cli_without_model_arguments(tmp_path):
+def test_generate_cli_without_model_arguments(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert cli.main(["generate", "-n", "2", "-o", str(out), "--sampler", "ddim", "--steps", "3", "--no-progress"]) == 0
     assert out.stat().st_size > 0
+    assert "overlap=half, this model's default" in capsys.readouterr().out  # said, not silent
+    assert cli.main(["generate", "-n", "2", "-o", str(out), "--sampler", "ddim", "--steps", "3", "--no-progress",
+                     "--overlap", "none"]) == 0
+    assert "overlap" not in capsys.readouterr().out
+
+
+def test_the_default_model_samples_with_shifted_windows_unless_told_otherwise():
+    engine = Engine(device="cpu")
+    assert engine.model.default_overlap == "half"  # its seam ratio meets the target only with them (README)
+    assert engine.plan(2).overlap == "half" and engine.plan(2, overlap="none").overlap == "none"

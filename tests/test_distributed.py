@@ -132,6 +132,17 @@ def test_a_rerun_with_nothing_to_do_writes_nothing(cluster, assets, tmp_path, ca
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_the_overlap_is_part_of_the_run(cluster, assets, tmp_path):
+    out = tmp_path / "out"
+    kwargs = dict(model=assets[0], database=assets[1], shard_size=2, format="npz", progress=False, **PLAN)
+    generate_dataset(2, out, overlap="half", **kwargs)
+    assert json.loads((out / "run.json").read_text())["overlap"] == "half"
+    images, _ = _read(out, 2, 2, "npz")
+    np.testing.assert_array_equal(images, _single_process(assets, 2, overlap="half", **PLAN))
+    with pytest.raises(OutputExistsError, match="overlap"):  # other images: not a resume of this run
+        generate_dataset(2, out, **kwargs)  # the model's default: none
+
+
 def test_bad_arguments_are_refused_before_any_work(assets, tmp_path):
     common = dict(model=assets[0], database=assets[1], progress=False)
     for n, extra in ((0, {}), (-3, {}), (4, {"shard_size": 0}), (4, {"shard_size": 3, "batch_size": 2}),

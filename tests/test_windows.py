@@ -12,6 +12,7 @@ from tolerances import assert_close
 from rissole_trt import cli, ops
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
+from rissole_trt.evaluation.report import evaluate
 from rissole_trt.errors import InvalidArgumentError
 from rissole_trt.models import RissoleModel
 from rissole_trt.windows import ShiftedWindows
@@ -107,3 +108,53 @@ def test_cli_generate_with_overlap(engine, model, tmp_path):
     assert cli.main(["generate", "--model", str(model_dir), "--db", str(engine.database.path), "-n", "2",
                      "--sampler", "ddim", "--steps", "3", "--overlap", "half", "--no-progress", "-o", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_a_model_saves_and_loads_its_default_overlap_and_the_engine_uses_it(engine, model, tmp_path):
+    assert model.default_overlap == "none"  # imported checkpoints sample as the reference does
+    saved = RissoleModel.load(model.save(tmp_path / "plain"))
+    assert saved.default_overlap == "none" and Engine(saved, engine.database.path).plan(2).overlap == "none"
+    saved.default_overlap = "half"
+    loaded = RissoleModel.load(saved.save(tmp_path / "half"))
+    assert loaded.default_overlap == "half"
+    with_default = Engine(loaded, engine.database.path, device="cpu")
+    assert with_default.plan(2).overlap == "half" and with_default.plan(2, overlap="none").overlap == "none"
+    kwargs = dict(seed=1, sampler="ddim", steps=3, progress=False)
+    assert_close(with_default.generate(2, **kwargs), engine.generate(2, overlap="half", **kwargs), "images_uint8")
+    report, _ = evaluate(with_default, smooth_images(8), None, n=2, sampler="ddim", steps=2, progress=False)
+    assert report["settings"]["overlap"] == "half"  # the report names the sampling it measured
+    with pytest.raises(InvalidArgumentError, match="unknown overlap"):
+        saved.default_overlap = "full"
+
+
+@pytest.mark.parametrize("sampling, message", [
+    ({"overlap": "full"}, "unknown overlap"),
+    ({"overlap": "half", "steps": 20}, "at most an \"overlap\" entry"),
+    ("half", "must be an object"),
+])
+def test_a_bad_sampling_entry_is_refused_at_load(model, tmp_path, sampling, message):
+    import json
+
+    from rissole_trt.errors import RissoleModelError
+
+    path = model.save(tmp_path / "model")
+    doc = json.loads((path / "config.json").read_text())
+    doc["sampling"] = sampling
+    (path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(RissoleModelError, match=message):
+        RissoleModel.load(path)
+    del doc["sampling"]  # models saved before the entry existed load with the reference's sampling
+    (path / "config.json").write_text(json.dumps(doc))
+    assert RissoleModel.load(path).default_overlap == "none"
+
+
+def test_a_single_block_model_cannot_default_to_overlap():
+    from dataclasses import replace
+
+    from rissole_trt.presets import preset_config
+
+    config = preset_config("tiny")
+    whole = RissoleModel(replace(config, unet=replace(config.unet, block_factor=1)))
+    with pytest.raises(InvalidArgumentError, match="several blocks"):
+        whole.default_overlap = "half"
+    assert whole.default_overlap == "none"

@@ -114,7 +114,8 @@ class _ShardWorker:
         self.engine = Engine(settings["model"], settings["database"], engine=settings["engine"],
                              device=settings["device"])
         self.plan = self.engine.plan(settings["n"], seed=settings["seed"], sampler=settings["sampler"],
-                                     steps=settings["steps"], batch_size=settings["batch_size"])
+                                     steps=settings["steps"], batch_size=settings["batch_size"],
+                                     overlap=settings["overlap"])
         self.out_dir = Path(settings["out_dir"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,9 +150,10 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-def _run_settings(n, shard_size, batch_size, seed, sampler, steps, fmt, model_fingerprint) -> dict:
+def _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, fmt, model_fingerprint) -> dict:
     return {"format_version": FORMAT_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
-            "seed": seed, "sampler": sampler, "steps": steps, "format": fmt, "model_fingerprint": model_fingerprint}
+            "seed": seed, "sampler": sampler, "steps": steps, "overlap": overlap, "format": fmt,
+            "model_fingerprint": model_fingerprint}
 
 
 def _read_json(path: Path) -> dict:
@@ -164,7 +166,7 @@ def _read_json(path: Path) -> dict:
 def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
                      database: str | os.PathLike | None = None, engine: str | os.PathLike | None = None,
                      shard_size: int = 1024, batch_size: int = 16, seed: int = 0, sampler: str | None = None,
-                     steps: int | None = None, format: str = "png", ray_address: str | None = None,
+                     steps: int | None = None, overlap: str | None = None, format: str = "png", ray_address: str | None = None,
                      workers: int | None = None, gpus_per_worker: float = 0, threads_per_worker: int = 1,
                      device: str = "auto", progress: bool = True) -> dict:
     """Generate images ``0 .. n-1`` of one plan into shards under ``out_dir`` on Ray (see the module
@@ -178,6 +180,7 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         workers: actors (default: the cluster's CPUs / ``threads_per_worker``, or its GPUs /
             ``gpus_per_worker``).
         format: ``png`` (a folder of PNGs per shard), ``npz`` (images + ids) or ``webdataset`` (tar).
+        overlap: as for :meth:`Engine.plan` (None: the model's default, recorded resolved in the run).
     """
     from .engine import DEFAULT_SAMPLER, Engine
 
@@ -204,12 +207,14 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     from .builder import model_fingerprint
 
     probe = Engine(model, database, engine=engine, device="cpu" if device == "auto" else device)
-    probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size)
-    settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, format, model_fingerprint(probe.model))
+    overlap = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap).overlap
+    settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, format,
+                             model_fingerprint(probe.model))
     del probe
     run_file, manifest_file = out_dir / RUN_FILE, out_dir / MANIFEST
     if run_file.is_file():
         previous = _read_json(run_file)
+        previous.setdefault("overlap", "none")  # runs from before the setting existed sampled without
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise OutputExistsError(f"{out_dir} holds another run (its {', '.join(changed)} differ); "

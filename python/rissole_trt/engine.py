@@ -268,7 +268,7 @@ class Engine:
     def plan(self, n: int, *, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
              k: int | None = None, batch_size: int = 16, exclude_self: bool = True,
              query: np.ndarray | None = None, query_ids: Sequence[int] | None = None,
-             eta: float | None = None, clip: str = "none", overlap: str = "none") -> GenerationPlan:
+             eta: float | None = None, clip: str = "none", overlap: str | None = None) -> GenerationPlan:
         """Check every setting and fix what the n images will be, without generating any.
 
         Args:
@@ -289,8 +289,12 @@ class Engine:
             overlap: ``none`` (the reference: aligned blocks) or ``half``: each step also denoises
                 the windows shifted by half a block and blends them, so that blocks see the blocks
                 beside them (:mod:`rissole_trt.windows`; fewer seams, 9/4 the denoiser work).
+                None (default): the model's :attr:`~RissoleModel.default_overlap` (``half`` for the
+                built-in model, ``none`` for imported and newly trained ones).
         """
         n = _positive_int(n, "n")
+        if overlap is None:
+            overlap = self.model.default_overlap
         if clip not in CLIPS:
             raise InvalidArgumentError(f"unknown clip {clip!r}; choose one of {', '.join(CLIPS)}")
         if overlap not in OVERLAPS:
@@ -466,7 +470,7 @@ class Engine:
     def generate(self, n: int, *, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
                  k: int | None = None, batch_size: int = 16, exclude_self: bool = True,
                  query: np.ndarray | None = None, query_ids: Sequence[int] | None = None,
-                 eta: float | None = None, clip: str = "none", overlap: str = "none", progress: bool = True,
+                 eta: float | None = None, clip: str = "none", overlap: str | None = None, progress: bool = True,
                  callback: ProgressCallback | None = None) -> np.ndarray:
         """Generate ``n`` images, uint8 ``[n, H, W, 3]``: :meth:`plan` then every batch of it.
 

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images denoised together (default 32)")
     p.add_argument("--clip", choices=("none", "codebook"), default="none",
                    help="sample with clean-latent clamping to the codebook's range (see generate --help)")
-    p.add_argument("--overlap", choices=("none", "half"), default="none",
-                   help="sample with half-block shifted windows too (see generate --help)")
+    p.add_argument("--overlap", choices=("none", "half"),
+                   help="none or half: sample with half-block shifted windows too (default: the model's; "
+                        "see generate --help)")
     p.add_argument("--include-self", action="store_true", help="let a query be its own neighbour (the reference)")
     p.add_argument("--device", default="auto", help="auto (CUDA if torch sees a GPU, else CPU), cpu or cuda[:i]")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -31,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", choices=("none", "codebook"), default="none",
                    help="none (the reference's sampling, default) or codebook: clamp each step's clean-latent "
                         "estimate to the codebook's range")
-    p.add_argument("--overlap", choices=("none", "half"), default="none",
-                   help="none (the reference's aligned blocks, default) or half: each step also denoises the "
-                        "windows shifted by half a block and blends them (fewer seams; 9/4 the denoiser work)")
+    p.add_argument("--overlap", choices=("none", "half"),
+                   help="none (the reference's aligned blocks) or half: each step also denoises the windows "
+                        "shifted by half a block and blends them (fewer seams; 9/4 the denoiser work). "
+                        "Default: the model's (half for the built-in model, none for imported and trained ones)")
     p.add_argument("--batch-size", type=int, default=16, help="images denoised together (default 16)")
     p.add_argument("--include-self", action="store_true",
                    help="let a query be its own neighbour (the reference behaviour)")
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         with atomic_directory(args.save_dir, replace=args.overwrite) as folder:
             for i, image in enumerate(images):
                 save_image(image, Path(folder) / f"{i:04d}.png")
+    if args.overlap is None and engine.model.default_overlap != "none":
+        print(f"sampled with overlap={engine.model.default_overlap}, this model's default (--overlap none: "
+              "the reference's aligned blocks)")
     save_image(make_grid(images), args.output)
     print(f"wrote {args.output}" + (f" and {len(images)} images in {args.save_dir}" if args.save_dir else ""))
     return 0

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="dpmpp_2m (default), ddim or ddpm")
     p.add_argument("--steps", type=int, help="sampler steps (ddim / dpmpp_2m)")
+    p.add_argument("--overlap", choices=("none", "half"),
+                   help="none or half: also denoise the half-block shifted windows (default: the model's; "
+                        "see generate --help)")
     p.add_argument("--format", choices=("png", "npz", "webdataset"), default="png",
                    help="png: a folder of PNGs per shard (default); npz: images + ids; webdataset: a tar per shard")
     p.add_argument("--ray-address", metavar="ADDRESS",
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = generate_dataset(
         args.n, args.output, model=args.model, database=args.db, engine=args.engine, shard_size=args.shard_size,
-        batch_size=args.batch_size, seed=args.seed, sampler=args.sampler, steps=args.steps, format=args.format,
+        batch_size=args.batch_size, seed=args.seed, sampler=args.sampler, steps=args.steps, overlap=args.overlap,
+        format=args.format,
         ray_address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         threads_per_worker=args.threads_per_worker, progress=not args.no_progress)
     last = manifest.get("last_run")

@@ -29,17 +29,21 @@ def reconstruct(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.
 
 def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n: int = 512, seed: int = 0,
              sampler: str = "dpmpp_2m", steps: int | None = None, batch_size: int = 32, exclude_self: bool = True,
-             clip: str = "none", overlap: str = "none", progress: bool = True) -> tuple[dict, np.ndarray]:
-    """Generate ``n`` images and measure them; returns (report, generated images)."""
+             clip: str = "none", overlap: str | None = None, progress: bool = True) -> tuple[dict, np.ndarray]:
+    """Generate ``n`` images and measure them; returns (report, generated images).
+
+    Sampling arguments as in :meth:`Engine.plan` (``overlap`` None: the model's default)."""
     # A whole-latent model (block factor 1) has no seams of its own: it is measured on the 2x2 grid
     # where a block model's would be, so that every model of a comparison is measured alike.
     bf = max(2, engine.model.config.unet.block_factor)
+    plan = engine.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                       exclude_self=exclude_self, clip=clip, overlap=overlap)
     start = time.perf_counter()
-    generated = engine.generate(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
-                                exclude_self=exclude_self, clip=clip, overlap=overlap, progress=progress)
+    generated = np.concatenate([images for _, images in engine.generate_iter(plan, progress=progress)])
     seconds = time.perf_counter() - start
     report = {
-        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "clip": clip, "overlap": overlap,
+        "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": plan.steps, "clip": clip,
+                     "overlap": plan.overlap,
                      "retrieval": (("exclude-self" if exclude_self else "include-self")
                                    if engine.model.config.unet.uses_retrieval else "none"),
                      "batch_size": batch_size, "real_images": len(real),

@@ -18,6 +18,7 @@ from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, O
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
 from ..atomic import atomic_directory, check_output
+from ..windows import OVERLAPS, ShiftedWindows
 
 __all__ = ["RissoleModel", "BlockDenoiser", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
 
@@ -49,6 +50,7 @@ class RissoleModel(nn.Module):
         if not isinstance(config, ModelConfig):
             raise InvalidTypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = config
+        self._default_overlap = "none"
         self.autoencoder = VQAutoencoder(config.autoencoder)
         self.unet = BlockUNet(config.unet, config.block_size)
         d = config.diffusion
@@ -56,6 +58,21 @@ class RissoleModel(nn.Module):
         for name in ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "posterior_variance"):
             self.register_buffer(name, getattr(self.schedule, name).clone(), persistent=False)
         self.eval()
+
+    @property
+    def default_overlap(self) -> str:
+        """The sampling overlap an :class:`rissole_trt.Engine` uses when none is asked for, saved
+        with the model (``"sampling"`` in ``config.json``): ``none``, the reference's aligned blocks,
+        unless the model was saved with ``half`` (the built-in model)."""
+        return self._default_overlap
+
+    @default_overlap.setter
+    def default_overlap(self, overlap: str) -> None:
+        if overlap not in OVERLAPS:
+            raise InvalidArgumentError(f"unknown overlap {overlap!r}; choose one of {', '.join(OVERLAPS)}")
+        if overlap == "half":
+            ShiftedWindows(self.config.unet.block_factor, self.config.block_size)  # refuses unfit models
+        self._default_overlap = overlap
 
     # ----------------------------------------------------------------- inference
 
@@ -260,7 +277,7 @@ class RissoleModel(nn.Module):
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
             doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
-                   "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
+                   "sampling": {"overlap": self.default_overlap}, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
             (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         return path
 
@@ -294,6 +311,7 @@ class RissoleModel(nn.Module):
             raise RissoleModelError(f"{weights_path}: corrupt or truncated safetensors file ({exc})") from exc
         model = cls(config)
         model._load_checked(state, str(weights_path))
+        _apply_sampling(model, doc, config_path)
         return model.to(map_location)
 
 
@@ -330,6 +348,19 @@ def _config_of(doc: dict, file: Path) -> ModelConfig:
         return ModelConfig.from_dict(doc["config"])
     except (ValueError, TypeError) as exc:
         raise RissoleModelError(f"{file}: invalid model config: {exc}") from exc
+
+
+def _apply_sampling(model: RissoleModel, doc: dict, file: Path) -> None:
+    """The optional ``"sampling"`` entry: the model's default sampling settings (models saved
+    before it existed sample as the reference does)."""
+    sampling = doc.get("sampling", {})
+    if not isinstance(sampling, dict) or set(sampling) - {"overlap"}:
+        raise RissoleModelError(f"{file}: \"sampling\" must be an object with at most an \"overlap\" entry, "
+                                f"got {sampling!r}")
+    try:
+        model.default_overlap = sampling.get("overlap", "none")
+    except InvalidArgumentError as exc:
+        raise RissoleModelError(f"{file}: invalid \"sampling\": {exc}") from exc
 
 
 class BlockDenoiser:
