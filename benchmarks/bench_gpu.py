@@ -33,17 +33,19 @@ from rissole_trt.diffusion import make_sampler, sample
 from rissole_trt.engine import Engine
 from rissole_trt.presets import make_preset_model
 from rissole_trt.runtime import registry
+from rissole_trt.runtime.base import exact_fp32
 from rissole_trt.runtime.built_engine import build_engine, _bucket_inputs
 from rissole_trt.runtime.loop_graph import LOOP_SAMPLERS
 
 GOAL_BATCH1_SPEEDUP = 5.0  # issue #11: the CUDA-graph engine >= 5x eager images/s at batch 1
 
 
-def _backend(name: str, model, device: torch.device):
+def _backend(name: str, model, device: torch.device, **options):
     ok, reason = registry.availability(registry.get_spec(name), device.type, "fp32")
-    return (registry.get_spec(name).build(model, "fp32"), None) if ok else (None, reason)
+    return (registry.get_spec(name).build(model, "fp32", **options), None) if ok else (None, reason)
 
 
+@exact_fp32()  # every fp32 row in IEEE fp32, as the Engine runs it (no TF32 in cuDNN convolutions)
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -66,7 +68,7 @@ def main(argv=None) -> dict:
     report = {"preset": args.preset, "machine": machine_info(device), "device": str(device), "rows": []}
 
     graph, graph_skip = _backend("cuda_graph", model, device)
-    trt, trt_skip = _backend("tensorrt", model, device)
+    trt, trt_skip = _backend("tensorrt", model, device, buckets=[n * P for n in args.images])  # a profile each
     skipped = {"cuda_graph": graph_skip, "tensorrt": trt_skip}
     report["skipped"] = {k: v for k, v in skipped.items() if v}
 

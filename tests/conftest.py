@@ -56,6 +56,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(autouse=True)
+def _exact_fp32_on_gpus(request: pytest.FixtureRequest):
+    """GPU tests compare with fp32 tolerances: no TF32 in torch's cuDNN convolutions (its default)."""
+    if "gpu" not in request.keywords and "trt" not in request.keywords:
+        yield
+        return
+    from rissole_trt.runtime.base import exact_fp32
+
+    with exact_fp32():
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The project's shared data folder (../shared); tests that need it skip where it is absent."""

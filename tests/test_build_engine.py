@@ -105,6 +105,43 @@ def test_calls_are_padded_up_to_a_bucket_or_split(built, model, rows):
     assert engine.bucket_for(rows) == (4 if rows <= 4 else 8)
 
 
+def test_run_in_buckets_gives_the_runner_only_bucket_rows(model):
+    """The padding shared by built engines and TensorRT profiles: what the fixed-shape runner sees."""
+    from rissole_trt.runtime.base import run_in_buckets
+
+    seen = []
+
+    def run(x, cond_feat, time_bias, pos_bias):
+        seen.append((x.shape[0], cond_feat.shape[0], time_bias.shape[0], pos_bias.shape[0]))
+        return model.unet.forward_hoisted(x, cond_feat, time_bias, pos_bias)
+
+    inputs = _step_inputs(model, 11, seed=2)
+    assert inputs[2].shape[0] == 1  # the samplers' shared timestep
+    out = run_in_buckets([4, 8], run, *inputs)
+    assert seen == [(8, 8, 1, 8), (4, 4, 1, 4)]  # 8 rows, then 3 padded to 4; one timestep row kept
+    assert_close(out, model.unet.forward_hoisted(*inputs), "engine_fp32")
+    per_row = inputs[:2] + (model.unet.embed_time(torch.arange(11) * 90),) + inputs[3:]
+    seen.clear()
+    assert_close(run_in_buckets([4, 8], run, *per_row), model.unet.forward_hoisted(*per_row), "engine_fp32")
+    assert seen == [(8, 8, 8, 8), (4, 4, 4, 4)]
+
+
+def test_fp32_work_runs_without_tf32_and_the_flags_are_restored(built, model, db):
+    from rissole_trt.runtime.base import exact_fp32
+
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    before = flags()
+    with exact_fp32():
+        assert flags() == (False, False)
+    assert flags() == before
+    engine = Engine(model, db, device="cpu")
+    seen = []
+    make = engine._denoiser
+    engine._denoiser = lambda cond, pos=None: seen.append(flags()) or make(cond, pos)
+    engine.generate(1, sampler="ddim", steps=2, progress=False)
+    assert seen == [(False, False)] and flags() == before  # the Engine's sampling loop and decode
+
+
 def test_the_same_build_again_is_a_cache_hit(built, model):
     path, manifest = built
     stamp = (path / "manifest.json").stat().st_mtime_ns

@@ -280,23 +280,44 @@ def test_auto_on_cuda_without_cuvs_uses_torch_on_the_device_with_a_warning(monke
 # --------------------------------------------------------------------------- torch (any device)
 
 
+def _assert_exact_top10(index, keys: np.ndarray, n_random: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top 10 for random queries and two keys, also with those keys' own ids excluded;
+    returns the queries and their exact scores."""
+    q = np.concatenate([unit_rows(np.random.default_rng(seed), n_random, 32), keys[[1, 505]]])
+    full = exact_scores(keys, q)
+    assert_knn_matches(full, *index.search(q, 10), 10)
+    ex = np.array([-1] * n_random + [1, 505], dtype=np.int64)
+    assert_knn_matches(full, *index.search(q, 10, exclude=ex), 10, exclude=ex)
+    return q, full
+
+
 @pytest.mark.parametrize("chunk_rows", [65536, 128])  # one chunk, and a merge over five
 def test_torch_index_is_exact_with_ties_and_exclusions(keys_with_ties: np.ndarray, monkeypatch, chunk_rows) -> None:
     monkeypatch.setattr(TorchIndex, "chunk_rows", chunk_rows)
-    rng = np.random.default_rng(14)
-    q = np.concatenate([unit_rows(rng, 30, 32), keys_with_ties[[1, 505]]])
     index = make_index("torch", keys_with_ties, device="cpu")
     assert isinstance(index, TorchIndex) and index.exact
-    full = exact_scores(keys_with_ties, q)
-    scores, ids = index.search(q, 10)
-    assert_knn_matches(full, scores, ids, 10)
-    ex = np.array([-1] * 30 + [1, 505], dtype=np.int64)
-    scores, ids = index.search(q, 10, exclude=ex)
-    assert_knn_matches(full, scores, ids, 10, exclude=ex)
+    q, full = _assert_exact_top10(index, keys_with_ties, 30, seed=14)
     scores, ids = index.search(q[:3], len(keys_with_ties))  # k = N: every key, in order
     assert_knn_matches(full[:3], scores, ids, len(keys_with_ties))
     with pytest.raises(ValueError, match="larger than the database"):
         index.search(q, len(keys_with_ties) + 1)
+
+
+def test_a_device_index_left_short_is_completed_on_its_device_without_faiss(keys_with_ties, monkeypatch) -> None:
+    """CAGRA may return fewer than k ids for a row; the top-up is an exact search on the keys' device
+    (the GPU machine has no FAISS)."""
+    import sys
+
+    class ShortIndex(TorchIndex):  # an approximate index that finds only 3 ids per even row
+        exact = False
+
+        def _search(self, queries, k):
+            scores, ids = super()._search(queries, k)
+            scores[::2, 3:], ids[::2, 3:] = -np.inf, -1
+            return scores, ids
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # any FAISS call would raise ImportError
+    _assert_exact_top10(ShortIndex(keys_with_ties, "cpu"), keys_with_ties, 9, seed=15)
 
 
 def test_torch_index_refuses_a_device_it_cannot_use(keys_with_ties: np.ndarray) -> None:

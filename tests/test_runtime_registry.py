@@ -68,6 +68,18 @@ def test_only_the_registry_builds_backends():
     assert offenders == []
 
 
+def test_fp16_is_tensorrt_on_cuda_only_and_is_refused_elsewhere_with_the_reason():
+    from rissole_trt.runtime.torch_backend import precision_dtype, precision_native
+
+    assert precision_dtype("fp16") == torch.float16
+    assert precision_native("fp16", "cuda") and not precision_native("fp16", "cpu")
+    with pytest.raises(BackendUnavailableError, match=r"no backend can run fp16 on cpu: torch \(serves fp32, bf16"):
+        registry.select("auto", "cpu", "fp16")
+    with pytest.raises(BackendUnavailableError, match="backend 'tensorrt' cannot run fp16 on cpu: runs on cuda"):
+        registry.select("tensorrt", "cpu", "fp16")
+    assert "tensorrt" in [name for name, spec in registry.specs().items() if "fp16" in spec.precisions]
+
+
 def test_auto_picks_by_the_documented_order_and_says_what_it_passed_over(monkeypatch):
     assert registry.select("auto", "cpu", "fp32").name == registry.AUTO_ORDER["cpu"][0]
     unavailable = registry.BackendSpec("fast", ("cpu",), ("fp32",), "a backend whose package is missing",

@@ -35,11 +35,13 @@ from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 from .runtime import registry
+from .runtime.base import exact_fp32
 from .runtime.loop_graph import LOOP_SAMPLERS
 from .windows import OVERLAPS, ShiftedWindows
 
-#: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``).
-PRECISIONS = ("fp32", "bf16")
+#: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``; fp16 only
+#: TensorRT, i.e. ``backend="tensorrt"`` or an fp16 engine built for CUDA).
+PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``clip``: ``none`` (the reference) or ``codebook`` (each step's implied clean latent clamped to the
 #: per-channel range of the codebook rows, i.e. of every latent the decoder can see).
 CLIPS = ("none", "codebook")
@@ -155,8 +157,9 @@ class Engine:
         backend: a denoiser backend of :mod:`rissole_trt.runtime` (``rissole-trt info`` lists them)
             or ``"auto"``: the first available one in the order for the device and the model's
             conditioning mode (:data:`AUTO_ORDER`).
-        precision: ``"fp32"`` (exact; the default) or ``"bf16"`` (fast only on hardware with bf16
-            arithmetic; a warning says when it is emulated); with ``engine``, the engine's.
+        precision: ``"fp32"`` (exact; the default), ``"bf16"`` (fast only on hardware with bf16
+            arithmetic; a warning says when it is emulated) or ``"fp16"`` (TensorRT on CUDA only);
+            with ``engine``, the engine's.
         index: the search index kind (see :func:`rissole_trt.retrieval.make_index`); ``"auto"`` on
             a CUDA device searches with cuVS (brute force, CAGRA from 100k entries) when it is
             installed, and otherwise warns and searches exactly with torch on the device.
@@ -214,7 +217,7 @@ class Engine:
             self.runtime = spec.build(self.model, precision)
         self.backend = self.runtime.name
         if not self.runtime.native:
-            warnings.warn(f"{precision} is emulated on {self.device} (no native bf16 arithmetic): "
+            warnings.warn(f"{precision} is emulated on {self.device} (no native {precision} arithmetic): "
                           "it runs many times slower than fp32 here", stacklevel=2)
         self._denoiser = self.runtime.denoiser
 
@@ -398,6 +401,7 @@ class Engine:
         return None if getter is None or sampler.name not in LOOP_SAMPLERS else getter(rows)
 
     @torch.no_grad()
+    @exact_fp32()  # fp32 is IEEE fp32 on CUDA too (torch's default lets cuDNN use TF32)
     def _run_batch(self, plan: GenerationPlan, first: int, count: int, on_step: Callable[[], None] | None) -> np.ndarray:
         config = self.model.config
         p, c, bs = config.n_blocks, config.autoencoder.latent_dim, config.block_size

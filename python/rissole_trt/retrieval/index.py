@@ -404,7 +404,10 @@ def _cuvs_modules() -> tuple[Any, Any]:
 
 
 class _DeviceIndex(SearchIndex):
-    """Keys held on a torch device (uploaded in chunks), and exact rescoring there."""
+    """Keys held on a torch device (uploaded in chunks); exact search and rescoring there (no FAISS
+    needed on a GPU machine, also where CAGRA leaves a row short)."""
+
+    chunk_rows = 65536  # keys per GEMM of the exact search (scratch: queries x chunk scores)
 
     def __init__(self, keys: np.ndarray, device: Any) -> None:
         super().__init__(keys)
@@ -417,6 +420,22 @@ class _DeviceIndex(SearchIndex):
         for start in range(0, self.count, _CHECK_ROWS):
             chunk = np.array(self._keys[start : start + _CHECK_ROWS])
             self._gpu_keys[start : start + len(chunk)] = self._torch.from_numpy(chunk).to(self._device)
+
+    def _exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per chunk of keys one GEMM with the queries and a top-k, merged across chunks."""
+        torch = self._torch
+        q = torch.from_numpy(queries).to(self._device)
+        best_scores = q.new_empty((len(q), 0))
+        best_ids = torch.empty((len(q), 0), dtype=torch.int64, device=self._device)
+        for start in range(0, self.count, self.chunk_rows):
+            scores = q @ self._gpu_keys[start:start + self.chunk_rows].T
+            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            best_scores = torch.cat([best_scores, top.values], dim=1)
+            best_ids = torch.cat([best_ids, top.indices + start], dim=1)
+            if best_scores.shape[1] > k:
+                best_scores, order = best_scores.topk(k, dim=1)
+                best_ids = torch.gather(best_ids, 1, order)
+        return self._rescore(queries, best_ids)
 
     def _rescore(self, queries: np.ndarray, raw_ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores for the returned ids, sorted descending.
@@ -505,12 +524,10 @@ class CuvsCagraIndex(_CuvsIndex):
 
 
 class TorchIndex(_DeviceIndex):
-    """Exact inner-product search with torch on the keys' device: per chunk of keys one GEMM with
-    the queries and a top-k, merged across chunks (scratch: queries x chunk scores)."""
+    """Exact inner-product search with torch on the keys' device (:meth:`_DeviceIndex._exact_search`)."""
 
     kind = "torch"
     exact = True
-    chunk_rows = 65536
 
     def __init__(self, keys: np.ndarray, device: Any = "cpu") -> None:
         import torch
@@ -524,19 +541,7 @@ class TorchIndex(_DeviceIndex):
         super().__init__(keys, device)
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        torch = self._torch
-        q = torch.from_numpy(queries).to(self._device)
-        best_scores = q.new_empty((len(q), 0))
-        best_ids = torch.empty((len(q), 0), dtype=torch.int64, device=self._device)
-        for start in range(0, self.count, self.chunk_rows):
-            scores = q @ self._gpu_keys[start:start + self.chunk_rows].T
-            top = scores.topk(min(k, scores.shape[1]), dim=1)
-            best_scores = torch.cat([best_scores, top.values], dim=1)
-            best_ids = torch.cat([best_ids, top.indices + start], dim=1)
-            if best_scores.shape[1] > k:
-                best_scores, order = best_scores.topk(k, dim=1)
-                best_ids = torch.gather(best_ids, 1, order)
-        return self._rescore(queries, best_ids)
+        return self._exact_search(queries, k)
 
 
 # --------------------------------------------------------------------------- factory

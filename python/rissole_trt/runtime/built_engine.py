@@ -45,6 +45,7 @@ from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgum
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..tolerances import excess
 from . import registry
+from .base import exact_fp32, run_in_buckets
 from .spec import step_spec
 
 __all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", "load_engine", "read_manifest",
@@ -162,7 +163,8 @@ def _construct(name: str, model: RissoleModel, precision: str, root: Path, table
                 raise MissingFileError(f"engine {root} chose TensorRT but lacks {TRT_PLAN}; rebuild it with "
                                        "rissole-trt build-engine --rebuild")
             (root / TRT_PLAN).parent.mkdir(exist_ok=True)
-            build_plan(root / TRT_ONNX[precision], root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows)
+            build_plan(root / TRT_ONNX[precision], root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows,
+                       precision)
         return TensorRTBackend(model, precision, plan_path=root / TRT_PLAN, buckets=buckets_rows).forward_hoisted
     return registry.get_spec(name).build(model, precision).forward_hoisted
 
@@ -217,6 +219,7 @@ def _build_key(manifest: dict) -> dict:
                                      "batch_sizes", "candidates_requested")}
 
 
+@exact_fp32()  # the reference, every candidate's timing and check, every capture: IEEE fp32 on CUDA too
 def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
                  batch_sizes=DEFAULT_BATCH_SIZES, budget_s: float = 60.0, candidates: tuple[str, ...] | None = None,
                  rebuild: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> dict:
@@ -494,26 +497,8 @@ class BuiltEngine:
     @torch.no_grad()
     def forward_hoisted(self, x: torch.Tensor, cond_feat: torch.Tensor, time_bias: torch.Tensor,
                         pos_bias: torch.Tensor | None = None) -> torch.Tensor:
-        rows = x.shape[0]
-        largest = self.buckets[-1].rows
-        if rows > largest:
-            pieces = []
-            for start in range(0, rows, largest):
-                part = slice(start, min(rows, start + largest))
-                pieces.append(self.forward_hoisted(
-                    x[part], cond_feat[part], time_bias if time_bias.shape[0] == 1 else time_bias[part],
-                    None if pos_bias is None else pos_bias[part]))
-            return torch.cat(pieces)
-        bucket = self.bucket_for(rows)
-
-        def pad(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None or t.shape[0] != rows or bucket == rows:
-                return t
-            return torch.cat([t, t[-1:].expand(bucket - rows, *t.shape[1:])])
-
-        time_rows = time_bias if time_bias.shape[0] == 1 else pad(time_bias)
-        eps = self._run[bucket](pad(x), pad(cond_feat), time_rows, pad(pos_bias))
-        return eps[:rows]
+        return run_in_buckets(list(self._run), lambda x, *rest: self._run[x.shape[0]](x, *rest),
+                              x, cond_feat, time_bias, pos_bias)
 
     def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
         return BlockDenoiser(self.model, cond, pos, forward=self.forward_hoisted)

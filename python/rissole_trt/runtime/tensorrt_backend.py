@@ -10,7 +10,8 @@ GroupNorm and the attention in float32; inputs and output float32 either way). b
 built: ONNX's Conv takes bf16 only from opset 22, which neither torch's TorchScript exporter nor ONNX
 Runtime's CPU kernels (our check of the graph) reach. Then one optimisation profile per bucket
 (``rows`` fixed at the bucket's rows; ``time_rows`` from 1, the samplers' shared timestep, up to
-``rows``), the build with the timing cache kept beside the plan, and runs with ``execute_async_v3``
+``rows``; a call of other rows is padded up to the next bucket or split), TF32 off for fp32 plans, the
+build with the timing cache kept beside the plan, and runs with ``execute_async_v3``
 on torch's current stream, from and into buffers the backend owns (allocated and bound once per
 bucket, as TensorRT's demos do).
 """
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
-from .base import PerStepBackend
+from .base import PerStepBackend, run_in_buckets
 from .registry import BackendSpec
 from .spec import step_spec
 
@@ -42,7 +43,8 @@ def _available() -> tuple[bool, str]:
     return True, f"tensorrt {tensorrt.__version__}"
 
 
-def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, buckets: list[int]) -> bytes:
+def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, buckets: list[int],
+               precision: str) -> bytes:
     """Build (and write) a TensorRT plan with one optimisation profile per bucket of rows."""
     import tensorrt as trt
 
@@ -56,6 +58,8 @@ def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, 
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendUnavailableError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
+    if precision == "fp32":  # TensorRT allows TF32 for fp32 layers by default (Ampere on): 10-bit mantissas
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache = config.create_timing_cache(timing_cache_path.read_bytes() if timing_cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     for rows in buckets:
@@ -98,23 +102,23 @@ class TensorRTBackend(PerStepBackend):
             self._tmp = tempfile.TemporaryDirectory(prefix="rissole-trt-")
             root = Path(self._tmp.name)
             build_plan(export_denoiser_onnx(model, root / "denoiser.onnx", precision), root / "denoiser.plan",
-                       root / "timing.cache", self.spec, self.buckets)
+                       root / "timing.cache", self.spec, self.buckets, precision)
             plan_path = root / "denoiser.plan"
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         self.bindings: dict[int, _Bindings] = {}
 
-    def _bindings(self, rows: int) -> "_Bindings":
-        if rows not in self.buckets:
-            raise BackendUnavailableError(f"the plan has profiles for {self.buckets} rows, not {rows}")
+    def _run_profile(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """One call at exactly a bucket's rows, through that profile's context and buffers."""
+        feeds = self.spec.feeds(*inputs)
+        rows = feeds["x"].shape[0]
         if rows not in self.bindings:
             self.bindings[rows] = _Bindings(self.engine, self.spec, self.buckets.index(rows), rows, self.device)
-        return self.bindings[rows]
+        return self.bindings[rows].run(feeds)
 
     @torch.no_grad()
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        feeds = self.spec.feeds(*inputs)
-        return self._bindings(feeds["x"].shape[0]).run(feeds)
+        return run_in_buckets(self.buckets, self._run_profile, *inputs)  # any rows: padded or split
 
 
 class _Bindings:

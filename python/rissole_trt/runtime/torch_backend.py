@@ -45,14 +45,15 @@ __all__ = ["PRECISIONS", "precision_dtype", "bf16_native", "precision_native", "
 
 #: Precisions the torch backend runs in.
 PRECISIONS = ("fp32", "bf16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Every precision a backend may serve (fp16: TensorRT plans on CUDA only).
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CL = torch.channels_last
 
 
 def precision_dtype(precision: str) -> torch.dtype:
     """The torch dtype of a precision name; InvalidArgumentError for an unknown one."""
     if precision not in _DTYPES:
-        raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(_DTYPES)}")
     return _DTYPES[precision]
 
 
@@ -67,8 +68,11 @@ def bf16_native(device: str | torch.device = "cpu") -> bool:
 
 
 def precision_native(precision: str, device: str | torch.device = "cpu") -> bool:
-    """False when ``device`` only emulates ``precision`` (bf16 without bf16 arithmetic)."""
-    return precision_dtype(precision) == torch.float32 or bf16_native(device)
+    """False when ``device`` only emulates ``precision`` (bf16 without bf16 arithmetic; fp16 off CUDA)."""
+    dtype = precision_dtype(precision)
+    if dtype == torch.bfloat16:
+        return bf16_native(device)
+    return dtype == torch.float32 or torch.device(device).type == "cuda"
 
 
 def packs_for_onednn(device: str | torch.device, dtype: torch.dtype) -> bool:
