@@ -97,6 +97,14 @@ def test_engine_images_equal_the_eager_engine_within_one_grey_level(built, model
     assert_close(engine.generate(**kwargs), eager, "images_uint8")
 
 
+def test_an_engine_runs_the_shifted_windows(built, model, db):
+    """overlap="half" (the built-in model's default) sends 9 windows per image with mixed position
+    weights through the engine's buckets."""
+    kwargs = dict(n=3, seed=1, sampler="ddim", steps=3, batch_size=3, overlap="half", progress=False)
+    eager = Engine(model, db, device="cpu", backend="eager").generate(**kwargs)
+    assert_close(Engine(model, db, device="cpu", engine=built[0]).generate(**kwargs), eager, "images_uint8")
+
+
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 8, 11])  # below, inside, at and above the buckets (4, 8 rows)
 def test_calls_are_padded_up_to_a_bucket_or_split(built, model, rows):
     engine = load_engine(built[0], model)
@@ -124,6 +132,21 @@ def test_run_in_buckets_gives_the_runner_only_bucket_rows(model):
     seen.clear()
     assert_close(run_in_buckets([4, 8], run, *per_row), model.unet.forward_hoisted(*per_row), "engine_fp32")
     assert seen == [(8, 8, 8, 8), (4, 4, 4, 4)]
+    seen.clear()  # with measured costs: the cheapest cover, here 4 + 4 + 4 rather than 8 + 4
+    assert_close(run_in_buckets([4, 8], run, *inputs, costs={4: 1.0, 8: 3.0}), model.unet.forward_hoisted(*inputs),
+                 "engine_fp32")
+    assert seen == [(4, 4, 1, 4)] * 3
+
+
+def test_the_cheapest_cover_of_a_row_count_by_measured_buckets():
+    from rissole_trt.runtime.base import cheapest_cover, pad_or_split
+
+    zen3 = ((4, 4.05), (64, 35.2), (256, 134.6))  # the tiny engine's buckets on the Zen 3 (README)
+    assert cheapest_cover(9, zen3) == [4, 4, 4]  # one image with overlap="half": not a padded 64-row call
+    assert sorted(cheapest_cover(144, zen3)) == [4, 4, 4, 4, 64, 64]  # 16 images' windows: 86.6 ms, not 134.6
+    assert cheapest_cover(36, zen3) == [64] and cheapest_cover(256, zen3) == [256]
+    assert sorted(cheapest_cover(576, zen3)) == [64, 256, 256]
+    assert pad_or_split(9, [4, 64, 256]) == [64] and pad_or_split(576, [4, 64, 256]) == [256, 256, 64]
 
 
 def test_fp32_work_runs_without_tf32_and_the_flags_are_restored(built, model, db):

@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace a --save-dir folder that holds an earlier run's images")
     p.add_argument("--device", default="auto", help="auto (CUDA if torch sees a GPU, else CPU), cpu or cuda[:i]")
     p.add_argument("--backend", default="auto", help="denoiser backend (rissole-trt info lists them; default auto)")
-    p.add_argument("--precision", help="fp32 (exact, default) or bf16 (fast on CPUs with bf16 arithmetic and on "
-                                       "GPUs); with --engine, the engine's")
+    p.add_argument("--precision", help="fp32 (exact, default), bf16 (fast on CPUs with bf16 arithmetic and on "
+                                       "GPUs) or fp16 (TensorRT on CUDA only); with --engine, the engine's")
     p.add_argument("--engine", metavar="DIR", help="run the denoiser from an engine made by rissole-trt build-engine "
                                                    "for this model")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

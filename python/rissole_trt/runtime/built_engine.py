@@ -488,6 +488,7 @@ class BuiltEngine:
         for name in dict.fromkeys(b.chosen for b in self.buckets):
             built[name] = _construct(name, model, self.precision, path, table, rows)
         self._run = {b.rows: built[b.chosen] for b in self.buckets}
+        self.costs = {b["rows"]: b["ms"] for b in manifest["buckets"]}  # measured at build: ms per call
 
     def bucket_for(self, rows: int) -> int:
         """The rows of the bucket a call of ``rows`` rows runs at (the largest one if none holds it)."""
@@ -498,7 +499,7 @@ class BuiltEngine:
     def forward_hoisted(self, x: torch.Tensor, cond_feat: torch.Tensor, time_bias: torch.Tensor,
                         pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         return run_in_buckets(list(self._run), lambda x, *rest: self._run[x.shape[0]](x, *rest),
-                              x, cond_feat, time_bias, pos_bias)
+                              x, cond_feat, time_bias, pos_bias, costs=self.costs)
 
     def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
         return BlockDenoiser(self.model, cond, pos, forward=self.forward_hoisted)
