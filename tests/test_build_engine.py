@@ -105,6 +105,20 @@ def test_an_engine_runs_the_shifted_windows(built, model, db):
     assert_close(Engine(model, db, device="cpu", engine=built[0]).generate(**kwargs), eager, "images_uint8")
 
 
+def test_a_model_that_samples_with_windows_gets_buckets_of_windows(model, db, tmp_path):
+    import copy
+
+    windowed = copy.deepcopy(model)
+    windowed.default_overlap = "half"  # as the built-in model: 9 windows per image and step
+    manifest = build_engine(windowed, tmp_path / "engine", **BUILD)
+    assert manifest["overlap"] == "half" and manifest["rows_per_image"] == 9
+    assert [b["rows"] for b in manifest["buckets"]] == [9, 18]
+    kwargs = dict(n=3, seed=2, sampler="ddim", steps=3, batch_size=3, progress=False)
+    eager = Engine(windowed, db, device="cpu", backend="eager").generate(**kwargs)
+    assert_close(Engine(windowed, db, device="cpu", engine=tmp_path / "engine").generate(**kwargs), eager,
+                 "images_uint8")
+
+
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 8, 11])  # below, inside, at and above the buckets (4, 8 rows)
 def test_calls_are_padded_up_to_a_bucket_or_split(built, model, rows):
     engine = load_engine(built[0], model)

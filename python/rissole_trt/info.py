@@ -190,8 +190,8 @@ def format_engine(manifest: dict[str, Any]) -> str:
     where = (f"{device['cpu_model']} ({', '.join(device['isa_flags']) or 'no listed ISA flags'}; "
              f"{device['threads']} threads)" if device["type"] == "cpu" else f"{device['name']} (sm {device['capability']})")
     lines = [f"engine format {manifest['format_version']}, {manifest['precision']}, built {manifest['built']} on {where}",
-             f"model {manifest['model_fingerprint'][:16]}..., buckets (images) {manifest['batch_sizes']}, "
-             f"tolerance '{manifest['tolerance']}'"]
+             f"model {manifest['model_fingerprint'][:16]}..., buckets (images) {manifest['batch_sizes']} of "
+             f"{manifest['rows_per_image']} rows each (overlap {manifest['overlap']}), tolerance '{manifest['tolerance']}'"]
     for bucket in manifest["buckets"]:
         versus = "" if bucket["speedup_vs_eager"] is None else f" ({bucket['speedup_vs_eager']:.2f}x eager)"
         lines.append(f"  batch {bucket['batch_size']} ({bucket['rows']} rows): {bucket['chosen']} "

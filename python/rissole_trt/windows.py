@@ -19,7 +19,7 @@ import torch
 from . import ops
 from .errors import InvalidArgumentError
 
-__all__ = ["OVERLAPS", "ShiftedWindows"]
+__all__ = ["OVERLAPS", "ShiftedWindows", "rows_per_image"]
 
 #: Sampling overlaps: ``none`` (the reference's aligned blocks) or ``half`` (half-block shifted windows too).
 OVERLAPS = ("none", "half")
@@ -87,3 +87,10 @@ class ShiftedWindows:
             eps = rows(self.crop(ops.merge_blocks(x_t, self.bf)), t)
             return ops.split_blocks(self.blend(eps), self.bf)
         return eps_fn
+
+
+def rows_per_image(block_factor: int, block_size: int, overlap: str) -> int:
+    """Denoiser rows per image and step: the P aligned blocks, or with ``half`` every window."""
+    if overlap == "none":
+        return block_factor * block_factor
+    return len(ShiftedWindows(block_factor, block_size).offsets)

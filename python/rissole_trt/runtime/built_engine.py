@@ -2,14 +2,16 @@
 
 The lifecycle of TensorRT's diffusion demo, on every device: **build** once per model and machine
 (time the candidates here, keep the fastest within the tolerance table), **load** (check that the
-engine belongs to this model and this machine), **run** (each batch padded up to a bucket).
+engine belongs to this model and this machine), **run** (any row count through the cheapest cover
+of buckets by their measured times, :func:`~rissole_trt.runtime.base.cheapest_cover`).
 
 An engine directory holds:
 
 * ``manifest.json``: format version; the model's fingerprint (sha256 of its config and every
   weight); the device (CPU model, ISA flags and threads, or GPU name, compute capability and
   driver); the versions of torch, oneDNN, CUDA, TensorRT, ONNX Runtime and OpenVINO; the precision;
-  the buckets; per bucket every candidate's measured time and error against the eager module, and
+  the buckets, in images, and the rows per image (P blocks, or the 9 windows of a model that samples
+  with ``overlap="half"`` by default, as the built-in one does); per bucket every candidate's measured time and error against the eager module, and
   the one chosen;
 * ``tactics.json`` (CPU): the per-layer tactic table (:mod:`rissole_trt.runtime.tactics`);
 * ``onnx/denoiser.onnx``: the per-step graph (what ONNX Runtime, OpenVINO and TensorRT consume),
@@ -44,6 +46,7 @@ from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgum
                       RissoleError)
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..tolerances import excess
+from ..windows import rows_per_image
 from . import registry
 from .base import exact_fp32, run_in_buckets
 from .spec import step_spec
@@ -54,7 +57,7 @@ __all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", 
 #: 2: tactic tables hold residual blocks (fused GroupNorm + SiLU) and Winograd candidates.
 #: 3: and the one-group norms as layers, and dense-map convolutions.
 #: 4: the manifest gives each layer's choice per bucket and why (``tactics.layers``).
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: rows per image and the overlap they follow
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
 ONNX_FILE = Path("onnx") / "denoiser.onnx"
@@ -216,7 +219,7 @@ def _parse_buckets(batch_sizes) -> list[int]:
 
 def _build_key(manifest: dict) -> dict:
     return {k: manifest[k] for k in ("format_version", "model_fingerprint", "device", "versions", "precision",
-                                     "batch_sizes", "candidates_requested")}
+                                     "batch_sizes", "rows_per_image", "candidates_requested")}
 
 
 @exact_fp32()  # the reference, every candidate's timing and check, every capture: IEEE fp32 on CUDA too
@@ -257,6 +260,8 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
                                       "Runtime) for a build on a GPU machine")
     model = model.to(torch.device(device)).eval()
     P = model.config.n_blocks
+    # Buckets in images; rows as the model samples by default (9 windows per image with "half").
+    per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_fingerprint": model_fingerprint(model),
@@ -266,6 +271,8 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
         "precision": precision,
         "batch_sizes": sizes,
         "block_positions": P,
+        "overlap": model.default_overlap,
+        "rows_per_image": per_image,
         "candidates_requested": list(requested),
         "tolerance": _tolerance(precision),
     }
@@ -280,7 +287,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
         raise EngineMismatchError(f"{output} holds an unfinished engine export; pass --rebuild to replace it")
 
     started = time.perf_counter()
-    rows_of = {b: b * P for b in sizes}
+    rows_of = {b: b * per_image for b in sizes}
     inputs = {b: _bucket_inputs(model, rows_of[b], seed) for b in sizes}
     with torch.no_grad():
         expected = {b: model.unet.forward_hoisted(*inputs[b]).float() for b in sizes}
