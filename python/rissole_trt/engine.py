@@ -37,7 +37,7 @@ from .retrieval.database import Database, compute_keys
 from .runtime import registry
 from .runtime.base import exact_fp32
 from .runtime.loop_graph import LOOP_SAMPLERS
-from .windows import OVERLAPS, ShiftedWindows
+from .windows import ShiftedWindows, check_overlap
 
 #: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``; fp16 only
 #: TensorRT, i.e. ``backend="tensorrt"`` or an fp16 engine built for CUDA).
@@ -300,10 +300,7 @@ class Engine:
             overlap = self.model.default_overlap
         if clip not in CLIPS:
             raise InvalidArgumentError(f"unknown clip {clip!r}; choose one of {', '.join(CLIPS)}")
-        if overlap not in OVERLAPS:
-            raise InvalidArgumentError(f"unknown overlap {overlap!r}; choose one of {', '.join(OVERLAPS)}")
-        if overlap == "half":
-            ShiftedWindows(self.model.config.unet.block_factor, self.model.config.block_size)  # refuses unfit models
+        check_overlap(overlap, self.model.config.unet.block_factor, self.model.config.block_size)
         if sampler not in SAMPLERS:
             raise InvalidArgumentError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if sampler == DEFAULT_SAMPLER and steps is None:
@@ -485,6 +482,12 @@ class Engine:
         plan = self.plan(n, seed=seed, sampler=sampler, steps=steps, k=k, batch_size=batch_size,
                          exclude_self=exclude_self, query=query, query_ids=query_ids, eta=eta, clip=clip,
                          overlap=overlap)
+        return self.generate_plan(plan, progress=progress, callback=callback)
+
+    def generate_plan(self, plan: GenerationPlan, *, progress: bool = True,
+                      callback: ProgressCallback | None = None) -> np.ndarray:
+        """Every image of ``plan`` in one uint8 array (what :meth:`generate` returns); refused
+        before any work when it cannot fit in memory."""
         size = self.model.config.image_size
         need = plan.n * size * size * 3
         if need > memory_available():

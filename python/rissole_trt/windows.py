@@ -19,20 +19,28 @@ import torch
 from . import ops
 from .errors import InvalidArgumentError
 
-__all__ = ["OVERLAPS", "ShiftedWindows", "rows_per_image"]
+__all__ = ["OVERLAPS", "ShiftedWindows", "check_overlap", "rows_per_image"]
 
 #: Sampling overlaps: ``none`` (the reference's aligned blocks) or ``half`` (half-block shifted windows too).
 OVERLAPS = ("none", "half")
+
+
+def check_overlap(overlap: str, block_factor: int, block_size: int) -> None:
+    """InvalidArgumentError for an unknown overlap, or ``half`` on a model it cannot shift."""
+    if overlap not in OVERLAPS:
+        raise InvalidArgumentError(f"unknown overlap {overlap!r}; choose one of {', '.join(OVERLAPS)}")
+    if overlap == "half":
+        if block_factor < 2:
+            raise InvalidArgumentError("overlap='half' needs a model of several blocks (block_factor >= 2)")
+        if block_size % 2:
+            raise InvalidArgumentError(f"overlap='half' needs an even block size, the model's is {block_size}")
 
 
 class ShiftedWindows:
     """The windows of a ``block_factor`` x ``block_factor`` grid of ``block_size`` blocks, stride half a block."""
 
     def __init__(self, block_factor: int, block_size: int) -> None:
-        if block_factor < 2:
-            raise InvalidArgumentError("overlap='half' needs a model of several blocks (block_factor >= 2)")
-        if block_size % 2:
-            raise InvalidArgumentError(f"overlap='half' needs an even block size, the model's is {block_size}")
+        check_overlap("half", block_factor, block_size)
         self.bf, self.bs = block_factor, block_size
         side = block_factor * block_size
         stride = block_size // 2
@@ -77,6 +85,8 @@ class ShiftedWindows:
         """``eps_fn(x_t, t)`` over blocks ``[B, P, C, bs, bs]`` from a row denoiser
         ``make_rows(cond [B*W, k*C, bs, bs], position weights [B*W, P])`` of the windows."""
         count = cond_blocks.shape[0]
+        # On the batch's device once, not at every step's blend
+        self.weight, self.total = self.weight.to(cond_blocks.device), self.total.to(cond_blocks.device)
         cond = self.crop(ops.merge_blocks(cond_blocks, self.bf))
         positions = self.position_weights().to(cond_blocks.device).repeat(count, 1)
         rows = make_rows(cond, positions)
@@ -90,7 +100,7 @@ class ShiftedWindows:
 
 
 def rows_per_image(block_factor: int, block_size: int, overlap: str) -> int:
-    """Denoiser rows per image and step: the P aligned blocks, or with ``half`` every window."""
-    if overlap == "none":
-        return block_factor * block_factor
-    return len(ShiftedWindows(block_factor, block_size).offsets)
+    """Denoiser rows per image and step: the P aligned blocks, or with ``half`` every window
+    (stride half a block: 2 bf - 1 positions per axis)."""
+    check_overlap(overlap, block_factor, block_size)
+    return block_factor ** 2 if overlap == "none" else (2 * block_factor - 1) ** 2

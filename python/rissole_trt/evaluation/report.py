@@ -39,7 +39,7 @@ def evaluate(engine: Engine, real: np.ndarray, training: np.ndarray | None, *, n
     plan = engine.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
                        exclude_self=exclude_self, clip=clip, overlap=overlap)
     start = time.perf_counter()
-    generated = np.concatenate([images for _, images in engine.generate_iter(plan, progress=progress)])
+    generated = engine.generate_plan(plan, progress=progress)
     seconds = time.perf_counter() - start
     report = {
         "settings": {"n": n, "seed": seed, "sampler": sampler, "steps": plan.steps, "clip": clip,

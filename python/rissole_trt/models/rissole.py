@@ -18,7 +18,7 @@ from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, O
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
 from ..atomic import atomic_directory, check_output
-from ..windows import OVERLAPS, ShiftedWindows
+from ..windows import check_overlap
 
 __all__ = ["RissoleModel", "BlockDenoiser", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
 
@@ -26,6 +26,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "rissole_trt.model"
 FORMAT_VERSION = 1
+_WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # storage of saved weights
 
 
 def _key_list(keys: list[str], limit: int = 10) -> str:
@@ -68,10 +69,7 @@ class RissoleModel(nn.Module):
 
     @default_overlap.setter
     def default_overlap(self, overlap: str) -> None:
-        if overlap not in OVERLAPS:
-            raise InvalidArgumentError(f"unknown overlap {overlap!r}; choose one of {', '.join(OVERLAPS)}")
-        if overlap == "half":
-            ShiftedWindows(self.config.unet.block_factor, self.config.block_size)  # refuses unfit models
+        check_overlap(overlap, self.config.unet.block_factor, self.config.block_size)
         self._default_overlap = overlap
 
     # ----------------------------------------------------------------- inference
@@ -262,19 +260,24 @@ class RissoleModel(nn.Module):
 
     # ----------------------------------------------------------------- save / load
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False, weights_dtype: str = "fp32") -> Path:
         """Write ``path/config.json`` and ``path/model.safetensors`` atomically.
 
         The directory is written under a temporary name beside ``path`` and renamed into place,
         so ``path`` never holds a partial model. An existing ``path`` is replaced only with
         ``overwrite=True``, and only if it is empty or a saved model. ``config.json`` records the
-        sha256 of the weights file, checked by :meth:`load`.
+        sha256 of the weights file, checked by :meth:`load`. ``weights_dtype="fp16"`` stores the
+        weights rounded to float16, half the file (the built-in model ships so); :meth:`load`
+        widens them to float32 again, so the loaded model computes in float32 on the rounded weights.
         """
         from safetensors.torch import save_file
 
+        if weights_dtype not in _WEIGHT_DTYPES:
+            raise InvalidArgumentError(f"weights_dtype must be one of {', '.join(_WEIGHT_DTYPES)}, got {weights_dtype!r}")
         path = check_output(path, overwrite=overwrite, kind="saved model", recognise=is_model_dir)
         with atomic_directory(path, replace=overwrite) as tmp:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            dtype = _WEIGHT_DTYPES[weights_dtype]
+            state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
             doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                    "sampling": {"overlap": self.default_overlap}, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
+from ..windows import rows_per_image
 from .base import PerStepBackend, run_in_buckets
 from .registry import BackendSpec
 from .spec import step_spec
@@ -93,7 +94,8 @@ class TensorRTBackend(PerStepBackend):
 
         super().__init__(model, precision)
         self.spec = step_spec(model)
-        self.buckets = list(buckets or [model.config.n_blocks * b for b in (1, 16, 64)])
+        per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
+        self.buckets = list(buckets or [per_image * b for b in (1, 16, 64)])  # rows as the model samples
         if plan_path is None:  # a private build, as the other registered backends do
             import tempfile
 
