@@ -47,6 +47,20 @@ def test_load_gives_identical_weights_in_eval_mode(small_model, saved):
     assert not loaded.training and not loaded.unet.training
 
 
+def test_fp16_storage_halves_the_file_and_loads_as_float32_rounded_weights(small_model, saved, tmp_path):
+    from rissole_trt.errors import InvalidArgumentError
+
+    half = small_model.save(tmp_path / "half", weights_dtype="fp16")
+    size = lambda d: (d / WEIGHTS_FILE).stat().st_size  # noqa: E731
+    assert size(half) < 0.51 * size(saved)
+    loaded = RissoleModel.load(half)
+    for name, value in loaded.state_dict().items():
+        assert value.dtype == torch.float32, name
+        assert torch.equal(value, small_model.state_dict()[name].half().float()), name
+    with pytest.raises(InvalidArgumentError, match="weights_dtype"):
+        small_model.save(tmp_path / "bf", weights_dtype="int8")
+
+
 def test_save_refuses_to_replace_without_overwrite(small_model, saved):
     with pytest.raises(FileExistsError, match="overwrite"):
         small_model.save(saved)
