@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_directory, atomic_file, write_text
-from .errors import InvalidArgumentError, OutputExistsError, RissoleError
+from .errors import BackendUnavailableError, InvalidArgumentError, OutputExistsError
 
 __all__ = ["FORMATS", "generate_dataset", "shard_ranges"]
 
@@ -54,7 +54,7 @@ def _ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as error:
-        raise RissoleError(f"generate-dataset runs on Ray, which is not installed ({error}); "
+        raise BackendUnavailableError(f"generate-dataset runs on Ray, which is not installed ({error}); "
                            "pip install 'rissole-trt[distributed]'") from error
     return ray
 
@@ -160,7 +160,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise RissoleError(f"{path} cannot be read ({error}); remove the folder or choose another") from error
+        raise InvalidArgumentError(f"{path} cannot be read ({error}); remove the folder or choose another") from error
 
 
 def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,

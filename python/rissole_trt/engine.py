@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from . import ops
 from .builder import autoencoder_fingerprint
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
-from .errors import (InvalidArgumentError, NonFiniteError, OutOfMemoryError, OutOfRangeError, RissoleError)
+from .errors import (BackendUnavailableError, DatabaseError, FingerprintMismatchError, InvalidArgumentError,
+                     MissingFileError, NonFiniteError, OutOfMemoryError, OutOfRangeError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
@@ -68,7 +69,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise InvalidArgumentError(f"device {str(device)!r} is not supported; use auto, cpu or cuda[:i]")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RissoleError("device 'cuda' was requested but torch sees no CUDA device")
+        raise BackendUnavailableError("device 'cuda' was requested but torch sees no CUDA device")
     return device
 
 
@@ -188,7 +189,7 @@ class Engine:
         if model is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
-                raise RissoleError("this install has no built-in default model; give a model and a database")
+                raise MissingFileError("this install has no built-in default model; give a model and a database")
             model = default_model
             database = default_db if database is None else database
         if not isinstance(model, RissoleModel):
@@ -201,9 +202,9 @@ class Engine:
         self.index_kind = index
         if not config.unet.uses_retrieval:
             if database is not None:
-                raise RissoleError("this model uses no retrieval (conditioning 'none'); give it no database")
+                raise InvalidArgumentError("this model uses no retrieval (conditioning 'none'); give it no database")
         elif database is None:
-            raise RissoleError("this model conditions on retrieved neighbours: it needs a database (rissole-trt build-db)")
+            raise DatabaseError("this model conditions on retrieved neighbours: it needs a database (rissole-trt build-db)")
         else:
             self.database = self._open_database(database)
             # On a GPU the index searches there (cuVS), so the queries never leave the device's side.
@@ -225,20 +226,20 @@ class Engine:
         fingerprint = autoencoder_fingerprint(self.model.autoencoder)
         if isinstance(database, Database):
             if database.fingerprint != fingerprint:
-                raise RissoleError(f"database {database.path} was built with another autoencoder than this model's")
+                raise FingerprintMismatchError(f"database {database.path} was built with another autoencoder than this model's")
         else:
             database = Database.open(database, expected_fingerprint=fingerprint)
         config = self.model.config
         expected = (config.autoencoder.latent_dim, config.latent_size, config.latent_size)
         if database.latent_shape != expected or database.block_factor != config.unet.block_factor:
-            raise RissoleError(
+            raise DatabaseError(
                 f"database latents {database.latent_shape} with block factor {database.block_factor} "
                 f"do not match the model's {expected} with block factor {config.unet.block_factor}")
         return database
 
     def _require_database(self, what: str) -> Database:
         if self.database is None:
-            raise RissoleError(f"{what} needs retrieval, and this model uses none (conditioning 'none')")
+            raise InvalidArgumentError(f"{what} needs retrieval, and this model uses none (conditioning 'none')")
         return self.database
 
     # ------------------------------------------------------------------ validation

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __all__ = ["RissoleError", "InvalidArgumentError", "InvalidTypeError", "OutOfRangeError", "MissingFileError",
            "OutputExistsError", "DatabaseError", "FingerprintMismatchError", "BackendUnavailableError",
-           "NonFiniteError", "TrainingDiverged", "OutOfMemoryError", "RissoleModelError", "EngineMismatchError"]
+           "NonFiniteError", "TrainingDiverged", "OutOfMemoryError", "OutOfSpaceError", "RissoleModelError",
+           "EngineMismatchError"]
 
 
 class RissoleError(Exception):
@@ -43,7 +44,7 @@ class FingerprintMismatchError(DatabaseError):
     """The database was built with another autoencoder than the model's."""
 
 
-class BackendUnavailableError(RissoleError):
+class BackendUnavailableError(RissoleError, RuntimeError):
     """A requested denoiser backend cannot run here (missing package, device or precision)."""
 
 
@@ -59,9 +60,13 @@ class OutOfMemoryError(RissoleError, MemoryError):
     """The requested output cannot fit in this machine's memory."""
 
 
+class OutOfSpaceError(RissoleError, OSError):
+    """A disk filled while writing; the message names the path and, where known, the bytes needed."""
+
+
 class RissoleModelError(RissoleError, ValueError):
     """A model file or checkpoint cannot be used; the message names the file and the problem."""
 
 
-class EngineMismatchError(RissoleError):
+class EngineMismatchError(RissoleError, ValueError):
     """A built engine was made for another model, device or runtime version than the one at hand."""

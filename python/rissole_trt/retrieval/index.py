@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rissole_trt.errors import RissoleError
-from ..errors import InvalidArgumentError, MissingFileError
+from ..errors import BackendUnavailableError, InvalidArgumentError, MissingFileError
 from ..atomic import atomic_file
 
 __all__ = [
@@ -82,7 +81,7 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as e:  # pragma: no cover - faiss-cpu is a hard dependency
-        raise RissoleError("faiss is not installed; install faiss-cpu") from e
+        raise BackendUnavailableError("faiss is not installed; install faiss-cpu") from e
     # A process-wide FAISS setting; only ever raised, so a larger value chosen elsewhere is kept.
     faiss.cvar.distance_compute_blas_database_bs = max(
         faiss.cvar.distance_compute_blas_database_bs, _FAISS_BLAS_DATABASE_BS
@@ -395,11 +394,11 @@ def _cuvs_modules() -> tuple[Any, Any]:
     import torch
 
     if not torch.cuda.is_available():
-        raise RissoleError("cuVS search needs an NVIDIA GPU, but torch sees no CUDA device")
+        raise BackendUnavailableError("cuVS search needs an NVIDIA GPU, but torch sees no CUDA device")
     try:
         from cuvs import neighbors
     except ImportError as e:
-        raise RissoleError(f"cuVS search needs the cuvs package (pip install cuvs-cu13): {e}") from e
+        raise BackendUnavailableError(f"cuVS search needs the cuvs package (pip install cuvs-cu13): {e}") from e
     return torch, neighbors
 
 
@@ -537,7 +536,7 @@ class TorchIndex(_DeviceIndex):
         except (RuntimeError, TypeError) as e:
             raise InvalidArgumentError(f"the torch index got an unknown device {device!r}: {e}") from e
         if kind == "cuda" and not torch.cuda.is_available():
-            raise RissoleError(f"the torch index on {device} needs a CUDA device, but torch sees none")
+            raise BackendUnavailableError(f"the torch index on {device} needs a CUDA device, but torch sees none")
         super().__init__(keys, device)
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -566,7 +565,7 @@ def resolve_index_kind(kind: str, count: int, device: str = "cpu") -> str:
         try:
             _cuvs_modules()
             return "cagra" if count >= AUTO_CAGRA_MIN_COUNT else "cuvs"
-        except RissoleError as e:
+        except BackendUnavailableError as e:
             if not _AUTO_GPU_WARNED:
                 warnings.warn(f"retrieval uses torch's exact search on {device} instead of cuVS: {e}", stacklevel=3)
                 _AUTO_GPU_WARNED = True

@@ -128,7 +128,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     try:
         manifest = json.loads(file.read_text())
     except (OSError, ValueError) as error:
-        raise RissoleError(f"{file} cannot be read: {error}") from error
+        raise EngineMismatchError(f"{file} cannot be read: {error}; rebuild the engine") from error
     if manifest.get("format_version") != FORMAT_VERSION:
         raise EngineMismatchError(f"{path} has engine format {manifest.get('format_version')}, this rissole_trt reads "
                                   f"{FORMAT_VERSION}; rebuild it with rissole-trt build-engine --rebuild")
@@ -347,7 +347,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
         for b in sizes:
             eligible = {n: r for n, r in results[b].items() if r.get("within_tolerance")}
             if not eligible:
-                raise RissoleError(f"no candidate ran within tolerance at batch {b}: {results[b]}")
+                raise BackendUnavailableError(f"no candidate ran within tolerance at batch {b}: {results[b]}")
             chosen = min(eligible, key=lambda n: eligible[n]["ms"])
             peers = {n: r["ms"] for n, r in eligible.items() if n not in ("tuned",)}
             buckets.append({"batch_size": b, "rows": rows_of[b], "chosen": chosen, "ms": eligible[chosen]["ms"],
@@ -391,7 +391,7 @@ def _export_onnx(model: RissoleModel, root: Path, inputs: tuple, expected: torch
     out = backend.forward_hoisted(*(t.cpu() for t in inputs))
     max_abs = float((out - expected.cpu()).abs().max())
     if excess(out, expected.cpu(), "onnx_fp32" if precision == "fp32" else _tolerance(precision)) > 1.0:
-        raise RissoleError(f"the exported {precision} ONNX graph disagrees with the model (max |error| "
+        raise BackendUnavailableError(f"the exported {precision} ONNX graph disagrees with the model (max |error| "
                            f"{max_abs:.2e}); this is a bug, please report it")
     log(f"wrote {file}, checked with ONNX Runtime (max |error| {max_abs:.1e})")
     return {"validated": True}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from ..errors import BackendUnavailableError, RissoleError
+from ..errors import BackendUnavailableError, InvalidArgumentError
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ def specs() -> dict[str, BackendSpec]:
 def get_spec(name: str) -> BackendSpec:
     table = specs()
     if name not in table:
-        raise RissoleError(f"unknown backend {name!r}; choose auto or one of {', '.join(table)}")
+        raise InvalidArgumentError(f"unknown backend {name!r}; choose auto or one of {', '.join(table)}")
     return table[name]
 
 
@@ -106,7 +106,7 @@ def select(name: str, device: "torch.device | str", precision: str, conditioning
             raise BackendUnavailableError(f"backend {name!r} cannot run {precision} on {device_type}: {reason}")
         return spec
     if device_type not in AUTO_ORDER:
-        raise RissoleError(f"no backend runs on device {device_type!r}; use cpu or cuda")
+        raise InvalidArgumentError(f"no backend runs on device {device_type!r}; use cpu or cuda")
     passed = []
     for candidate in AUTO_ORDER.get(f"{device_type}:{conditioning}", AUTO_ORDER[device_type]):
         spec = get_spec(candidate)
