@@ -27,18 +27,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import ops
+from . import memory, ops
 from .builder import autoencoder_fingerprint
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
 from .errors import (BackendUnavailableError, DatabaseError, FingerprintMismatchError, InvalidArgumentError,
-                     MissingFileError, NonFiniteError, OutOfMemoryError, OutOfRangeError)
+                     MissingFileError, NonFiniteError, OutOfRangeError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 from .runtime import registry
 from .runtime.base import exact_fp32
 from .runtime.loop_graph import LOOP_SAMPLERS
-from .windows import ShiftedWindows, check_overlap
+from .windows import ShiftedWindows, check_overlap, rows_per_image
 
 #: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``; fp16 only
 #: TensorRT, i.e. ``backend="tensorrt"`` or an fp16 engine built for CUDA).
@@ -88,17 +88,6 @@ def _advance(bar: tqdm, amount: float, ceiling: int) -> None:
     """Move the bar by a fraction of a batch, never past the batch's end (float sums overshoot)."""
     bar.n = min(bar.n + amount, ceiling)
     bar.update(0)
-
-
-def memory_available() -> int:
-    """Bytes this process can still allocate without swapping (MemAvailable on Linux)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -438,12 +427,29 @@ class Engine:
                             progress=None if on_step is None else lambda done, total: on_step())
         return from_model_output(self.decode(blocks))
 
+    def _rows(self, plan: GenerationPlan) -> int:
+        return rows_per_image(self.model.config.unet.block_factor, self.model.config.block_size, plan.overlap)
+
+    def _check_memory(self, plan: GenerationPlan, keep: bool) -> None:
+        """Refuse a plan whose batch (and, with ``keep``, whole output) cannot fit, before any work."""
+        memory.check_generate(self.model.config, plan.n if keep else None, plan.batch_size, self._rows(plan),
+                              str(self.device))
+
+    def _batch_memory(self, plan: GenerationPlan, size: int):
+        """A failed allocation in a batch, reported with the largest batch that fits now."""
+        def advice() -> str:
+            fits = memory.largest_batch(self.model.config, self._rows(plan), str(self.device))
+            return f"the largest batch size that fits now is {fits}"
+        return memory.translate_oom(f"a batch of {size} images", advice)
+
     def generate_batch(self, plan: GenerationPlan, start: int, count: int) -> np.ndarray:
         """Images ``start .. start+count-1`` of ``plan``, uint8 ``[count, H, W, 3]``, bitwise as in
         :meth:`generate` (the aligned batches the slice touches are run whole)."""
+        self._check_memory(plan, keep=False)
         parts = []
         for first, size in plan.batches(start, count):
-            images = self._run_batch(plan, first, size, None)
+            with self._batch_memory(plan, size):
+                images = self._run_batch(plan, first, size, None)
             lo, hi = max(start, first) - first, min(start + count, first + size) - first
             parts.append(images[lo:hi])
         return np.concatenate(parts)
@@ -455,12 +461,14 @@ class Engine:
         ``callback(images_done, n)`` is called after each batch; ``progress`` shows a bar of images.
         """
         num_steps = make_sampler(plan.sampler, self.model.schedule, plan.steps, eta=plan.eta).num_steps
+        self._check_memory(plan, keep=False)
         with tqdm(total=plan.n, disable=not progress, unit="img", desc="generating", dynamic_ncols=True) as bar:
             done = 0
             for first, size in plan.batches():
                 # The bar moves by fractions of the batch at each sampler step.
                 on_step = (lambda: _advance(bar, size / num_steps, first + size)) if progress else None
-                images = self._run_batch(plan, first, size, on_step)
+                with self._batch_memory(plan, size):
+                    images = self._run_batch(plan, first, size, on_step)
                 done += size
                 if progress:
                     bar.n = done
@@ -490,10 +498,7 @@ class Engine:
         """Every image of ``plan`` in one uint8 array (what :meth:`generate` returns); refused
         before any work when it cannot fit in memory."""
         size = self.model.config.image_size
-        need = plan.n * size * size * 3
-        if need > memory_available():
-            raise OutOfMemoryError(f"{plan.n} images need {need / 2**30:.1f} GiB and {memory_available() / 2**30:.1f} GiB "
-                                   "is available; generate fewer at a time (Engine.generate_iter streams any n)")
+        self._check_memory(plan, keep=True)
         out = np.empty((plan.n, size, size, 3), dtype=np.uint8)
         for first, images in self.generate_iter(plan, progress=progress, callback=callback):
             out[first:first + len(images)] = images

@@ -41,10 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..disk import translate_disk_full
     from ..engine import default_asset_paths
+    from ..memory import largest_bucket, translate_oom
     from ..models.rissole import RissoleModel
     from ..presets import make_preset_model
     from ..runtime.built_engine import build_engine
+    from ..windows import rows_per_image
 
     if args.threads is not None:
         if args.threads < 1:
@@ -54,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
         model = make_preset_model(args.preset, seed=0)
     else:
         model = RissoleModel.load(args.model or default_asset_paths()[0])
-    build_engine(model, args.output, device=args.device, precision=args.precision, batch_sizes=args.batch_sizes,
-                 budget_s=args.budget, candidates=tuple(args.candidates) if args.candidates else None,
-                 rebuild=args.rebuild)
+    per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
+    advice = lambda: f"the largest bucket that fits now is {largest_bucket(model.config, per_image, args.device)}"  # noqa: E731
+    with translate_oom("the build", advice), translate_disk_full(args.output):
+        build_engine(model, args.output, device=args.device, precision=args.precision, batch_sizes=args.batch_sizes,
+                     budget_s=args.budget, candidates=tuple(args.candidates) if args.candidates else None,
+                     rebuild=args.rebuild)
     return 0

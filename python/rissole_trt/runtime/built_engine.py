@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from .. import memory
 from ..atomic import atomic_directory, check_output, write_text
 from ..builder import model_fingerprint
 from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError,
@@ -262,6 +263,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
     P = model.config.n_blocks
     # Buckets in images; rows as the model samples by default (9 windows per image with "half").
     per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
+    memory.check_build(model.config, sizes, per_image, device)  # before minutes of work end in the OOM killer
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_fingerprint": model_fingerprint(model),
