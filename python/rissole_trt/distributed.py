@@ -1,7 +1,7 @@
 """Dataset-scale generation on Ray: ``generate_dataset`` and ``rissole-trt generate-dataset``.
 
 Ray Data runs the work: a dataset of *shard ids* goes through ``map_batches`` into a pool of
-actors (``concurrency=workers``, ``num_gpus=gpus_per_worker``), each holding one :class:`Engine`
+actors (``compute=ActorPoolStrategy(size=workers)``, ``num_gpus=gpus_per_worker``), each holding one :class:`Engine`
 (model, database, built engine) loaded once. An actor generates a shard with
 :meth:`Engine.generate_batch` and writes it itself; the driver only records finished shards.
 
@@ -18,8 +18,15 @@ What guarantees what:
   and replaces the first atomically.
 * **Resume.** ``manifest.json`` lists a shard only after its output is complete (with the sha256 of
   what was written); it is rewritten atomically after each shard. A rerun of the same command
-  skips the recorded shards whose output is still there and redoes the rest; a rerun with nothing
-  to do writes nothing. Our manifest is the mechanism: Ray Data's own checkpointing is not used
+  skips the recorded shards whose output is still there with the recorded sha256 and redoes the
+  rest (a missing, truncated or altered shard); a rerun with nothing to do writes nothing. A rerun
+  whose settings or inputs differ (the model's, the database's or the engine's fingerprint, sampler,
+  steps, overlap, seed, shard or batch size, format) is refused, naming what changed, before Ray
+  starts. A full disk stops the run at a shard boundary (:mod:`rissole_trt.disk`); the same
+  command resumes it.
+* **Resources are checked before Ray starts** (a local cluster: this machine's CPUs, GPUs and memory
+  per worker, :mod:`rissole_trt.memory`) and again from ``ray.cluster_resources()``: a worker
+  asking for a GPU the cluster lacks would otherwise wait forever. Our manifest is the mechanism: Ray Data's own checkpointing is not used
   (it is not in every Ray release the extra allows), so resuming does not depend on Ray's version.
 * **The database reaches workers without a copy per task**: every actor memory-maps the same
   on-disk database (the page cache is shared by all actors of a node; on several nodes the folder
@@ -38,15 +45,18 @@ from typing import Any
 
 import numpy as np
 
+from . import memory
 from .atomic import atomic_directory, atomic_file, write_text
+from .disk import check_free_space, translate_disk_full
 from .errors import BackendUnavailableError, InvalidArgumentError, OutputExistsError
+from .windows import rows_per_image
 
 __all__ = ["FORMATS", "generate_dataset", "shard_ranges"]
 
 FORMATS = ("png", "npz", "webdataset")
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the database's and the engine's fingerprints are part of the run
 
 
 def _ray():
@@ -126,7 +136,8 @@ class _ShardWorker:
             first = shard * s["shard_size"]
             count = min(s["shard_size"], s["n"] - first)
             images = self.engine.generate_batch(self.plan, first, count)
-            digests.append(_write_shard(self.out_dir, shard, first, images, s["format"]))
+            with translate_disk_full(self.out_dir / shard_name(shard, s["format"]), images.nbytes):
+                digests.append(_write_shard(self.out_dir, shard, first, images, s["format"]))
             shards.append(shard)
             counts.append(count)
             seconds.append(time.perf_counter() - started)
@@ -150,10 +161,74 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-def _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, fmt, model_fingerprint) -> dict:
+def _fingerprints(probe, engine) -> dict:
+    """What, besides the settings, shapes a run's images: the model, the database, the built engine."""
+    from .builder import model_fingerprint
+    from .models.rissole import file_sha256
+    from .runtime.built_engine import MANIFEST as ENGINE_MANIFEST
+
+    files = None if probe.database is None else probe.database.manifest["files"]  # each file's sha256
+    return {"model_fingerprint": model_fingerprint(probe.model),
+            "database_fingerprint": None if files is None else
+            hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
+            "engine_fingerprint": None if engine is None else file_sha256(Path(engine) / ENGINE_MANIFEST)}
+
+
+def _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, fmt, fingerprints: dict) -> dict:
     return {"format_version": FORMAT_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
-            "seed": seed, "sampler": sampler, "steps": steps, "overlap": overlap, "format": fmt,
-            "model_fingerprint": model_fingerprint}
+            "seed": seed, "sampler": sampler, "steps": steps, "overlap": overlap, "format": fmt, **fingerprints}
+
+
+def _shard_digest(path: Path, fmt: str) -> str | None:
+    """The sha256 :func:`_write_shard` recorded, recomputed from what is on disk (None: unreadable)."""
+    digest = hashlib.sha256()
+    try:
+        if fmt == "npz":
+            digest.update(path.read_bytes())
+        elif fmt == "png":
+            for image in sorted(path.glob("*.png")):
+                digest.update(image.read_bytes())
+        else:
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    digest.update(tar.extractfile(member).read())
+    except (OSError, tarfile.TarError, AttributeError):
+        return None
+    return digest.hexdigest()
+
+
+def _kept_shards(out_dir: Path, manifest: dict, shards: list, fmt: str) -> set[int]:
+    """The recorded shards whose output is still there, whole and unchanged (sha256); the rest are redone."""
+    return {int(s) for s, record in manifest["shards"].items()
+            if record["count"] == shards[int(s)][1]
+            and _shard_digest(out_dir / shard_name(int(s), fmt), fmt) == record["sha256"]}
+
+
+def _check_resources(resources: dict, where: str, workers: int | None, threads: int, gpus: float,
+                     pending: int) -> int:
+    """The number of workers, after refusing what ``resources`` (Ray's names: CPU, GPU) cannot give:
+    Ray would otherwise wait forever for an actor it cannot place."""
+    cpus, have_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if gpus and have_gpus < gpus:
+        raise BackendUnavailableError(f"gpus_per_worker={gpus:g} and {where} has {have_gpus:g} GPU(s); "
+                                      "use gpus_per_worker=0 (CPU workers) or a cluster with GPUs")
+    if threads > cpus:
+        raise InvalidArgumentError(f"threads_per_worker={threads} and {where} has {cpus:g} CPU(s)")
+    if workers is None:
+        by_gpu = int(have_gpus // gpus) if gpus else pending
+        return max(1, min(int(cpus // threads), by_gpu, pending))
+    if workers * threads > cpus or (gpus and workers * gpus > have_gpus):
+        fits = min(int(cpus // threads), int(have_gpus // gpus) if gpus else workers)
+        raise InvalidArgumentError(f"{workers} workers need {workers * threads} CPU(s)"
+                                   + (f" and {workers * gpus:g} GPU(s)" if gpus else "")
+                                   + f"; {where} has {cpus:g} CPU(s), {have_gpus:g} GPU(s): use at most {fits} workers")
+    return workers
+
+
+def _local_resources() -> dict:
+    import torch
+
+    return {"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}
 
 
 def _read_json(path: Path) -> dict:
@@ -203,38 +278,30 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
     ray = _ray()
 
-    # Check every setting here, before any worker starts (the plan validates sampler, steps, k).
-    from .builder import model_fingerprint
-
+    # Check every setting and every input here, before Ray starts (the plan validates sampler, steps, k).
     probe = Engine(model, database, engine=engine, device="cpu" if device == "auto" else device)
-    overlap = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap).overlap
-    settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, format,
-                             model_fingerprint(probe.model))
+    plan = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap)
+    settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, plan.overlap, format,
+                             _fingerprints(probe, engine))
+    config = probe.model.config
+    rows = rows_per_image(config.unet.block_factor, config.block_size, plan.overlap)
     del probe
-    run_file, manifest_file = out_dir / RUN_FILE, out_dir / MANIFEST
-    if run_file.is_file():
-        previous = _read_json(run_file)
-        previous.setdefault("overlap", "none")  # runs from before the setting existed sampled without
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise OutputExistsError(f"{out_dir} holds another run (its {', '.join(changed)} differ); "
-                                    "choose another folder or rerun with that run's settings to resume it")
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
-        raise OutputExistsError(f"{out_dir} is not empty and holds no generate-dataset run; choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not run_file.is_file():
-        write_text(run_file, json.dumps(settings, indent=1))
-
+    _open_run(out_dir, settings)
     shards = shard_ranges(n, shard_size)
+    manifest_file = out_dir / MANIFEST
     manifest = _read_json(manifest_file) if manifest_file.is_file() else {"shards": {}}
-    done = {int(s) for s, record in manifest["shards"].items()
-            if (out_dir / shard_name(int(s), format)).exists() and record["count"] == shards[int(s)][1]}
+    done = _kept_shards(out_dir, manifest, shards, format)
     manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}
     pending = [s for s in range(len(shards)) if s not in done]
     if not pending:
         if progress:
             print(f"{out_dir}: all {len(shards)} shards ({n} images) are done; nothing to do")
         return manifest
+    check_free_space(out_dir, shards[pending[0]][1] * memory.image_bytes(config), "the next shard")
+    if ray_address is None and not ray.is_initialized():  # a local cluster: this machine's CPUs, GPUs, memory
+        local = _check_resources(_local_resources(), "this machine", workers, threads_per_worker, gpus_per_worker,
+                                 len(pending))
+        memory.check_workers(config, local, batch_size, shard_size, rows)
 
     _quiet(ray)
     started_ray = False
@@ -243,36 +310,13 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
         started_ray = True
     try:
-        resources = ray.cluster_resources()
-        if workers is None:
-            by_cpu = max(1, int(resources.get("CPU", 1) // threads_per_worker))
-            by_gpu = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else by_cpu
-            workers = max(1, min(by_cpu, by_gpu, len(pending)))
-        worker_settings = dict(settings, model=None if model is None else str(Path(model).resolve()),
-                               database=None if database is None else str(Path(database).resolve()),
-                               engine=None if engine is None else str(Path(engine).resolve()),
-                               out_dir=str(out_dir.resolve()), threads=threads_per_worker,
+        workers = _check_resources(ray.cluster_resources(), "the Ray cluster", workers, threads_per_worker,
+                                   gpus_per_worker, len(pending))
+        worker_settings = dict(settings, model=_resolved(model), database=_resolved(database), engine=_resolved(engine),
+                               out_dir=str(out_dir.resolve()), threads=threads_per_worker, gpus=gpus_per_worker,
                                device="cuda" if gpus_per_worker else ("cpu" if device == "auto" else device))
-        dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
-        results = dataset.map_batches(
-            _ShardWorker, fn_constructor_kwargs={"settings": worker_settings}, batch_size=1,
-            concurrency=workers, num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
-            batch_format="numpy")
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, initial=sum(shards[s][1] for s in done), unit="img", disable=not progress,
-                   desc=f"{len(pending)} shards on {workers} worker(s)")
-        t0 = time.perf_counter()
-        for row in results.iter_rows():
-            shard = int(row["shard"])
-            manifest["shards"][str(shard)] = {"first": shards[shard][0], "count": int(row["count"]),
-                                              "sha256": str(row["sha256"]), "seconds": float(row["seconds"])}
-            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            write_text(manifest_file, json.dumps(manifest, indent=1))
-            bar.update(int(row["count"]))
-            bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
-        bar.close()
-        elapsed = time.perf_counter() - t0
+        with translate_disk_full(out_dir):  # a worker's full disk arrives wrapped in Ray's task error
+            elapsed = _run_shards(ray, worker_settings, pending, done, shards, manifest, workers, progress)
     finally:
         if started_ray:
             ray.shutdown()
@@ -281,3 +325,50 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
                             "images_per_s": new_images / elapsed if elapsed else None}
     write_text(manifest_file, json.dumps(manifest, indent=1))
     return manifest
+
+
+def _resolved(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _open_run(out_dir: Path, settings: dict) -> None:
+    """Start a run in ``out_dir`` or resume the one there, refusing one with other settings or inputs."""
+    run_file = out_dir / RUN_FILE
+    if run_file.is_file():
+        previous = _read_json(run_file)
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise OutputExistsError(f"{out_dir} holds another run (its {', '.join(changed)} differ); "
+                                    "choose another folder or rerun with that run's settings and inputs to resume it")
+        return
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputExistsError(f"{out_dir} is not empty and holds no generate-dataset run; choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_file, json.dumps(settings, indent=1))
+
+
+def _run_shards(ray, worker_settings: dict, pending: list, done: set, shards: list, manifest: dict, workers: int,
+                progress: bool) -> float:
+    """Run the pending shards on a pool of ``workers`` actors, recording each as it finishes; returns seconds."""
+    from tqdm.auto import tqdm
+
+    threads, gpus = worker_settings["threads"], worker_settings["gpus"]
+    manifest_file = Path(worker_settings["out_dir"]) / MANIFEST
+    dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
+    results = dataset.map_batches(
+        _ShardWorker, fn_constructor_kwargs={"settings": worker_settings}, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, num_gpus=gpus or None,
+        batch_format="numpy")
+    bar = tqdm(total=worker_settings["n"], initial=sum(shards[s][1] for s in done), unit="img", disable=not progress,
+               desc=f"{len(pending)} shards on {workers} worker(s)")
+    t0 = time.perf_counter()
+    for row in results.iter_rows():
+        shard = int(row["shard"])
+        manifest["shards"][str(shard)] = {"first": shards[shard][0], "count": int(row["count"]),
+                                          "sha256": str(row["sha256"]), "seconds": float(row["seconds"])}
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_text(manifest_file, json.dumps(manifest, indent=1))
+        bar.update(int(row["count"]))
+        bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
+    bar.close()
+    return time.perf_counter() - t0

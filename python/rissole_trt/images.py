@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from .errors import InvalidArgumentError, MissingFileError, OutOfRangeError
 from .atomic import atomic_file
+from .disk import translate_disk_full
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -119,7 +120,7 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write one uint8 ``[H, W, 3]`` image atomically, in the format its suffix names."""
     path = Path(path)
     fmt = image_format(path)
-    with atomic_file(path) as tmp:
+    with translate_disk_full(path, image.nbytes), atomic_file(path) as tmp:
         Image.fromarray(image).save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     return path
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, OutOfSpaceError
 
 #: Names of the images that ``--save-dir`` writes; a folder holding only such files is a previous run's.
 SAVED_IMAGE = re.compile(r"^\d{4,}\.(png|jpg|jpeg|webp|bmp)$")
@@ -59,6 +61,36 @@ def _is_saved_images(path) -> bool:
     return all(SAVED_IMAGE.match(child.name) for child in path.iterdir())
 
 
+def _check_space(args: argparse.Namespace, image_size: int) -> None:
+    """The outputs' room, before any work: a generation must not run to the end to be lost at the write.
+    The estimate is the raw pixels (PNG rarely compresses generated images much)."""
+    from ..disk import check_free_space
+
+    per_image = image_size ** 2 * 3
+    check_free_space(args.output, args.n * per_image, f"a grid of {args.n} images")
+    if args.save_dir:
+        check_free_space(args.save_dir, args.n * per_image * 2, f"{args.n} images and their grid")
+
+
+def _keep(images) -> str:
+    """Save the generated images where there is room, so that a full disk at the end loses nothing."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..atomic import atomic_file
+
+    rescue = Path(tempfile.gettempdir()) / f"rissole-generate-{os.getpid()}.npz"
+    try:
+        with atomic_file(rescue) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images)
+    except OSError:
+        return "the images could not be kept (the temporary folder is full too)"
+    return f"the {len(images)} images were kept in {rescue} (numpy.load(...)['images'])"
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -66,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_directory, check_output
+    from ..disk import translate_disk_full
     from ..engine import Engine
     from ..images import image_format, load_images, make_grid, save_image
 
@@ -84,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     engine = Engine(args.model, args.db, device=args.device, backend=args.backend, precision=args.precision,
                     engine=args.engine)
+    _check_space(args, engine.model.config.image_size)
     query = load_images(args.query, engine.model.config.image_size) if args.query else None
     query_ids = None
     if args.category:
@@ -97,13 +131,17 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, exclude_self=not args.include_self, query=query,
                              query_ids=query_ids, clip=args.clip, overlap=args.overlap,
                              progress=not args.no_progress)
-    if args.save_dir:
-        with atomic_directory(args.save_dir, replace=args.overwrite) as folder:
-            for i, image in enumerate(images):
-                save_image(image, Path(folder) / f"{i:04d}.png")
     if args.overlap is None and engine.model.default_overlap != "none":
         print(f"sampled with overlap={engine.model.default_overlap}, this model's default (--overlap none: "
               "the reference's aligned blocks)")
-    save_image(make_grid(images), args.output)
+    try:
+        with translate_disk_full(args.save_dir or args.output, images.nbytes):
+            if args.save_dir:
+                with atomic_directory(args.save_dir, replace=args.overwrite) as folder:
+                    for i, image in enumerate(images):
+                        save_image(image, Path(folder) / f"{i:04d}.png")
+            save_image(make_grid(images), args.output)
+    except OutOfSpaceError as error:
+        raise OutOfSpaceError(errno.ENOSPC, f"{error.strerror}; {_keep(images)}") from error
     print(f"wrote {args.output}" + (f" and {len(images)} images in {args.save_dir}" if args.save_dir else ""))
     return 0

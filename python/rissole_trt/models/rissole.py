@@ -274,10 +274,14 @@ class RissoleModel(nn.Module):
 
         if weights_dtype not in _WEIGHT_DTYPES:
             raise InvalidArgumentError(f"weights_dtype must be one of {', '.join(_WEIGHT_DTYPES)}, got {weights_dtype!r}")
+        from ..disk import check_free_space, translate_disk_full
+
         path = check_output(path, overwrite=overwrite, kind="saved model", recognise=is_model_dir)
-        with atomic_directory(path, replace=overwrite) as tmp:
-            dtype = _WEIGHT_DTYPES[weights_dtype]
-            state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        dtype = _WEIGHT_DTYPES[weights_dtype]
+        state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        needed = sum(v.numel() * v.element_size() for v in state.values())
+        check_free_space(path, needed, "the model")
+        with translate_disk_full(path, needed), atomic_directory(path, replace=overwrite) as tmp:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
             doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                    "sampling": {"overlap": self.default_overlap}, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}

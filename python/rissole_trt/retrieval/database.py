@@ -41,6 +41,7 @@ import numpy as np
 
 from rissole_trt.retrieval.index import HNSWIndex, SearchIndex, check_keys, make_index, resolve_index_kind
 from ..atomic import check_output
+from ..disk import check_free_space, translate_disk_full
 from ..errors import DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError
 
 __all__ = [
@@ -216,6 +217,17 @@ def _map_npy(path: Path, random_access: bool) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=mm, offset=offset)  # read-only: the buffer is
 
 
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk is then ENOSPC here, not a SIGBUS at
+    the first write into a hole of the map."""
+    if path.is_file() and hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, path.stat().st_size)
+        finally:
+            os.close(fd)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
@@ -291,6 +303,10 @@ class DatabaseWriter:
         if metadata is not None:
             json.dumps(metadata)  # fail now, not at close, if it cannot be stored
         check_output(self.path, overwrite=overwrite, kind="database", recognise=is_database_dir)
+        sizes = {CODES: 2 * p * count * bh * bw, KEYS: 4 * count * key_dim(latent_shape, block_factor, key_kind) * store_keys,
+                 LABELS: 8 * count * with_labels, CODEBOOK: cb.nbytes + 128}
+        self._needed = sum(sizes.values())
+        check_free_space(self.path, self._needed, "the database")
 
         self.count = int(count)
         self.codebook = cb
@@ -315,11 +331,14 @@ class DatabaseWriter:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
         try:
             fmt = np.lib.format
-            self._codes = fmt.open_memmap(self._tmp / CODES, "w+", np.uint16, (p, self.count, bh, bw))
-            self._keys = (fmt.open_memmap(self._tmp / KEYS, "w+", np.float32, (self.count, self.key_dim))
-                          if store_keys else None)
-            self._labels = fmt.open_memmap(self._tmp / LABELS, "w+", np.int64, (self.count,)) if with_labels else None
-            np.save(self._tmp / CODEBOOK, cb)
+            with translate_disk_full(self.path, self._needed):
+                self._codes = fmt.open_memmap(self._tmp / CODES, "w+", np.uint16, (p, self.count, bh, bw))
+                self._keys = (fmt.open_memmap(self._tmp / KEYS, "w+", np.float32, (self.count, self.key_dim))
+                              if store_keys else None)
+                self._labels = fmt.open_memmap(self._tmp / LABELS, "w+", np.int64, (self.count,)) if with_labels else None
+                for name in (CODES, KEYS, LABELS):
+                    _reserve(self._tmp / name)
+                np.save(self._tmp / CODEBOOK, cb)
         except BaseException:
             self.abort()
             raise
@@ -399,6 +418,10 @@ class DatabaseWriter:
             n = self._n
             self.abort()
             raise InvalidArgumentError(f"only {n} of the declared {self.count} entries were added; nothing was written")
+        with translate_disk_full(self.path, self._needed):
+            return self._finish()
+
+    def _finish(self) -> Path:
         try:
             self._release_arrays()
             files = [name for name in (CODES, CODEBOOK, KEYS, LABELS) if (self._tmp / name).exists()]

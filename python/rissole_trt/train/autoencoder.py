@@ -20,6 +20,7 @@ from ..models.autoencoder import VQAutoencoder
 from .loop import RESUMABLE_CHANGES, TrainState, data_fingerprint, draw_batch, load_checkpoint, train_loop
 from ..errors import InvalidArgumentError, MissingFileError
 from ..atomic import atomic_file, write_text
+from ..disk import translate_disk_full
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def save_autoencoder(autoencoder: VQAutoencoder, directory: str | Path) -> None:
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    with atomic_file(directory / AUTOENCODER_WEIGHTS) as tmp:
+    with translate_disk_full(directory / AUTOENCODER_WEIGHTS), atomic_file(directory / AUTOENCODER_WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in autoencoder.state_dict().items()}, str(tmp))
     write_text(directory / AUTOENCODER_CONFIG, autoencoder.config.to_json())
 

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from ..errors import InvalidArgumentError, TrainingDiverged
 from ..atomic import atomic_file
+from ..disk import translate_disk_full
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Training settings a resume may change: the budget, the checkpoint interval, the precision and the
@@ -91,7 +92,7 @@ def save_checkpoint(state: TrainState, directory: Path, extra: dict | None = Non
     """Write ``directory/checkpoint.pt`` atomically."""
     payload = state.state_dict()
     payload["extra"] = extra or {}
-    with atomic_file(directory / CHECKPOINT_NAME) as tmp:
+    with translate_disk_full(directory / CHECKPOINT_NAME), atomic_file(directory / CHECKPOINT_NAME) as tmp:
         torch.save(payload, tmp)
     return directory / CHECKPOINT_NAME
 
