@@ -432,8 +432,8 @@ class Engine:
 
     def _check_memory(self, plan: GenerationPlan, keep: bool) -> None:
         """Refuse a plan whose batch (and, with ``keep``, whole output) cannot fit, before any work."""
-        memory.check_generate(self.model.config, plan.n if keep else None, plan.batch_size, self._rows(plan),
-                              str(self.device))
+        memory.check_generate(self.model.config, plan.n, plan.batch_size, self._rows(plan), str(self.device),
+                              keep=keep)
 
     def _batch_memory(self, plan: GenerationPlan, size: int):
         """A failed allocation in a batch, reported with the largest batch that fits now."""

@@ -108,9 +108,8 @@ def check(what: str, need: int, largest: Callable[[int], int], unit: str, device
     """
     room = available(device)
     if need > room:
-        fits = largest(room)
-        advice = f"the largest {unit} that fits is {fits}" if fits > 0 else f"not even one {unit} fits"
-        raise OutOfMemoryError(f"{what} needs about {_gib(need)} and {_gib(room)} is available on {device}; {advice}")
+        raise OutOfMemoryError(f"{what} needs about {_gib(need)} and {_gib(room)} is available on {device}; "
+                               f"the largest {unit} that fits is {largest(room)}")
 
 
 def _largest(per_unit: int, fixed: int = 0) -> Callable[[int], int]:
@@ -122,17 +121,17 @@ def largest_batch(config, rows_per_image: int, device: str = "cpu") -> int:
     return available(device) // max(1, batch_bytes(config, 1, rows_per_image))
 
 
-def check_generate(config, n: int | None, batch_size: int, rows_per_image: int, device: str = "cpu") -> None:
-    """Generating in batches of ``batch_size``, keeping all ``n`` images in one array (None: one batch
-    at a time, as generate_iter does). The batch runs on ``device``, the array is in host memory."""
-    on_device = str(device).startswith("cuda")
+def check_generate(config, n: int, batch_size: int, rows_per_image: int, device: str = "cpu", *,
+                   keep: bool) -> None:
+    """Generating ``n`` images in batches of ``batch_size``: one batch on ``device`` and, with ``keep``,
+    all ``n`` images in one host array (generate_iter keeps one batch at a time)."""
+    batch_size = min(batch_size, n)
     batch = batch_bytes(config, batch_size, rows_per_image)
-    per_image = batch // batch_size
-    if n is not None:
-        output = n * image_bytes(config)
-        check(f"{n} images of {config.image_size}x{config.image_size}", output + (0 if on_device else batch),
-              _largest(image_bytes(config), 0 if on_device else batch), "n at a time")
-    check(f"a batch of {batch_size} images", batch, _largest(per_image), "batch size", device)
+    check(f"a batch of {batch_size} images", batch, _largest(batch // batch_size), "batch size", device)
+    if keep:
+        beside = 0 if str(device).startswith("cuda") else batch
+        check(f"{n} images of {config.image_size}x{config.image_size} in one array", n * image_bytes(config) + beside,
+              _largest(image_bytes(config), beside), "n (Engine.generate_iter streams any n)")
 
 
 def _build_per_row(config) -> tuple[int, int]:
