@@ -26,6 +26,8 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 # How the libraries word a full disk when the errno is lost on the way.
 _FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|\d+ requested and \d+ written|"
                         r"file write failed|unexpected pos \d+ vs \d+", re.IGNORECASE)
+# Our own error in the text of a Ray task error (Ray passes the worker's traceback as text).
+_WORKER_LINE = re.compile(r"OutOfSpaceError: (?:\[Errno \d+\] )?([^\n]+)")
 # Room left beyond an output's estimated size (file system metadata, the temporary beside the target).
 MARGIN = 1.05
 
@@ -87,9 +89,10 @@ def translate_disk_full(path: str | os.PathLike, needed: int | None = None) -> I
     except Exception as error:
         if not is_disk_full(error):
             raise
-        for e in _chain(error):  # a worker's own translation, wrapped by Ray: keep its message
-            if isinstance(e, OutOfSpaceError):
-                raise OutOfSpaceError(errno.ENOSPC, e.strerror) from error
+        for e in _chain(error):  # a worker's own translation, wrapped by Ray (as text): keep its line
+            worker = _WORKER_LINE.search(str(e))
+            if worker:
+                raise OutOfSpaceError(errno.ENOSPC, worker.group(1)) from error
         need = f"; it needs {_size(needed)}" if needed else ""
         raise OutOfSpaceError(errno.ENOSPC, f"{path}: no space left on device (ENOSPC) while writing{need}, "
                                             f"{_size(free_bytes(path))} free; nothing half-written was "
