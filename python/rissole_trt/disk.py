@@ -67,7 +67,8 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB ({n:,} bytes)"
+    unit, scale = ("GiB", 2**30) if n >= 2**30 else ("MiB", 2**20)
+    return f"{n / scale:.1f} {unit} ({n:,} bytes)"
 
 
 def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:
