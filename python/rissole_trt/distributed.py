@@ -286,12 +286,9 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     config = probe.model.config
     rows = rows_per_image(config.unet.block_factor, config.block_size, plan.overlap)
     del probe
-    _open_run(out_dir, settings)
     shards = shard_ranges(n, shard_size)
-    manifest_file = out_dir / MANIFEST
-    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"shards": {}}
-    done = _kept_shards(out_dir, manifest, shards, format)
-    manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}
+    manifest = _open_run(out_dir, settings, shards)
+    done = {int(s) for s in manifest["shards"]}
     pending = [s for s in range(len(shards)) if s not in done]
     if not pending:
         if progress:
@@ -303,12 +300,7 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
                                  len(pending))
         memory.check_workers(config, local, batch_size, shard_size, rows)
 
-    _quiet(ray)
-    started_ray = False
-    if not ray.is_initialized():
-        init = {"address": ray_address} if ray_address else {}
-        ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        started_ray = True
+    started_ray = _start_ray(ray, ray_address)
     try:
         workers = _check_resources(ray.cluster_resources(), "the Ray cluster", workers, threads_per_worker,
                                    gpus_per_worker, len(pending))
@@ -323,28 +315,43 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     new_images = sum(shards[s][1] for s in pending)
     manifest["last_run"] = {"workers": workers, "shards": len(pending), "images": new_images, "seconds": elapsed,
                             "images_per_s": new_images / elapsed if elapsed else None}
-    write_text(manifest_file, json.dumps(manifest, indent=1))
+    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
+
+
+def _start_ray(ray, address: str | None) -> bool:
+    """Join or start Ray (quietly) unless it is up; whether this call started it."""
+    _quiet(ray)
+    if ray.is_initialized():
+        return False
+    ray.init(**({"address": address} if address else {}), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    return True
 
 
 def _resolved(path) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def _open_run(out_dir: Path, settings: dict) -> None:
-    """Start a run in ``out_dir`` or resume the one there, refusing one with other settings or inputs."""
-    run_file = out_dir / RUN_FILE
+def _open_run(out_dir: Path, settings: dict, shards: list) -> dict:
+    """Start a run in ``out_dir`` or resume the one there (refusing one with other settings or inputs);
+    returns its manifest, listing only the shards that are kept."""
+    run_file, manifest_file = out_dir / RUN_FILE, out_dir / MANIFEST
     if run_file.is_file():
         previous = _read_json(run_file)
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise OutputExistsError(f"{out_dir} holds another run (its {', '.join(changed)} differ); "
                                     "choose another folder or rerun with that run's settings and inputs to resume it")
-        return
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise OutputExistsError(f"{out_dir} is not empty and holds no generate-dataset run; choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_file, json.dumps(settings, indent=1))
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_file, json.dumps(settings, indent=1))
+    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"shards": {}}
+    kept = _kept_shards(out_dir, manifest, shards, settings["format"])
+    manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(kept)}
+    return manifest
 
 
 def _run_shards(ray, worker_settings: dict, pending: list, done: set, shards: list, manifest: dict, workers: int,
