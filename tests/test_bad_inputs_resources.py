@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from reference_fixtures import paths
 from synthetic import smooth_images
 from test_distributed import PLAN, _read, _single_process, assets, cluster  # noqa: F401 - pytest fixtures
 from rissole_trt import cli, disk, memory
@@ -36,6 +37,7 @@ ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 TORCH_ZIP_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
 NUMPY_SHORT_WRITE = "10240 requested and 5088 written"  # numpy's full disk: no errno
+CPU_ALLOCATOR = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 123456789 bytes"
 
 
 def _raise(error):
@@ -84,7 +86,12 @@ def _full_disk(monkeypatch):
 
 
 # (case, argv with {root} and {assets}, fault, expected error, output that must not exist afterwards)
+REF = paths("ref_addpos_")
 CLI_CASES = [
+    ("convert: safetensors full", ["convert", "--checkpoint", REF["checkpoint"], "--unet-config", REF["unet_config"],
+                                   "--vqgan-config", REF["vqgan_config"], "--ddpm-config", REF["ddpm_config"], "-o",
+                                   "{root}/model", "--overwrite"], "safetensors",
+     r"model: no space left on device \(ENOSPC\) while writing; it needs .* bytes", None),
     ("build-db: numpy's short write", ["build-db", "--model", "{model}", "--images", "{root}/images.npz", "-o", "{root}/db",
                                    "--overwrite"], "numpy", r"\[Errno 28\] .*/db: no space left on device \(ENOSPC\).*"
                                                             r"needs .*bytes", None),
@@ -101,6 +108,9 @@ CLI_CASES = [
     ("build-engine: buckets beyond memory", ["build-engine", "--model", "{model}", "--batch-sizes", "100000",
                                              "-o", "{tmp}/engine"], None,
      r"building buckets 100000 .* needs about .* GiB .*the largest bucket \(alone\) that fits is \d+", "{tmp}/engine"),
+    ("build-engine: an allocation fails", ["build-engine", "--model", "{model}", "--batch-sizes", "1", "-o",
+                                           "{tmp}/engine"], "alloc",
+     r"the build ran out of memory \(DefaultCPUAllocator.*\); the largest bucket that fits now is \d+", "{tmp}/engine"),
     ("build-engine: disk full", ["build-engine", "--model", "{model}", "--batch-sizes", "1", "--candidates", "eager",
                                  "--budget", "0.2", "-o", "{tmp}/engine"], "engine",
      r"engine: no space left on device \(ENOSPC\)", "{tmp}/engine"),
@@ -115,11 +125,14 @@ def test_a_fault_is_one_line_and_nothing_is_lost(case, argv, fault, expected, ab
     faults = {"numpy": lambda: monkeypatch.setattr(np, "save", _raise(OSError(NUMPY_SHORT_WRITE))),
               "disk": lambda: _full_disk(monkeypatch), "memory": lambda: _little_memory(monkeypatch),
               "engine": lambda: monkeypatch.setattr("rissole_trt.runtime.built_engine.write_text", _raise(ENOSPC)),
+              "safetensors": lambda: _patch_safetensors(monkeypatch),
+              "alloc": lambda: monkeypatch.setattr("rissole_trt.runtime.built_engine._bucket_inputs",
+                                                   _raise(RuntimeError(CPU_ALLOCATOR))),
               None: lambda: None}
     faults[fault]()
     if fault in ("disk", "memory"):  # refused before any work
         monkeypatch.setattr(Engine, "_run_batch", _raise(AssertionError("generation started")))
-    assert re.search(expected, _cli([a.format(**fill) for a in argv], capsys))
+    assert re.search(expected, _cli([str(a).format(**fill) for a in argv], capsys))
     _unchanged(root, files)
     if absent:
         assert not Path(absent.format(**fill)).exists()
@@ -164,8 +177,7 @@ def test_a_full_disk_at_generates_last_write_keeps_the_images(earlier, tmp_path,
     assert not (tmp_path / "grid.png").exists()
 
 
-@pytest.mark.parametrize("error", [RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
-                                                "123456789 bytes"), torch.cuda.OutOfMemoryError("CUDA out of memory")])
+@pytest.mark.parametrize("error", [RuntimeError(CPU_ALLOCATOR), torch.cuda.OutOfMemoryError("CUDA out of memory")])
 def test_an_allocation_that_still_fails_names_the_batch_that_fits(assets, monkeypatch, error):
     engine = Engine(*assets, device="cpu")
     monkeypatch.setattr(engine, "_run_batch", _raise(error))
