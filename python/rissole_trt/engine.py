@@ -407,7 +407,7 @@ class Engine:
             return None
         if getattr(self.runtime, "reads_codes", False):
             # A code-reading denoiser's neighbours are ids checked on the host at every call: no capture holds them.
-            self._announce_once(f"the {self.backend} backend reads the neighbours' codes, which its whole-loop "
+            self._announce_once(f"the {self.runtime.name} backend reads the neighbours' codes, which its whole-loop "
                                 f"capture cannot hold: overlap={overlap!r} steps the loop in Python (slower)")
             return None
         return getter(rows)
