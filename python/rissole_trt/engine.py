@@ -403,14 +403,13 @@ class Engine:
     def _loop_sampler(self, sampler, rows: int, overlap: str = "none"):
         """The runtime's whole-loop sampler for ``rows`` rows (CUDA graphs), or None to step in Python."""
         getter = getattr(self.runtime, "loop_sampler", None)
-        if getter is None or sampler.name not in LOOP_SAMPLERS:
-            return None
-        if getattr(self.runtime, "reads_codes", False):
+        whole_loop = None if getter is None or sampler.name not in LOOP_SAMPLERS else getter(rows)
+        if whole_loop is not None and getattr(self.runtime, "reads_codes", False):
             # A code-reading denoiser's neighbours are ids checked on the host at every call: no capture holds them.
             self._announce_once(f"the {self.runtime.name} backend reads the neighbours' codes, which its whole-loop "
                                 f"capture cannot hold: overlap={overlap!r} steps the loop in Python (slower)")
             return None
-        return getter(rows)
+        return whole_loop
 
     def _batch_denoiser(self, plan: GenerationPlan, ids: np.ndarray | None, cond: torch.Tensor):
         """The batch's ε over its blocks: through the shifted windows with ``overlap="half"``, and with
