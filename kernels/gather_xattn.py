@@ -157,7 +157,9 @@ def gather_xattn(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v
     check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos, sources)
     rows, lq, heads, dh = q.shape
     positions = codes.shape[2] * codes.shape[3]
-    src_block, src_pos = (row_block, row_block) if sources is None else (t.to(torch.int64).contiguous() for t in sources)
+    # Without sources the kernel reads no source table: row_block stands in for both pointers.
+    src_block, src_pos = (row_block, row_block) if sources is None else (t.to(torch.int64).contiguous()
+                                                                         for t in sources)
     out = torch.empty_like(q)
     if rows == 0 or lq == 0:
         return out
@@ -165,9 +167,9 @@ def gather_xattn(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v
     _gather_xattn_kernel[grid](
         q.contiguous(), ids.to(torch.int64).contiguous(), row_image.to(torch.int64).contiguous(),
         row_block.to(torch.int64).contiguous(), codes.contiguous(), k_codes.contiguous(), v_codes.contiguous(),
-        k_pos.contiguous(), v_pos.contiguous(), src_block, src_pos, out, dh ** -0.5 if scale is None else scale, lq, heads, dh,
-        ids.shape[1], codes.shape[1], positions,
+        k_pos.contiguous(), v_pos.contiguous(), src_block, src_pos, out, dh ** -0.5 if scale is None else scale,
+        lq, heads, dh, ids.shape[1], codes.shape[1], positions,
         BLOCK_Q=block_q, BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(dh)),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32 is ignored for 16-bit inputs
-        WINDOWED=sources is not None)  # (without sources the two source pointers are not read)
+        WINDOWED=sources is not None)
     return out
