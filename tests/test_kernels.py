@@ -283,7 +283,7 @@ def test_the_engine_takes_the_code_path_with_overlap_and_says_when_it_cannot_cap
     expected = Engine(model, database, device=DEVICE, backend="eager").generate(2, **settings)
     fused = _fused_engine(model, database, backend)
     calls = []
-    code_denoiser = backend.code_denoiser
+    code_denoiser = fused.runtime.code_denoiser
     monkeypatch.setattr(fused.runtime, "code_denoiser",
                         lambda *args, windows=None: calls.append(windows) or code_denoiser(*args, windows=windows))
     assert_close(fused.generate(2, **settings), expected, "images_uint8")
