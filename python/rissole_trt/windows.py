@@ -9,6 +9,11 @@ cropped to the same window, with a position bias that is the mean of the covered
 embeddings weighted by the overlap; the predictions are blended per latent pixel with weights that
 fall off towards each window's edges (MultiDiffusion's averaging of overlapping windows). The
 model is unchanged; a step costs ``(2 bf - 1)^2 / bf^2`` times the aligned one (9/4 for 2x2 blocks).
+
+The fast paths take the windows too: a :class:`WindowedDenoiser` keeps its per-batch tensors in its
+row denoiser, so a whole-loop CUDA graph captures the crop and blend inside every step, and
+:meth:`ShiftedWindows.token_sources` tells the Triton kernel that reads the neighbours' codes where
+each window's tokens lie in the blocks it straddles.
 """
 from __future__ import annotations
 
