@@ -424,6 +424,13 @@ def _keys_from_code_blocks(blocks: np.ndarray, codebook: np.ndarray, key_kind: s
     return keys
 
 
+def _check_inside(path: Path, file: Path) -> None:
+    """A database is one folder: a file that is a link to somewhere else could change under it unseen."""
+    if not file.resolve().is_relative_to(path.resolve()):
+        raise DatabaseError(f"{path}: {file.name} is a symbolic link to {file.resolve()}, outside the database "
+                            "folder; copy the file into the folder or rebuild the database")
+
+
 def _require(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in manifest:
         raise DatabaseError(f"manifest.json lacks the field {key!r}")
@@ -482,6 +489,7 @@ class Database:
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise DatabaseError(f"{path} is not a rissole_trt database: {MANIFEST} is missing")
+        _check_inside(path, mpath)
         try:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -542,6 +550,7 @@ class Database:
             f = path / name
             if not f.is_file():
                 raise DatabaseError(f"{path}: {name} is missing")
+            _check_inside(path, f)
             size = f.stat().st_size
             if size != entry["bytes"]:
                 raise DatabaseError(
@@ -563,7 +572,7 @@ class Database:
                 )
             arrays[name] = arr
 
-        if verify == "full":
+        if verify == "full" or KEYS not in arrays:  # the codes are read in full either way
             _check_codes(path, arrays[CODES], k_size)
         if KEYS not in arrays:  # not stored: computed from the codes
             arrays[KEYS] = _keys_from_code_blocks(arrays[CODES], arrays[CODEBOOK], key_kind, bf, d)
@@ -713,7 +722,9 @@ class Database:
 
         key = ("codes", str(torch.device(device)))
         if key not in self._device_tensors:
-            self._device_tensors[key] = torch.from_numpy(np.array(self._codes)).to(device)  # a copy: the map is read-only
+            codes = np.array(self._codes)  # a copy: the map is read-only
+            _check_codes(self.path, codes, len(self._codebook))  # a kernel reading them checks no bounds
+            self._device_tensors[key] = torch.from_numpy(codes).to(device)
         return self._device_tensors[key]
 
     def neighbour_blocks(self, ids: Any, device: Any = "cpu", dtype: Any = None) -> Any:
@@ -721,11 +732,19 @@ class Database:
 
         Channel ``n*C + c`` of block p is channel c of block p of entry ``ids[b, n]``. Reads only the
         requested entries' codes from the memory map (``rissole_trt.ops.gather_code_blocks``).
-        Raises IndexError for an id outside ``[0, N)``.
+        Raises IndexError for an id outside ``[0, N)``, :class:`DatabaseError` for a stored code outside
+        the codebook (a corrupt ``codes.npy``: checked here, where the gather meets it, not by reading
+        every code at open).
         """
         from rissole_trt import ops
 
-        return ops.gather_code_blocks(self._codes, self.codebook_tensor(device, dtype), ids)
+        try:
+            return ops.gather_code_blocks(self._codes, self.codebook_tensor(device, dtype), ids)
+        except IndexError as error:
+            ids = _to_numpy(ids)
+            if ids.size and 0 <= ids.min() and ids.max() < self.count:  # the ids are fine: a stored code is not
+                raise DatabaseError(f"{self.path / CODES} is corrupt ({error}); rebuild the database") from None
+            raise
 
     # ------------------------------------------------------------------ search
 
