@@ -65,6 +65,10 @@ def kind_of(path: str | os.PathLike) -> str | None:
     return _legacy_kind(path, docs)
 
 
+def _a(label: str) -> str:
+    return f"{'an' if label[0] in 'aeiou' else 'a'} {label}"
+
+
 def _describe(path: Path) -> str:
     """What ``path`` is, for a refusal."""
     if path.is_symlink():
@@ -72,7 +76,7 @@ def _describe(path: Path) -> str:
     if not path.is_dir():
         return "a file"
     kind = kind_of(path)
-    return f"a {KINDS[kind]}" if kind else "a folder of other files"
+    return _a(KINDS[kind]) if kind else "a folder of other files"
 
 
 def _check_inputs(path: Path, inputs: tuple) -> None:
@@ -103,17 +107,17 @@ def check_output(path: str | os.PathLike, *, kind: str, overwrite: bool, inputs:
         probe_writable(path)
         return path
     if directory and (path.is_symlink() or not path.is_dir()):
-        raise OutputExistsError(f"{path} is {_describe(path)}, not a {label}; choose another output folder")
+        raise OutputExistsError(f"{path} is {_describe(path)}, not {_a(label)}; choose another output folder")
     if not directory and path.is_dir():
         raise OutputExistsError(f"{path} is a folder; the {label} is a file")
     own = recognise(path) if recognise is not None else kind_of(path) == kind
     empty = directory and not any(path.iterdir())
     if not (own or empty):
-        raise OutputExistsError(f"{path} is {_describe(path)}, not a {label}; choose another output "
+        raise OutputExistsError(f"{path} is {_describe(path)}, not {_a(label)}; choose another output "
                                 + ("folder" if directory else "file"))
     if not overwrite:
         advice = f"{flag} replaces it" if flag else "choose another output"
-        raise OutputExistsError(f"{path} already holds {'nothing (an empty folder)' if empty else 'a ' + label}"
+        raise OutputExistsError(f"{path} already holds {'nothing (an empty folder)' if empty else _a(label)}"
                                 f" ({advice})")
     probe_writable(path)
     return path

@@ -471,7 +471,10 @@ def check_files(path: Path, manifest: dict) -> None:
     if not isinstance(files, dict):
         raise EngineMismatchError(f"engine {path}: its manifest records no checksums of its files; "
                                   f"{_rebuild_advice(path)}")
-    missing = sorted(str(name) for name in _required_files(manifest) if name not in files)
+    required = _required_files(manifest)
+    for name in required:
+        _inside(path, name)
+    missing = sorted(str(name) for name in required if name not in files)
     if missing:
         raise EngineMismatchError(f"engine {path}: its manifest records no size and sha256 of {missing[0]}, which "
                                   f"it needs; {_rebuild_advice(path)}")
