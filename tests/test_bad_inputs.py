@@ -228,6 +228,15 @@ OUTPUT_ROWS = [
     ("convert --overwrite onto a database", None,
      ["convert", *(f"--{k.replace('_', '-')}={v}" for k, v in paths("ref_addpos_").items()), "-o", "{d}",
       "--overwrite"], "is a retrieval database, not a saved model"),
+    ("train-autoencoder into an engine", None,
+     ["train-autoencoder", "--images", "{images}", "--steps", "1", "-o", "{e}"],
+     "is an engine, not a training run folder"),
+    ("train into a folder whose model is a database", lambda p: shutil.copytree(p["d"], p["proj"] / "run" / "model"),
+     ["train", "--images", "{images}", "--steps", "1", "--autoencoder", "{m}", "-o", "{proj}/run"],
+     "is a retrieval database, not a saved model"),
+    ("train into its own autoencoder's folder", None,
+     ["train", "--images", "{images}", "--steps", "1", "--autoencoder", "{proj}/ae", "-o", "{proj}/ae"],
+     "an input of this command"),
     ("generate-dataset into a database", None, ["generate-dataset", "-n", "2", "--model", "{m}", "-o", "{d}"],
      "is a retrieval database, not a generate-dataset run"),
     ("generate-dataset into its own database", None,
@@ -279,7 +288,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_lost(row, spoil, argv, mess
     before = snapshot(proj["proj"])
     line = _run_cli(capsys, *(arg.format(**proj) for arg in argv))
     assert re.search(message, line), line
-    if row.startswith(("build-engine", "build-db", "convert", "generate-dataset")):
+    if row.startswith(("build-engine", "build-db", "convert", "generate-dataset", "train")):
         assert "--rebuild" not in line and "--overwrite" not in line  # no flag that would destroy it
     after = snapshot(proj["proj"])
     assert {k: v for k, v in after.items() if not k.endswith("grid.png")} == before
