@@ -29,6 +29,7 @@ from rissole_trt.atomic import _HOST, reap_temporaries
 from rissole_trt.builder import build_database
 from rissole_trt.distributed import RUN_FILE, _run_settings, generate_dataset
 from rissole_trt.engine import Engine
+from rissole_trt.evaluation.fid import FeatureNet, save_feature_net
 from rissole_trt.errors import InvalidTypeError, OutputExistsError
 from rissole_trt.models import RissoleModel
 from rissole_trt.outputs import DATABASE, DATASET_RUN, ENGINE, KINDS, MODEL, kind_of
@@ -113,6 +114,7 @@ WRITERS = {
     "generated-images": lambda out, model, o: _cli("generate", "-n", "1", "-o", str(out.parent / "grid.png"),
                                                    "--model", str(o["model"]), "--db", str(o["database"]),
                                                    "--save-dir", str(out), "--overwrite"),
+    "feature-network": lambda out, model, o: save_feature_net(FeatureNet(width=8), out),
 }
 WRITER_KIND = {"model": MODEL, "database": DATABASE, "engine": ENGINE, "dataset-run": DATASET_RUN}
 KIND_OF_VICTIM = {"model": MODEL, "database": DATABASE, "engine": ENGINE, "dataset-run": DATASET_RUN}
