@@ -31,7 +31,8 @@ from . import ops
 from .builder import autoencoder_fingerprint
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
 from .errors import (BackendUnavailableError, DatabaseError, FingerprintMismatchError, InvalidArgumentError,
-                     MissingFileError, NonFiniteError, OutOfMemoryError, OutOfRangeError)
+                     InvalidTypeError, MissingFileError, NonFiniteError, OutOfMemoryError,
+                     OutOfRangeError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
@@ -145,6 +146,13 @@ class GenerationPlan:
         return [(b, min(self.batch_size, self.n - b)) for b in range(first, start + count, self.batch_size)]
 
 
+def _check_path_type(name: str, value: object, *objects: type) -> None:
+    """``value`` is None, a path or one of ``objects``; else one clear line, not a TypeError from deep inside."""
+    if value is not None and not isinstance(value, (str, os.PathLike, *objects)):
+        allowed = ", ".join(["a path", *(f"a {t.__name__}" for t in objects), "or None"])
+        raise InvalidTypeError(f"Engine {name} must be {allowed}, got {type(value).__name__} {value!r}")
+
+
 class Engine:
     """A loaded model, its database and a denoiser backend, ready to generate.
 
@@ -172,6 +180,9 @@ class Engine:
                  database: str | os.PathLike | Database | None = None, *, device: str | torch.device = "auto",
                  backend: str = "auto", precision: str | None = None, index: str = "auto",
                  engine: str | os.PathLike | None = None) -> None:
+        _check_path_type("model", model, RissoleModel)
+        _check_path_type("database", database, Database)
+        _check_path_type("engine", engine)
         manifest = None
         if engine is not None:  # a built engine decides the backend and the precision
             from .runtime.built_engine import read_manifest
