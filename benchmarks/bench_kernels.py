@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from rissole_trt.bench.timing import time_calls
+from rissole_trt.timing import time_calls
 from rissole_trt.diffusion import NoiseSchedule, make_sampler
 from rissole_trt.kernels.context_xattn import context_xattn, context_xattn_reference
 from rissole_trt.kernels.gather_xattn import gather_xattn, gather_xattn_reference

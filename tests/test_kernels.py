@@ -200,7 +200,7 @@ def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(tmp_path):
     database = build_database(model.cpu(), smooth_images(6, size=32), tmp_path / "db", progress=False)
     model = model.to(DEVICE)
     backend = TritonBackend(model)
-    assert backend.reads_codes and backend.fused_sampler_step
+    assert backend.reads_codes and backend.fused_step
     ids = torch.tensor([[0, 5, 2], [1, 1, 4]])
     cond = database.neighbour_blocks(ids, device=DEVICE)
     x = torch.randn(2, 4, 4, 4, 4, device=DEVICE)

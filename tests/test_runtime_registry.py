@@ -20,7 +20,7 @@ from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.errors import BackendUnavailableError, NonFiniteError, RissoleError
 from rissole_trt.models import RissoleModel
-from rissole_trt.runtime import registry
+from rissole_trt.runtime import Backend, Capabilities, registry
 from rissole_trt.runtime.spec import step_spec
 
 PACKAGE = Path(rissole_trt.__file__).resolve().parent
@@ -77,15 +77,28 @@ def test_fp16_is_tensorrt_on_cuda_only_and_is_refused_elsewhere_with_the_reason(
         registry.select("auto", "cpu", "fp16")
     with pytest.raises(BackendUnavailableError, match="backend 'tensorrt' cannot run fp16 on cpu: runs on cuda"):
         registry.select("tensorrt", "cpu", "fp16")
-    assert "tensorrt" in [name for name, spec in registry.specs().items() if "fp16" in spec.precisions]
+    assert "tensorrt" in [name for name, b in registry.backends().items() if "fp16" in b.capabilities.precisions]
+
+
+class _Missing(Backend):
+    """A backend whose package is missing (never built)."""
+
+    name = "fast"
+    description = "a backend whose package is missing"
+    capabilities = Capabilities(devices=("cpu",), precisions=("fp32",))
+
+    @classmethod
+    def probe(cls):
+        return False, "package 'fast' is not installed"
+
+    def forward_hoisted(self, *inputs):
+        raise AssertionError("never built")
 
 
 def test_auto_picks_by_the_documented_order_and_says_what_it_passed_over(monkeypatch):
     assert registry.select("auto", "cpu", "fp32").name == registry.AUTO_ORDER["cpu"][0]
-    unavailable = registry.BackendSpec("fast", ("cpu",), ("fp32",), "a backend whose package is missing",
-                                       lambda: (False, "package 'fast' is not installed"), None)
-    table = {"fast": unavailable, **registry.specs()}
-    monkeypatch.setattr(registry, "specs", lambda: table)
+    table = {"fast": _Missing, **registry.backends()}
+    monkeypatch.setattr(registry, "backends", lambda: table)
     monkeypatch.setitem(registry.AUTO_ORDER, "cpu", ("fast", "torch", "eager"))
     with pytest.warns(UserWarning, match=r"picked 'torch'.*fast \(package 'fast' is not installed\)"):
         assert registry.select("auto", "cpu", "fp32").name == "torch"
@@ -99,8 +112,9 @@ def test_auto_picks_by_the_documented_order_and_says_what_it_passed_over(monkeyp
 
 @pytest.mark.parametrize("name", ["eager", "torch", "onnxruntime", "openvino"])
 def test_every_registered_backend_gives_the_eager_eps(model, name):
-    if not registry.get_spec(name).available()[0]:
-        pytest.skip(registry.get_spec(name).available()[1])
+    ok, reason = registry.get(name).available("cpu", "fp32")
+    if not ok:
+        pytest.skip(reason)
     io = load_io("ref_addpos_")
     backend = registry.build(name, model, "fp32")
     assert backend.name == name and backend.precision == "fp32" and backend.native

@@ -206,7 +206,10 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     # Check every setting here, before any worker starts (the plan validates sampler, steps, k).
     from .builder import model_fingerprint
 
-    probe = Engine(model, database, engine=engine, device="cpu" if device == "auto" else device)
+    from .platform import resolve_device
+
+    here = resolve_device(device, auto="cpu")  # "auto" runs on CPUs unless GPUs per worker are asked for
+    probe = Engine(model, database, engine=engine, device=here)
     overlap = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap).overlap
     settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, format,
                              model_fingerprint(probe.model))
@@ -252,7 +255,7 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
                                database=None if database is None else str(Path(database).resolve()),
                                engine=None if engine is None else str(Path(engine).resolve()),
                                out_dir=str(out_dir.resolve()), threads=threads_per_worker,
-                               device="cuda" if gpus_per_worker else ("cpu" if device == "auto" else device))
+                               device="cuda" if gpus_per_worker else str(here))
         dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
         results = dataset.map_batches(
             _ShardWorker, fn_constructor_kwargs={"settings": worker_settings}, batch_size=1,
