@@ -277,6 +277,14 @@ def test_loading_on_another_thread_count_or_torch_warns(built, model, tmp_path, 
     assert_close(engine.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "engine_fp32")
 
 
+def test_a_loaded_engine_states_its_chosen_backends_capabilities(built, model):
+    engine = load_engine(built[0], model)
+    assert set(engine.backends) == {b["rows"] for b in built[1]["buckets"]}
+    assert {b.name for b in engine.backends.values()} == {b["chosen"] for b in built[1]["buckets"]}
+    assert (engine.captures_loop, engine.reads_codes, engine.fused_step) == (False, False, False)  # CPU candidates
+    assert engine.loop_sampler(4) is None
+
+
 def test_an_engine_without_the_plan_it_chose_is_refused_not_completed(model, tmp_path):
     with pytest.raises(MissingFileError, match="lacks tensorrt/denoiser.plan.*--rebuild"):
         TensorRTBackend.from_artifacts(model, "fp32", Artifacts(tmp_path, (4,)))

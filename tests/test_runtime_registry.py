@@ -153,3 +153,36 @@ def test_non_finite_weights_stop_generation_naming_the_step(model, tmp_path):
     with pytest.raises(NonFiniteError, match=r"timestep 999 for images \[0, 1\]"):
         engine.generate(2, sampler="ddim", steps=3, progress=False)
     assert np.isfinite(Engine(model, db, device="cpu").generate(1, sampler="ddim", steps=2, progress=False)).all()
+
+
+def test_one_registry_answers_every_purpose_from_declared_capabilities():
+    def names(device, purpose, precision="fp32", conditioning="add"):
+        return [c.name for c in registry.candidates(device, precision, conditioning, purpose)]
+
+    assert names("cpu", "run") == list(registry.AUTO_ORDER["cpu"])
+    assert names("cuda", "run", conditioning="xattn") == list(registry.AUTO_ORDER["cuda:xattn"])
+    cpu_build, cuda_build = names("cpu", "build"), names("cuda", "build")
+    assert cpu_build[0] == "tuned" and {"onnxruntime", "openvino", "torch_compile"} <= set(cpu_build)
+    assert {"triton", "tensorrt", "cuda_graph", "torch"} <= set(cuda_build) and "tuned" not in cuda_build
+    assert set(names("cpu", "peer")) == {"eager", "torch_compile", "onnxruntime", "openvino"}
+    for name, backend in registry.backends().items():  # each module declares its name, description, capabilities
+        assert backend.name == name and backend.description
+        assert set(backend.capabilities.devices) <= {"cpu", "cuda"}
+    # availability says why: the precision a backend does not serve, a missing GPU
+    eager = next(c for c in registry.candidates("cpu", "bf16", "add", "build") if c.name == "eager")
+    assert not eager.available and eager.reason == "serves fp32, not bf16"
+    if not torch.cuda.is_available():
+        gpu_only = [c for c in registry.candidates("cuda", "fp32", "add", "build") if c.name in ("cuda_graph", "triton")]
+        assert len(gpu_only) == 2 and all(not c.available and c.reason for c in gpu_only)
+    with pytest.raises(BackendUnavailableError, match="runs only inside a built engine"):
+        registry.select("tuned", "cpu", "fp32")
+    with pytest.raises(RissoleError, match="unknown purpose"):
+        registry.candidates("cpu", "fp32", "add", "serve")
+
+
+def test_a_built_backend_states_its_capabilities_as_attributes(model):
+    torch_backend = registry.build("torch", model, "fp32")
+    assert (torch_backend.captures_loop, torch_backend.reads_codes, torch_backend.fused_step) == (False, False, False)
+    assert torch_backend.loop_sampler(4) is None
+    with pytest.raises(RissoleError, match="does not read neighbours through their codes"):
+        torch_backend.code_denoiser(None, None, None)

@@ -31,7 +31,7 @@ from . import ops
 from .builder import autoencoder_fingerprint
 from .defaults import PRECISIONS
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
-from .errors import (BackendUnavailableError, DatabaseError, FingerprintMismatchError, InvalidArgumentError,
+from .errors import (DatabaseError, FingerprintMismatchError, InvalidArgumentError,
                      MissingFileError, NonFiniteError, OutOfMemoryError, OutOfRangeError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
