@@ -172,7 +172,8 @@ def test_one_registry_answers_every_purpose_from_declared_capabilities():
     eager = next(c for c in registry.candidates("cpu", "bf16", "add", "build") if c.name == "eager")
     assert not eager.available and eager.reason == "serves fp32, not bf16"
     if not torch.cuda.is_available():
-        gpu_only = [c for c in registry.candidates("cuda", "fp32", "add", "build") if c.name in ("cuda_graph", "triton")]
+        gpu_only = [c for c in registry.candidates("cuda", "fp32", "add", "build")
+                    if c.name in ("cuda_graph", "triton")]
         assert len(gpu_only) == 2 and all(not c.available and c.reason for c in gpu_only)
     with pytest.raises(BackendUnavailableError, match="runs only inside a built engine"):
         registry.select("tuned", "cpu", "fp32")

@@ -181,7 +181,8 @@ class Engine:
             model = RissoleModel.load(model)
         self.model = model.to(self.device).eval()
         config = self.model.config
-        spec = None if manifest is not None else registry.select(backend, self.device, precision, config.unet.conditioning)
+        chosen = (None if manifest is not None
+                  else registry.select(backend, self.device, precision, config.unet.conditioning))
         self.database: Database | None = None
         self.index = None
         self.index_kind = index
@@ -200,7 +201,7 @@ class Engine:
 
             self.runtime = load_engine(engine, self.model)
         else:
-            self.runtime = spec(self.model, precision)
+            self.runtime = chosen(self.model, precision)
         self.backend = self.runtime.name
         if not self.runtime.native:
             warnings.warn(f"{precision} is emulated on {self.device} (no native {precision} arithmetic): "

@@ -1,7 +1,8 @@
 """Built engines: ``rissole-trt build-engine`` -> an engine directory -> ``Engine(..., engine=DIR)``.
 
 The lifecycle of TensorRT's diffusion demo, on every device: **build** once per model and machine
-(time the candidates here, keep the fastest within the tolerance table), **load** (check that the
+(time the candidates here: every backend the registry offers for building on the device, timed
+interleaved per bucket; keep the fastest within the tolerance table), **load** (check that the
 engine belongs to this model and this machine), **run** (any row count through the cheapest cover
 of buckets by their measured times, :func:`~rissole_trt.runtime.base.cheapest_cover`).
 
@@ -145,7 +146,8 @@ def _check_request(model: RissoleModel, device: str, precision: str, batch_sizes
     requested = tuple(candidates) if candidates else tuple(offered)
     unknown = [c for c in requested if c not in offered]
     if unknown:
-        raise InvalidArgumentError(f"unknown candidate(s) {unknown} for {device_type}; choose from {', '.join(offered)}")
+        raise InvalidArgumentError(f"unknown candidate(s) {unknown} for {device_type}; choose from "
+                                   f"{', '.join(offered)}")
     return sizes, device_type, {name: offered[name] for name in requested}
 
 
