@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from rissole_trt.bench.hardware import machine_info
-from rissole_trt.platform import resolve_device
 from rissole_trt.timing import interleaved_medians
 from rissole_trt.builder import build_database
 from rissole_trt.diffusion import make_sampler, sample
@@ -61,7 +60,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         args.preset, args.images, args.samplers, args.repeats, args.db_size = "tiny", [1], ["dpmpp_2m:3"], 1, 16
-    device = resolve_device("auto")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     model = make_preset_model(args.preset).to(device)
     config = model.config
