@@ -240,7 +240,7 @@ def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(xattn):
     from rissole_trt.errors import BackendUnavailableError
 
     model, database, backend = xattn
-    assert backend.reads_codes and backend.fused_sampler_step
+    assert backend.reads_codes and backend.fused_step
     ids = torch.tensor([[0, 5, 2], [1, 1, 4]])
     cond = database.neighbour_blocks(ids, device=DEVICE)
     x = torch.randn(2, 4, 4, 4, 4, device=DEVICE)

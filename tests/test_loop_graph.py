@@ -112,7 +112,8 @@ def test_loops_are_keyed_by_shape_and_sampler_and_refuse_what_they_do_not_captur
 def _with_loop_sampler(engine: Engine, monkeypatch) -> LoopGraphs:
     """Give the engine's runtime a whole-loop sampler over the CPU twin, as the cuda_graph backend has."""
     loops = LoopGraphs(eager_capture)
-    monkeypatch.setattr(engine.runtime, "loop_sampler", lambda rows: loops.sample, raising=False)
+    monkeypatch.setattr(type(engine.runtime), "captures_loop", True)
+    monkeypatch.setattr(engine.runtime, "loop_sampler", lambda rows: loops.sample)
     return loops
 
 

@@ -183,21 +183,12 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         format: ``png`` (a folder of PNGs per shard), ``npz`` (images + ids) or ``webdataset`` (tar).
         overlap: as for :meth:`Engine.plan` (None: the model's default, recorded resolved in the run).
     """
+    from .builder import model_fingerprint
     from .engine import DEFAULT_SAMPLER, Engine
+    from .platform import resolve_device
 
-    n = _positive(n, "n")
-    shard_size = _positive(shard_size, "shard_size")
-    batch_size = _positive(batch_size, "batch_size")
-    threads_per_worker = _positive(threads_per_worker, "threads_per_worker")
-    if workers is not None:
-        workers = _positive(workers, "workers")
-    if shard_size % batch_size:
-        raise InvalidArgumentError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}): "
-                                   "a shard then runs whole batches, the same ones as a single process")
-    if format not in FORMATS:
-        raise InvalidArgumentError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if not (isinstance(gpus_per_worker, (int, float)) and gpus_per_worker >= 0):
-        raise InvalidArgumentError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    n, shard_size, batch_size, threads_per_worker, workers = _check_sizes(
+        n, shard_size, batch_size, threads_per_worker, workers, format, gpus_per_worker)
     sampler = sampler or DEFAULT_SAMPLER
     out_dir = Path(out_dir)
     # A run is resumed, never replaced: no flag; another kind of output, a file or a link is refused.
@@ -205,14 +196,53 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     ray = _ray()
 
     # Check every setting here, before any worker starts (the plan validates sampler, steps, k).
-    from .builder import model_fingerprint
-
-    probe = Engine(model, database, engine=engine, device="cpu" if device == "auto" else device)
+    here = resolve_device(device, auto="cpu")  # "auto" runs on CPUs unless GPUs per worker are asked for
+    probe = Engine(model, database, engine=engine, device=here)
     overlap = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap).overlap
     settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, format,
                              model_fingerprint(probe.model))
     del probe
-    run_file, manifest_file = out_dir / RUN_FILE, out_dir / MANIFEST
+    _open_run(out_dir, settings)
+    shards = shard_ranges(n, shard_size)
+    manifest, done = _done_shards(out_dir, shards, format)
+    pending = [s for s in range(len(shards)) if s not in done]
+    if not pending:
+        if progress:
+            print(f"{out_dir}: all {len(shards)} shards ({n} images) are done; nothing to do")
+        return manifest
+    worker_settings = dict(settings, model=None if model is None else str(Path(model).resolve()),
+                           database=None if database is None else str(Path(database).resolve()),
+                           engine=None if engine is None else str(Path(engine).resolve()),
+                           out_dir=str(out_dir.resolve()), threads=threads_per_worker,
+                           device="cuda" if gpus_per_worker else str(here))
+    workers, elapsed = _run_on_ray(ray, ray_address, worker_settings, manifest, shards, pending, workers,
+                                   gpus_per_worker, progress)
+    new_images = sum(shards[s][1] for s in pending)
+    manifest["last_run"] = {"workers": workers, "shards": len(pending), "images": new_images, "seconds": elapsed,
+                            "images_per_s": new_images / elapsed if elapsed else None}
+    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _check_sizes(n, shard_size, batch_size, threads_per_worker, workers, fmt, gpus_per_worker) -> tuple:
+    """:func:`generate_dataset`'s counts as ints, every argument checked before Ray starts."""
+    n, shard_size, batch_size = _positive(n, "n"), _positive(shard_size, "shard_size"), _positive(batch_size,
+                                                                                                  "batch_size")
+    threads_per_worker = _positive(threads_per_worker, "threads_per_worker")
+    workers = None if workers is None else _positive(workers, "workers")
+    if shard_size % batch_size:
+        raise InvalidArgumentError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}): "
+                                   "a shard then runs whole batches, the same ones as a single process")
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not (isinstance(gpus_per_worker, (int, float)) and gpus_per_worker >= 0):
+        raise InvalidArgumentError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    return n, shard_size, batch_size, threads_per_worker, workers
+
+
+def _open_run(out_dir: Path, settings: dict) -> None:
+    """Start the run in ``out_dir``, or resume the one there when its settings are these."""
+    run_file = out_dir / RUN_FILE
     if run_file.is_file():
         previous = _read_json(run_file)
         previous.setdefault("overlap", "none")  # runs from before the setting existed sampled without
@@ -226,17 +256,21 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     if not run_file.is_file():
         write_text(run_file, json.dumps(settings, indent=1))
 
-    shards = shard_ranges(n, shard_size)
+
+def _done_shards(out_dir: Path, shards: list[tuple[int, int]], fmt: str) -> tuple[dict, set[int]]:
+    """The manifest of the shards already written whole, and their numbers."""
+    manifest_file = out_dir / MANIFEST
     manifest = _read_json(manifest_file) if manifest_file.is_file() else {"kind": DATASET_RUN, "shards": {}}
     done = {int(s) for s, record in manifest["shards"].items()
-            if (out_dir / shard_name(int(s), format)).exists() and record["count"] == shards[int(s)][1]}
+            if (out_dir / shard_name(int(s), fmt)).exists() and record["count"] == shards[int(s)][1]}
     manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}
-    pending = [s for s in range(len(shards)) if s not in done]
-    if not pending:
-        if progress:
-            print(f"{out_dir}: all {len(shards)} shards ({n} images) are done; nothing to do")
-        return manifest
+    return manifest, done
 
+
+def _run_on_ray(ray, ray_address, settings: dict, manifest: dict, shards, pending: list[int], workers: int | None,
+                gpus_per_worker: float, progress: bool) -> tuple[int, float]:
+    """Generate the ``pending`` shards on Ray's workers, recording each in ``manifest`` as it lands;
+    returns the number of workers and the seconds it took."""
     _quiet(ray)
     started_ray = False
     if not ray.is_initialized():
@@ -244,24 +278,21 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
         started_ray = True
     try:
+        threads = settings["threads"]
         resources = ray.cluster_resources()
         if workers is None:
-            by_cpu = max(1, int(resources.get("CPU", 1) // threads_per_worker))
+            by_cpu = max(1, int(resources.get("CPU", 1) // threads))
             by_gpu = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else by_cpu
             workers = max(1, min(by_cpu, by_gpu, len(pending)))
-        worker_settings = dict(settings, model=None if model is None else str(Path(model).resolve()),
-                               database=None if database is None else str(Path(database).resolve()),
-                               engine=None if engine is None else str(Path(engine).resolve()),
-                               out_dir=str(out_dir.resolve()), threads=threads_per_worker,
-                               device="cuda" if gpus_per_worker else ("cpu" if device == "auto" else device))
         dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
         results = dataset.map_batches(
-            _ShardWorker, fn_constructor_kwargs={"settings": worker_settings}, batch_size=1,
-            concurrency=workers, num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
-            batch_format="numpy")
+            _ShardWorker, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+            concurrency=workers, num_cpus=threads, num_gpus=gpus_per_worker or None, batch_format="numpy")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, initial=sum(shards[s][1] for s in done), unit="img", disable=not progress,
+        manifest_file = Path(settings["out_dir"]) / MANIFEST
+        done = sum(r["count"] for r in manifest["shards"].values())
+        bar = tqdm(total=settings["n"], initial=done, unit="img", disable=not progress,
                    desc=f"{len(pending)} shards on {workers} worker(s)")
         t0 = time.perf_counter()
         for row in results.iter_rows():
@@ -273,12 +304,7 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
             bar.update(int(row["count"]))
             bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
         bar.close()
-        elapsed = time.perf_counter() - t0
+        return workers, time.perf_counter() - t0
     finally:
         if started_ray:
             ray.shutdown()
-    new_images = sum(shards[s][1] for s in pending)
-    manifest["last_run"] = {"workers": workers, "shards": len(pending), "images": new_images, "seconds": elapsed,
-                            "images_per_s": new_images / elapsed if elapsed else None}
-    write_text(manifest_file, json.dumps(manifest, indent=1))
-    return manifest

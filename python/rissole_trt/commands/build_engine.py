@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..defaults import DEFAULT_BATCH_SIZES, PRECISIONS
 from ..errors import InvalidArgumentError
 
 
@@ -17,17 +18,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build-engine", help="build a tuned engine for a model on this machine",
         description="Build an engine directory for a model on this machine: per batch-size bucket, time every "
-                    "candidate (per-layer CPU tactics, the torch backend, eager, torch.compile, ONNX Runtime, "
-                    "OpenVINO; TensorRT and CUDA graphs on a GPU), check each against the eager module within the "
+                    "candidate (every registered backend that builds for the device: per-layer CPU tactics, the "
+                    "torch backend, eager, torch.compile, ONNX Runtime, OpenVINO; TensorRT, CUDA graphs and Triton "
+                    "on a GPU; rissole-trt info lists them), check each against the eager module within the "
                     "tolerance table and keep the fastest. The same build run again is a cache hit. Use it with "
                     "generate --engine DIR or Engine(..., engine=DIR).")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="DIR", help="a saved model directory (default: the built-in model)")
     src.add_argument("--preset", choices=["celeba64", "tiny"], help="a benchmark preset (random weights, seed 0)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="default fp32")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16, 64], metavar="B1,B2,...",
-                   help="buckets in images (default 1,16,64); other batches are padded up to the next one")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default fp32")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=list(DEFAULT_BATCH_SIZES), metavar="B1,B2,...",
+                   help=f"buckets in images (default {','.join(map(str, DEFAULT_BATCH_SIZES))}); other batches "
+                        "are padded up to the next one")
     p.add_argument("--budget", type=float, default=60.0, metavar="SECONDS",
                    help="timing budget of the whole build (default 60; compilation comes on top)")
     p.add_argument("--candidates", nargs="+", metavar="NAME",

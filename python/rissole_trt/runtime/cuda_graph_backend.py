@@ -19,17 +19,11 @@ from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
 from ..windows import WindowedDenoiser
 from .base import PerStepBackend
+from .backend import Capabilities
 from .loop_graph import LoopDenoiser, LoopGraphs, cuda_capture
-from .registry import BackendSpec
 from .torch_backend import PRECISIONS
 
 _WARMUP_CALLS = 3  # on a side stream before capture, as torch's CUDA-graph notes require
-
-
-def _available() -> tuple[bool, str]:
-    if not torch.cuda.is_available():
-        return False, "torch sees no CUDA device"
-    return True, f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}"
 
 
 class _Captured:
@@ -57,6 +51,14 @@ class CudaGraphBackend(PerStepBackend):
     """``model``'s per-step UNet (a private copy in ``precision``) replayed from CUDA graphs."""
 
     name = "cuda_graph"
+    description = "the per-step UNet captured as a CUDA graph per row count and replayed (one launch per step)"
+    capabilities = Capabilities(devices=("cuda",), precisions=PRECISIONS, captures_loop=True)
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device"
+        return True, f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}"
 
     def __init__(self, model: RissoleModel, precision: str = "fp32") -> None:
         super().__init__(model, precision)
@@ -92,10 +94,3 @@ class CudaGraphBackend(PerStepBackend):
             return self.loops.sample(self._uncaptured_copy(denoiser), sampler, shape, generator, clip=clip)
         return sample
 
-
-SPEC = BackendSpec(
-    name="cuda_graph", devices=("cuda",), precisions=PRECISIONS,
-    description="the per-step UNet captured as a CUDA graph per row count and replayed (one launch per step)",
-    available=_available,
-    build=CudaGraphBackend,
-)

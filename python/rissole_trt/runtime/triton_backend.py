@@ -7,7 +7,7 @@
   once when the backend is built. Nothing per image is precomputed but the time and position
   biases. The rest of the UNet runs in torch (a private copy in the backend's precision).
 * For every model the sampler update is one kernel per step
-  (:mod:`~rissole_trt.kernels.sampler_step`): :attr:`fused_sampler_step` tells the Engine.
+  (:mod:`~rissole_trt.kernels.sampler_step`): :attr:`~.backend.Capabilities.fused_step` tells the Engine.
 
 ``auto`` picks it on a GPU for xattn models. On a CPU the kernels run only under Triton's
 interpreter (``TRITON_INTERPRET=1``, for tests): the registry offers the backend for CUDA only.
@@ -22,18 +22,8 @@ from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..windows import ShiftedWindows, WindowedDenoiser
 from .base import PerStepBackend
-from .registry import BackendSpec
+from .backend import Capabilities
 from .torch_backend import PRECISIONS
-
-
-def _available() -> tuple[bool, str]:
-    try:
-        import triton
-    except ImportError:
-        return False, "Triton is not installed (pip install '.[gpu]')"
-    if not torch.cuda.is_available():
-        return False, "torch sees no CUDA device"
-    return True, f"Triton {triton.__version__}, {torch.cuda.get_device_name()}"
 
 
 class CodeContext:
@@ -69,8 +59,21 @@ class TritonBackend(PerStepBackend):
     """``model``'s per-step UNet with Triton's fused gather + cross-attention, and the fused sampler step."""
 
     name = "triton"
-    #: The Engine runs the sampler update through rissole_trt.kernels.sampler_step.
-    fused_sampler_step = True
+    description = ("Triton kernels: neighbour gathering fused with cross-attention over the database's codes "
+                   "(xattn models) and the sampler update in one pass")
+    #: The Engine runs the sampler update through rissole_trt.kernels.sampler_step; xattn models read codes.
+    capabilities = Capabilities(devices=("cuda",), precisions=PRECISIONS, reads_codes=True, fused_step=True)
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        try:
+            import triton
+        except ImportError:
+            return False, "Triton is not installed (pip install '.[gpu]')"
+        if not torch.cuda.is_available():  # the kernels still run (slowly) in Triton's interpreter
+            return False, (f"torch sees no CUDA device (Triton {triton.__version__} is installed: its kernels run on "
+                           "CPU tensors with TRITON_INTERPRET=1)")
+        return True, f"Triton {triton.__version__}, {torch.cuda.get_device_name()}"
 
     def __init__(self, model: RissoleModel, precision: str = "fp32") -> None:
         super().__init__(model, precision)
@@ -78,13 +81,17 @@ class TritonBackend(PerStepBackend):
             raise BackendUnavailableError("the triton backend needs the model on a CUDA device "
                                           "(or TRITON_INTERPRET=1 to run its kernels on the CPU, slowly)")
         self.unet = self.private_unet()
-        self.reads_codes = model.config.unet.conditioning == "xattn"
         self.tables = self.scales = None
         if self.reads_codes:
             codebook = model.autoencoder.codebook.detach().float()
             self.tables = [{name: t.to(self.dtype) for name, t in table.items()}
                            for table in model.unet.xattn_tables(codebook)]
             self.scales = [layer.scale for layer in model.unet._xattn_layers]
+
+    @property
+    def reads_codes(self) -> bool:
+        """Only an xattn model's network reads the neighbours (through their codes); others get features."""
+        return self.model.config.unet.conditioning == "xattn"
 
     @torch.no_grad()
     def forward_hoisted(self, x: torch.Tensor, cond_feat, time_bias: torch.Tensor,
@@ -115,11 +122,3 @@ class TritonBackend(PerStepBackend):
         return windows.denoiser(lambda rows, pos: BlockDenoiser(self.model, rows, pos, forward=self.forward_hoisted,
                                                                 condition=lambda _: context), cond)
 
-
-SPEC = BackendSpec(
-    name="triton", devices=("cuda",), precisions=PRECISIONS,
-    description="Triton kernels: neighbour gathering fused with cross-attention over the database's codes "
-                "(xattn models) and the sampler update in one pass",
-    available=_available,
-    build=TritonBackend,
-)
