@@ -21,7 +21,7 @@ import torch
 from torch.utils import mkldnn
 
 from rissole_trt.bench.hardware import machine_info
-from rissole_trt.bench.timing import interleaved_medians
+from rissole_trt.timing import interleaved_medians
 
 SHAPES = ((48, 8), (96, 4), (256, 8), (512, 4))  # (channels, map size): tiny and celeba64 levels
 

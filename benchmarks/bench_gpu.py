@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rissole_trt.bench.hardware import machine_info
-from rissole_trt.bench.timing import interleaved_medians
+from rissole_trt.timing import interleaved_medians
 from rissole_trt.builder import build_database
 from rissole_trt.diffusion import make_sampler, sample
 from rissole_trt.engine import Engine
@@ -41,8 +41,9 @@ GOAL_BATCH1_SPEEDUP = 5.0  # issue #11: the CUDA-graph engine >= 5x eager images
 
 
 def _backend(name: str, model, device: torch.device, **options):
-    ok, reason = registry.availability(registry.get_spec(name), device.type, "fp32")
-    return (registry.get_spec(name).build(model, "fp32", **options), None) if ok else (None, reason)
+    backend = registry.get(name)
+    ok, reason = backend.available(device.type, "fp32", model.config.unet.conditioning)
+    return (backend(model, "fp32", **options), None) if ok else (None, reason)
 
 
 @exact_fp32()  # every fp32 row in IEEE fp32, as the Engine runs it (no TF32 in cuDNN convolutions)

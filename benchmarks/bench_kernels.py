@@ -21,7 +21,8 @@ import statistics
 
 import torch
 
-from rissole_trt.bench.timing import time_calls
+from rissole_trt.platform import resolve_device
+from rissole_trt.timing import time_calls
 from rissole_trt.diffusion import NoiseSchedule, make_sampler
 from rissole_trt.kernels.context_xattn import context_xattn, context_xattn_reference
 from rissole_trt.kernels.gather_xattn import gather_xattn, gather_xattn_reference
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows as JSON")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (a check that the script runs)")
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     dtype = DTYPES[args.dtype]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (Triton interpreter)"
     peak = NOMINAL.get(name)

@@ -62,7 +62,7 @@ def proc_memory() -> dict[str, float]:
 
 def timed_median(fn, min_time: float = 2.0, min_reps: int = 3, max_reps: int = 50) -> float:
     """Median seconds per call of ``fn`` (one warm-up call first)."""
-    from rissole_trt.bench.timing import time_calls
+    from rissole_trt.timing import time_calls
 
     return statistics.median(time_calls(fn, min_time=min_time, min_reps=min_reps, max_reps=max_reps))
 

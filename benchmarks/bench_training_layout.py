@@ -15,7 +15,7 @@ import json
 import torch
 
 from rissole_trt.bench.hardware import machine_info
-from rissole_trt.bench.timing import interleaved_medians
+from rissole_trt.timing import interleaved_medians
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
 from rissole_trt.models import RissoleModel
 

@@ -15,9 +15,12 @@ whole :class:`rissole_trt.diffusion.samplers.Sampler` through the kernel.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from rissole_trt.diffusion.samplers import LinearStep, Sampler
+if TYPE_CHECKING:  # kernels sit below diffusion: its step coefficients are read by attribute only
+    from rissole_trt.diffusion.samplers import LinearStep, Sampler
 
 __all__ = ["sampler_step", "sampler_step_reference", "FusedSteps"]
 

@@ -31,9 +31,9 @@ def _cuda_usable() -> bool:
 
 def _tensorrt_reason() -> str | None:
     """Why the `trt` tests cannot run here (None: they can)."""
-    from rissole_trt.runtime.tensorrt_backend import _available
+    from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
 
-    ok, reason = _available()
+    ok, reason = TensorRTBackend.probe()
     return None if ok else f"{reason}; TensorRT cannot be installed in this project's workplace (PyPI's libs " \
                            "package downloads from a host it cannot reach), so this backend is untested"
 

@@ -223,7 +223,7 @@ RUN = dict(n=8, shard_size=2, format="npz", progress=False, **PLAN)
 def _no_ray(monkeypatch):
     """Fail the test if the run gets as far as Ray."""
     monkeypatch.setattr(ray, "init", _raise(AssertionError("ray.init was called")))
-    monkeypatch.setattr("rissole_trt.distributed._run_shards", _raise(AssertionError("shards were run")))
+    monkeypatch.setattr("rissole_trt.distributed._run_on_ray", _raise(AssertionError("shards were run")))
 
 
 @pytest.mark.parametrize("ask,expected,error", [

@@ -182,7 +182,7 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="timing_steps"):
         BenchOptions(preset="tiny", timing_steps=0).validate()
     with pytest.raises(ValueError, match="precision"):
-        BenchOptions(preset="tiny", precisions=("fp16",)).validate()
+        BenchOptions(preset="tiny", precisions=("fp8",)).validate()
     with pytest.raises(ValueError, match="warm_calls"):
         BenchOptions(preset="tiny", warm_calls=-1).validate()
 

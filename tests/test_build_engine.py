@@ -23,6 +23,8 @@ from rissole_trt.models import RissoleModel
 from rissole_trt.runtime import built_engine
 from rissole_trt.runtime.built_engine import build_engine, load_engine, read_manifest
 from rissole_trt.presets import make_preset_model
+from rissole_trt.runtime.backend import Artifacts
+from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
 from rissole_trt.runtime.tactics import TacticTable, TunedBackend, _DenseMapConv, apply_tactics, tune
 
 # Fast candidates only (torch.compile compiles for tens of seconds per shape: tested once, below).
@@ -275,9 +277,17 @@ def test_loading_on_another_thread_count_or_torch_warns(built, model, tmp_path, 
     assert_close(engine.forward_hoisted(*inputs), model.unet.forward_hoisted(*inputs), "engine_fp32")
 
 
+def test_a_loaded_engine_states_its_chosen_backends_capabilities(built, model):
+    engine = load_engine(built[0], model)
+    assert set(engine.backends) == {b["rows"] for b in built[1]["buckets"]}
+    assert {b.name for b in engine.backends.values()} == {b["chosen"] for b in built[1]["buckets"]}
+    assert (engine.captures_loop, engine.reads_codes, engine.fused_step) == (False, False, False)  # CPU candidates
+    assert engine.loop_sampler(4) is None
+
+
 def test_an_engine_without_the_plan_it_chose_is_refused_not_completed(model, tmp_path):
     with pytest.raises(MissingFileError, match="lacks tensorrt/denoiser.plan.*--rebuild"):
-        built_engine._construct("tensorrt", model, "fp32", tmp_path, None, [4])
+        TensorRTBackend.from_artifacts(model, "fp32", Artifacts(tmp_path, (4,)))
     assert not any(tmp_path.iterdir())
 
 
@@ -300,7 +310,7 @@ def test_rebuild_replaces_and_a_killed_build_leaves_nothing(model, tmp_path, mon
         raise KeyboardInterrupt
 
     fresh = tmp_path / "fresh"
-    monkeypatch.setattr(built_engine, "_median_ms", killed)
+    monkeypatch.setattr(built_engine, "interleaved_within", killed)
     with pytest.raises(KeyboardInterrupt):
         build_engine(model, fresh, **BUILD)
     with pytest.raises(KeyboardInterrupt):
@@ -436,7 +446,7 @@ def test_a_tactic_table_of_another_network_is_refused(model):
 def test_peer_backends_match_the_eager_module(model, name):
     from rissole_trt.runtime import registry
 
-    ok, reason = registry.availability(registry.get_spec(name), "cpu", "fp32")
+    ok, reason = registry.get(name).available("cpu", "fp32")
     if not ok:
         pytest.skip(reason)
     backend = registry.build(name, model, "fp32")

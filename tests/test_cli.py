@@ -11,7 +11,11 @@ import pytest
 import rissole_trt
 from rissole_trt import cli
 
-BACKENDS = {"cuda_ops", "torch_cuda", "triton", "tensorrt", "cuvs", "faiss", "onnxruntime"}
+COMPONENTS = {"cuda_ops", "torch_cuda", "cuvs", "faiss"}
+#: Every registered denoiser backend: info lists them from the registry.
+BACKENDS = {"tuned", "torch", "eager", "torch_compile", "onnxruntime", "openvino", "tensorrt", "cuda_graph", "triton"}
+CAPABILITIES = {"devices", "precisions", "conditioning", "purposes", "captures_loop", "reads_codes", "fused_step",
+                "needs_artifacts"}
 
 
 def test_version(capsys):
@@ -42,34 +46,46 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_info_dict_covers_every_backend():
+def test_info_dict_covers_every_component_and_every_registered_backend():
+    from rissole_trt.runtime import registry
+
     report = rissole_trt.info()
     assert report["version"] == rissole_trt.__version__
     assert report["build"]["cxx_standard"] == "17"
-    assert set(report["backends"]) == BACKENDS
+    assert set(report["components"]) == COMPONENTS
+    assert set(report["backends"]) == BACKENDS == set(registry.backends())
+    for name, entry in {**report["components"], **report["backends"]}.items():
+        assert isinstance(entry["available"], bool), name
+        assert entry["detail"], f"{name} gives no version or reason"
+    assert report["components"]["faiss"]["available"]  # a core dependency
     for name, backend in report["backends"].items():
-        assert isinstance(backend["available"], bool), name
-        assert backend["detail"], f"{name} gives no version or reason"
-    assert report["backends"]["faiss"]["available"]  # a core dependency
+        assert set(backend) >= CAPABILITIES | {"description"}, name
+        assert backend["devices"] == list(registry.get(name).capabilities.devices)
+    assert report["backends"]["cuda_graph"]["captures_loop"] and report["backends"]["triton"]["fused_step"]
+    assert "build" in report["backends"]["triton"]["purposes"]  # a build-engine candidate on CUDA
+    assert report["backends"]["tuned"]["purposes"] == ["build"]
 
 
 def test_info_reports_why_a_backend_is_missing():
     import torch
 
-    report = rissole_trt.info()["backends"]
+    report = rissole_trt.info()
     if not torch.cuda.is_available():
-        assert not report["torch_cuda"]["available"]
-        assert not report["cuda_ops"]["available"]
-        assert not report["tensorrt"]["available"]
-        assert "not installed" in report["tensorrt"]["detail"] or "no CUDA device" in report["tensorrt"]["detail"]
+        assert not report["components"]["torch_cuda"]["available"]
+        assert not report["components"]["cuda_ops"]["available"]
+        for name in ("tensorrt", "cuda_graph", "triton"):
+            detail = report["backends"][name]["detail"]
+            assert not report["backends"][name]["available"]
+            assert "not installed" in detail or "no CUDA device" in detail, name
 
 
 def test_info_command_text_and_json(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"rissole-trt {rissole_trt.__version__}")
-    for name in BACKENDS:
+    for name in BACKENDS | COMPONENTS:
         assert name in text
+    assert "cuda, fp32/bf16, none/add/xattn models, run/build, captures the loop" in text  # cuda_graph's capabilities
     assert cli.main(["info", "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)["backends"]) == BACKENDS
 

@@ -20,7 +20,7 @@ from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.errors import BackendUnavailableError, NonFiniteError, RissoleError
 from rissole_trt.models import RissoleModel
-from rissole_trt.runtime import registry
+from rissole_trt.runtime import Backend, Capabilities, registry
 from rissole_trt.runtime.spec import step_spec
 
 PACKAGE = Path(rissole_trt.__file__).resolve().parent
@@ -77,15 +77,28 @@ def test_fp16_is_tensorrt_on_cuda_only_and_is_refused_elsewhere_with_the_reason(
         registry.select("auto", "cpu", "fp16")
     with pytest.raises(BackendUnavailableError, match="backend 'tensorrt' cannot run fp16 on cpu: runs on cuda"):
         registry.select("tensorrt", "cpu", "fp16")
-    assert "tensorrt" in [name for name, spec in registry.specs().items() if "fp16" in spec.precisions]
+    assert "tensorrt" in [name for name, b in registry.backends().items() if "fp16" in b.capabilities.precisions]
+
+
+class _Missing(Backend):
+    """A backend whose package is missing (never built)."""
+
+    name = "fast"
+    description = "a backend whose package is missing"
+    capabilities = Capabilities(devices=("cpu",), precisions=("fp32",))
+
+    @classmethod
+    def probe(cls):
+        return False, "package 'fast' is not installed"
+
+    def forward_hoisted(self, *inputs):
+        raise AssertionError("never built")
 
 
 def test_auto_picks_by_the_documented_order_and_says_what_it_passed_over(monkeypatch):
     assert registry.select("auto", "cpu", "fp32").name == registry.AUTO_ORDER["cpu"][0]
-    unavailable = registry.BackendSpec("fast", ("cpu",), ("fp32",), "a backend whose package is missing",
-                                       lambda: (False, "package 'fast' is not installed"), None)
-    table = {"fast": unavailable, **registry.specs()}
-    monkeypatch.setattr(registry, "specs", lambda: table)
+    table = {"fast": _Missing, **registry.backends()}
+    monkeypatch.setattr(registry, "backends", lambda: table)
     monkeypatch.setitem(registry.AUTO_ORDER, "cpu", ("fast", "torch", "eager"))
     with pytest.warns(UserWarning, match=r"picked 'torch'.*fast \(package 'fast' is not installed\)"):
         assert registry.select("auto", "cpu", "fp32").name == "torch"
@@ -99,8 +112,9 @@ def test_auto_picks_by_the_documented_order_and_says_what_it_passed_over(monkeyp
 
 @pytest.mark.parametrize("name", ["eager", "torch", "onnxruntime", "openvino"])
 def test_every_registered_backend_gives_the_eager_eps(model, name):
-    if not registry.get_spec(name).available()[0]:
-        pytest.skip(registry.get_spec(name).available()[1])
+    ok, reason = registry.get(name).available("cpu", "fp32")
+    if not ok:
+        pytest.skip(reason)
     io = load_io("ref_addpos_")
     backend = registry.build(name, model, "fp32")
     assert backend.name == name and backend.precision == "fp32" and backend.native
@@ -139,3 +153,37 @@ def test_non_finite_weights_stop_generation_naming_the_step(model, tmp_path):
     with pytest.raises(NonFiniteError, match=r"timestep 999 for images \[0, 1\]"):
         engine.generate(2, sampler="ddim", steps=3, progress=False)
     assert np.isfinite(Engine(model, db, device="cpu").generate(1, sampler="ddim", steps=2, progress=False)).all()
+
+
+def test_one_registry_answers_every_purpose_from_declared_capabilities():
+    def names(device, purpose, precision="fp32", conditioning="add"):
+        return [c.name for c in registry.candidates(device, precision, conditioning, purpose)]
+
+    assert names("cpu", "run") == list(registry.AUTO_ORDER["cpu"])
+    assert names("cuda", "run", conditioning="xattn") == list(registry.AUTO_ORDER["cuda:xattn"])
+    cpu_build, cuda_build = names("cpu", "build"), names("cuda", "build")
+    assert cpu_build[0] == "tuned" and {"onnxruntime", "openvino", "torch_compile"} <= set(cpu_build)
+    assert {"triton", "tensorrt", "cuda_graph", "torch"} <= set(cuda_build) and "tuned" not in cuda_build
+    assert set(names("cpu", "peer")) == {"eager", "torch_compile", "onnxruntime", "openvino"}
+    for name, backend in registry.backends().items():  # each module declares its name, description, capabilities
+        assert backend.name == name and backend.description
+        assert set(backend.capabilities.devices) <= {"cpu", "cuda"}
+    # availability says why: the precision a backend does not serve, a missing GPU
+    eager = next(c for c in registry.candidates("cpu", "bf16", "add", "build") if c.name == "eager")
+    assert not eager.available and eager.reason == "serves fp32, not bf16"
+    if not torch.cuda.is_available():
+        gpu_only = [c for c in registry.candidates("cuda", "fp32", "add", "build")
+                    if c.name in ("cuda_graph", "triton")]
+        assert len(gpu_only) == 2 and all(not c.available and c.reason for c in gpu_only)
+    with pytest.raises(BackendUnavailableError, match="runs only inside a built engine"):
+        registry.select("tuned", "cpu", "fp32")
+    with pytest.raises(RissoleError, match="unknown purpose"):
+        registry.candidates("cpu", "fp32", "add", "serve")
+
+
+def test_a_built_backend_states_its_capabilities_as_attributes(model):
+    torch_backend = registry.build("torch", model, "fp32")
+    assert (torch_backend.captures_loop, torch_backend.reads_codes, torch_backend.fused_step) == (False, False, False)
+    assert torch_backend.loop_sampler(4) is None
+    with pytest.raises(RissoleError, match="does not read neighbours through their codes"):
+        torch_backend.code_denoiser(None, None, None)

@@ -1,4 +1,10 @@
-"""Training defaults, in one light module (no torch) so that ``--help`` can show them cheaply."""
+"""Defaults and the names they choose from, in one light module (no torch) so that ``--help`` can
+show them cheaply."""
+
+#: Every precision a denoiser may run in (which backend serves which: ``rissole-trt info``).
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: A built engine's buckets, in images, when none are given (build-engine, TensorRT's own plans).
+DEFAULT_BATCH_SIZES = (1, 16, 64)
 
 AUTOENCODER_BATCH_SIZE = 32
 AUTOENCODER_LR = 2e-4

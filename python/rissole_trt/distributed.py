@@ -49,6 +49,7 @@ from . import memory
 from .atomic import atomic_directory, atomic_file, write_text
 from .disk import check_free_space, translate_disk_full
 from .errors import BackendUnavailableError, InvalidArgumentError, OutputExistsError
+from .outputs import DATASET_RUN, check_output
 from .windows import rows_per_image
 
 __all__ = ["FORMATS", "generate_dataset", "shard_ranges"]
@@ -258,37 +259,28 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         overlap: as for :meth:`Engine.plan` (None: the model's default, recorded resolved in the run).
     """
     from .engine import DEFAULT_SAMPLER, Engine
+    from .platform import resolve_device
 
-    n = _positive(n, "n")
-    shard_size = _positive(shard_size, "shard_size")
-    batch_size = _positive(batch_size, "batch_size")
-    threads_per_worker = _positive(threads_per_worker, "threads_per_worker")
-    if workers is not None:
-        workers = _positive(workers, "workers")
-    if shard_size % batch_size:
-        raise InvalidArgumentError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}): "
-                                   "a shard then runs whole batches, the same ones as a single process")
-    if format not in FORMATS:
-        raise InvalidArgumentError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if not (isinstance(gpus_per_worker, (int, float)) and gpus_per_worker >= 0):
-        raise InvalidArgumentError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    n, shard_size, batch_size, threads_per_worker, workers = _check_sizes(
+        n, shard_size, batch_size, threads_per_worker, workers, format, gpus_per_worker)
     sampler = sampler or DEFAULT_SAMPLER
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder")
+    # A run is resumed, never replaced: no flag; another kind of output, a file or a link is refused.
+    check_output(out_dir, kind=DATASET_RUN, overwrite=True, inputs=(model, database, engine), flag=None)
     ray = _ray()
 
     # Check every setting and every input here, before Ray starts (the plan validates sampler, steps, k).
-    probe = Engine(model, database, engine=engine, device="cpu" if device == "auto" else device)
+    here = resolve_device(device, auto="cpu")  # "auto" runs on CPUs unless GPUs per worker are asked for
+    probe = Engine(model, database, engine=engine, device=here)
     plan = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap)
     settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, plan.overlap, format,
                              _fingerprints(probe, engine))
     config = probe.model.config
     rows = rows_per_image(config.unet.block_factor, config.block_size, plan.overlap)
     del probe
+    _open_run(out_dir, settings)
     shards = shard_ranges(n, shard_size)
-    manifest = _open_run(out_dir, settings, shards)
-    done = {int(s) for s in manifest["shards"]}
+    manifest, done = _done_shards(out_dir, shards, format)
     pending = [s for s in range(len(shards)) if s not in done]
     if not pending:
         if progress:
@@ -299,19 +291,13 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         local = _check_resources(_local_resources(), "this machine", workers, threads_per_worker, gpus_per_worker,
                                  len(pending))
         memory.check_workers(config, local, batch_size, shard_size, rows)
-
-    started_ray = _start_ray(ray, ray_address)
-    try:
-        workers = _check_resources(ray.cluster_resources(), "the Ray cluster", workers, threads_per_worker,
-                                   gpus_per_worker, len(pending))
-        worker_settings = dict(settings, model=_resolved(model), database=_resolved(database), engine=_resolved(engine),
-                               out_dir=str(out_dir.resolve()), threads=threads_per_worker, gpus=gpus_per_worker,
-                               device="cuda" if gpus_per_worker else ("cpu" if device == "auto" else device))
-        with translate_disk_full(out_dir):  # a worker's full disk arrives wrapped in Ray's task error
-            elapsed = _run_shards(ray, worker_settings, pending, done, shards, manifest, workers, progress)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    worker_settings = dict(settings, model=None if model is None else str(Path(model).resolve()),
+                           database=None if database is None else str(Path(database).resolve()),
+                           engine=None if engine is None else str(Path(engine).resolve()),
+                           out_dir=str(out_dir.resolve()), threads=threads_per_worker,
+                           device="cuda" if gpus_per_worker else str(here))
+    workers, elapsed = _run_on_ray(ray, ray_address, worker_settings, manifest, shards, pending, workers,
+                                   gpus_per_worker, progress)
     new_images = sum(shards[s][1] for s in pending)
     manifest["last_run"] = {"workers": workers, "shards": len(pending), "images": new_images, "seconds": elapsed,
                             "images_per_s": new_images / elapsed if elapsed else None}
@@ -319,24 +305,25 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     return manifest
 
 
-def _start_ray(ray, address: str | None) -> bool:
-    """Join or start Ray (quietly) unless it is up; whether this call started it."""
-    _quiet(ray)
-    if ray.is_initialized():
-        return False
-    ray.init(**({"address": address} if address else {}), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    return True
+def _check_sizes(n, shard_size, batch_size, threads_per_worker, workers, fmt, gpus_per_worker) -> tuple:
+    """:func:`generate_dataset`'s counts as ints, every argument checked before Ray starts."""
+    n, shard_size, batch_size = _positive(n, "n"), _positive(shard_size, "shard_size"), _positive(batch_size,
+                                                                                                  "batch_size")
+    threads_per_worker = _positive(threads_per_worker, "threads_per_worker")
+    workers = None if workers is None else _positive(workers, "workers")
+    if shard_size % batch_size:
+        raise InvalidArgumentError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}): "
+                                   "a shard then runs whole batches, the same ones as a single process")
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not (isinstance(gpus_per_worker, (int, float)) and gpus_per_worker >= 0):
+        raise InvalidArgumentError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    return n, shard_size, batch_size, threads_per_worker, workers
 
 
-def _resolved(path) -> str | None:
-    return None if path is None else str(Path(path).resolve())
-
-
-def _open_run(out_dir: Path, settings: dict, shards: list) -> dict:
-    """Start a run in ``out_dir`` or resume the one there (refusing one with other settings or inputs);
-    returns its manifest, listing only the shards that are kept."""
-    run_file, manifest_file = out_dir / RUN_FILE, out_dir / MANIFEST
+def _open_run(out_dir: Path, settings: dict) -> None:
+    """Start the run in ``out_dir``, or resume the one there when its settings are these."""
+    run_file = out_dir / RUN_FILE
     if run_file.is_file():
         previous = _read_json(run_file)
         if previous != settings:
@@ -345,37 +332,57 @@ def _open_run(out_dir: Path, settings: dict, shards: list) -> dict:
                                     "choose another folder or rerun with that run's settings and inputs to resume it")
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise OutputExistsError(f"{out_dir} is not empty and holds no generate-dataset run; choose another folder")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not run_file.is_file():
         write_text(run_file, json.dumps(settings, indent=1))
-    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"shards": {}}
-    kept = _kept_shards(out_dir, manifest, shards, settings["format"])
-    manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(kept)}
-    return manifest
 
 
-def _run_shards(ray, worker_settings: dict, pending: list, done: set, shards: list, manifest: dict, workers: int,
-                progress: bool) -> float:
-    """Run the pending shards on a pool of ``workers`` actors, recording each as it finishes; returns seconds."""
-    from tqdm.auto import tqdm
+def _done_shards(out_dir: Path, shards: list[tuple[int, int]], fmt: str) -> tuple[dict, set[int]]:
+    """The manifest of the shards already written whole and unchanged (sha256), and their numbers."""
+    manifest_file = out_dir / MANIFEST
+    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"kind": DATASET_RUN, "shards": {}}
+    done = _kept_shards(out_dir, manifest, shards, fmt)
+    manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}
+    return manifest, done
 
-    threads, gpus = worker_settings["threads"], worker_settings["gpus"]
-    manifest_file = Path(worker_settings["out_dir"]) / MANIFEST
-    dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
-    results = dataset.map_batches(
-        _ShardWorker, fn_constructor_kwargs={"settings": worker_settings}, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, num_gpus=gpus or None,
-        batch_format="numpy")
-    bar = tqdm(total=worker_settings["n"], initial=sum(shards[s][1] for s in done), unit="img", disable=not progress,
-               desc=f"{len(pending)} shards on {workers} worker(s)")
-    t0 = time.perf_counter()
-    for row in results.iter_rows():
-        shard = int(row["shard"])
-        manifest["shards"][str(shard)] = {"first": shards[shard][0], "count": int(row["count"]),
-                                          "sha256": str(row["sha256"]), "seconds": float(row["seconds"])}
-        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_text(manifest_file, json.dumps(manifest, indent=1))
-        bar.update(int(row["count"]))
-        bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
-    bar.close()
-    return time.perf_counter() - t0
+
+def _run_on_ray(ray, ray_address, settings: dict, manifest: dict, shards, pending: list[int], workers: int | None,
+                gpus_per_worker: float, progress: bool) -> tuple[int, float]:
+    """Generate the ``pending`` shards on Ray's workers, recording each in ``manifest`` as it lands;
+    returns the number of workers and the seconds it took."""
+    _quiet(ray)
+    started_ray = False
+    if not ray.is_initialized():
+        init = {"address": ray_address} if ray_address else {}
+        ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started_ray = True
+    try:
+        threads = settings["threads"]
+        workers = _check_resources(ray.cluster_resources(), "the Ray cluster", workers, threads, gpus_per_worker,
+                                   len(pending))
+        dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
+        results = dataset.map_batches(
+            _ShardWorker, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, num_gpus=gpus_per_worker or None,
+            batch_format="numpy")
+        from tqdm.auto import tqdm
+
+        manifest_file = Path(settings["out_dir"]) / MANIFEST
+        done = sum(r["count"] for r in manifest["shards"].values())
+        bar = tqdm(total=settings["n"], initial=done, unit="img", disable=not progress,
+                   desc=f"{len(pending)} shards on {workers} worker(s)")
+        t0 = time.perf_counter()
+        with translate_disk_full(manifest_file.parent):  # a worker's full disk arrives wrapped in Ray's task error
+            for row in results.iter_rows():
+                shard = int(row["shard"])
+                manifest["shards"][str(shard)] = {"first": shards[shard][0], "count": int(row["count"]),
+                                                  "sha256": str(row["sha256"]), "seconds": float(row["seconds"])}
+                manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                write_text(manifest_file, json.dumps(manifest, indent=1))
+                bar.update(int(row["count"]))
+                bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
+        bar.close()
+        return workers, time.perf_counter() - t0
+    finally:
+        if started_ray:
+            ray.shutdown()

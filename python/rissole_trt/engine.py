@@ -29,20 +29,19 @@ from tqdm.auto import tqdm
 
 from . import memory, ops
 from .builder import autoencoder_fingerprint
+from .defaults import PRECISIONS
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
-from .errors import (BackendUnavailableError, DatabaseError, FingerprintMismatchError, InvalidArgumentError,
+from .errors import (DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError,
                      MissingFileError, NonFiniteError, OutOfRangeError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
+from .platform import resolve_device
 from .retrieval.database import Database, compute_keys
 from .runtime import registry
 from .runtime.base import exact_fp32
 from .runtime.loop_graph import LOOP_SAMPLERS
 from .windows import ShiftedWindows, check_overlap, rows_per_image
 
-#: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``; fp16 only
-#: TensorRT, i.e. ``backend="tensorrt"`` or an fp16 engine built for CUDA).
-PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``clip``: ``none`` (the reference) or ``codebook`` (each step's implied clean latent clamped to the
 #: per-channel range of the codebook rows, i.e. of every latent the decoder can see).
 CLIPS = ("none", "codebook")
@@ -57,20 +56,6 @@ def default_asset_paths() -> tuple[Path, Path]:
     """Where the built-in default model and its database live inside the package."""
     root = Path(__file__).resolve().parent / "assets" / "default"
     return root / "model", root / "db"
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise InvalidArgumentError(f"unknown device {str(device)!r}; use auto, cpu or cuda[:i]") from error
-    if device.type not in ("cpu", "cuda"):
-        raise InvalidArgumentError(f"device {str(device)!r} is not supported; use auto, cpu or cuda[:i]")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError("device 'cuda' was requested but torch sees no CUDA device")
-    return device
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -134,6 +119,13 @@ class GenerationPlan:
         return [(b, min(self.batch_size, self.n - b)) for b in range(first, start + count, self.batch_size)]
 
 
+def _check_path_type(name: str, value: object, *objects: type) -> None:
+    """``value`` is None, a path or one of ``objects``; else one clear line, not a TypeError from deep inside."""
+    if value is not None and not isinstance(value, (str, os.PathLike, *objects)):
+        allowed = ", ".join(["a path", *(f"a {t.__name__}" for t in objects), "or None"])
+        raise InvalidTypeError(f"Engine {name} must be {allowed}, got {type(value).__name__} {value!r}")
+
+
 class Engine:
     """A loaded model, its database and a denoiser backend, ready to generate.
 
@@ -161,6 +153,9 @@ class Engine:
                  database: str | os.PathLike | Database | None = None, *, device: str | torch.device = "auto",
                  backend: str = "auto", precision: str | None = None, index: str = "auto",
                  engine: str | os.PathLike | None = None) -> None:
+        _check_path_type("model", model, RissoleModel)
+        _check_path_type("database", database, Database)
+        _check_path_type("engine", engine)
         manifest = None
         if engine is not None:  # a built engine decides the backend and the precision
             from .runtime.built_engine import read_manifest
@@ -174,7 +169,7 @@ class Engine:
         precision = "fp32" if precision is None else precision
         if precision not in PRECISIONS:
             raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.device = _resolve_device(device if manifest is None or str(device) != "auto" else manifest["device"]["type"])
+        self.device = resolve_device(device, auto=None if manifest is None else manifest["device"]["type"])
         if model is None:
             default_model, default_db = default_asset_paths()
             if not (default_model / "config.json").is_file():
@@ -185,7 +180,8 @@ class Engine:
             model = RissoleModel.load(model)
         self.model = model.to(self.device).eval()
         config = self.model.config
-        spec = None if manifest is not None else registry.select(backend, self.device, precision, config.unet.conditioning)
+        chosen = (None if manifest is not None
+                  else registry.select(backend, self.device, precision, config.unet.conditioning))
         self.database: Database | None = None
         self.index = None
         self.index_kind = index
@@ -204,12 +200,13 @@ class Engine:
 
             self.runtime = load_engine(engine, self.model)
         else:
-            self.runtime = spec.build(self.model, precision)
+            self.runtime = chosen(self.model, precision)
         self.backend = self.runtime.name
         if not self.runtime.native:
             warnings.warn(f"{precision} is emulated on {self.device} (no native {precision} arithmetic): "
                           "it runs many times slower than fp32 here", stacklevel=2)
         self._denoiser = self.runtime.denoiser
+        self._announced: set[str] = set()  # the slower-path warnings already given
 
     def _open_database(self, database: str | os.PathLike | Database) -> Database:
         fingerprint = autoencoder_fingerprint(self.model.autoencoder)
@@ -382,10 +379,32 @@ class Engine:
             return eps
         return eps_fn
 
-    def _loop_sampler(self, sampler, rows: int):
+    def _announce_once(self, message: str) -> None:
+        """Warn (once per Engine and message) that a batch takes a slower path than the backend's fastest."""
+        if message not in self._announced:
+            self._announced.add(message)
+            warnings.warn(message, stacklevel=2)
+
+    def _loop_sampler(self, sampler, rows: int, overlap: str = "none"):
         """The runtime's whole-loop sampler for ``rows`` rows (CUDA graphs), or None to step in Python."""
-        getter = getattr(self.runtime, "loop_sampler", None)
-        return None if getter is None or sampler.name not in LOOP_SAMPLERS else getter(rows)
+        if not self.runtime.captures_loop or sampler.name not in LOOP_SAMPLERS:
+            return None
+        if self.runtime.reads_codes:
+            # A code-reading denoiser's neighbours are ids checked on the host at every call: no capture holds them.
+            self._announce_once(f"the {self.runtime.name} backend reads the neighbours' codes, which its whole-loop "
+                                f"capture cannot hold: overlap={overlap!r} steps the loop in Python (slower)")
+            return None
+        return self.runtime.loop_sampler(rows)
+
+    def _batch_denoiser(self, plan: GenerationPlan, ids: np.ndarray | None, cond: torch.Tensor):
+        """The batch's ε over its blocks: through the shifted windows with ``overlap="half"``, and with
+        the neighbours read from the database's codes by a runtime whose fused kernel reads them."""
+        config = self.model.config
+        windows = ShiftedWindows(config.unet.block_factor, config.block_size) if plan.overlap == "half" else None
+        if ids is not None and self.runtime.reads_codes:
+            return self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device),
+                                              windows=windows)
+        return self._denoiser(cond) if windows is None else windows.denoiser(self._denoiser, cond)
 
     @torch.no_grad()
     @exact_fp32()  # fp32 is IEEE fp32 on CUDA too (torch's default lets cuDNN use TF32)
@@ -397,12 +416,7 @@ class Engine:
         else:
             ids = self.retrieve(plan, first, count).neighbour_ids
             cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
-        if plan.overlap == "half":
-            denoiser = ShiftedWindows(config.unet.block_factor, bs).denoiser(self._denoiser, cond)
-        elif ids is not None and getattr(self.runtime, "reads_codes", False):  # a fused kernel reads the codes itself
-            denoiser = self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device))
-        else:
-            denoiser = self._denoiser(cond)
+        denoiser = self._batch_denoiser(plan, ids, cond)
         clip = None
         if plan.clip == "codebook":
             codebook = self.model.autoencoder.codebook.detach() * config.diffusion.latent_scale
@@ -411,7 +425,8 @@ class Engine:
         generators = self.image_generators(plan.seed, first, count, self.device)
         sampler = make_sampler(plan.sampler, self.model.schedule, plan.steps, eta=plan.eta)
         shape = (count, p, c, bs, bs)
-        whole_loop = self._loop_sampler(sampler, count * p) if plan.overlap == "none" else None
+        rows = count * rows_per_image(config.unet.block_factor, bs, plan.overlap)
+        whole_loop = self._loop_sampler(sampler, rows, plan.overlap)
         if whole_loop is not None:  # the whole loop replayed from one CUDA graph: no Python per step
             blocks = whole_loop(denoiser, sampler, shape, generators, clip=clip)
             self._check_finite(blocks, first, "the sampling loop (captured whole)")
@@ -423,7 +438,7 @@ class Engine:
             if clip is not None:
                 eps_fn = clip_x0(eps_fn, self.model.schedule, *clip)
             blocks = sample(eps_fn, shape, self.model.schedule, sampler, generator=generators, device=self.device,
-                            fused_step=getattr(self.runtime, "fused_sampler_step", False),
+                            fused_step=self.runtime.fused_step,
                             progress=None if on_step is None else lambda done, total: on_step())
         return from_model_output(self.decode(blocks))
 

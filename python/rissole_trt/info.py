@@ -1,5 +1,7 @@
-"""What this installation of rissole_trt can do: build information and, for every optional backend,
-whether it is available and, if not, why (``rissole-trt info``, ``rissole_trt.info()``)."""
+"""What this installation of rissole_trt can do: build information, every optional component
+(compiled CUDA kernels, torch's CUDA, cuVS, FAISS) and every registered denoiser backend with its
+declared capabilities, each with whether it is available and, if not, why (``rissole-trt info``,
+``rissole_trt.info()``). The backends come from :mod:`rissole_trt.runtime.registry` alone."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Backend:
-    """Availability of one optional backend; ``detail`` is the version when available, else the reason."""
+class Component:
+    """Availability of one optional component; ``detail`` is the version when available, else the reason."""
 
     available: bool
     detail: str
@@ -29,73 +31,72 @@ def _import(module: str) -> tuple[Any | None, str]:
         return None, f"'{module}' is installed but fails to import: {type(exc).__name__}: {exc}"
 
 
-def _torch_cuda() -> Backend:
+def _torch_cuda() -> Component:
     import torch
 
     if torch.version.cuda is None:
-        return Backend(False, f"torch {torch.__version__} is a CPU-only build")
+        return Component(False, f"torch {torch.__version__} is a CPU-only build")
     if not torch.cuda.is_available():
-        return Backend(False, f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device or driver")
+        return Component(False, f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device or driver")
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    return Backend(True, f"torch {torch.__version__}, CUDA {torch.version.cuda}: {names}")
+    return Component(True, f"torch {torch.__version__}, CUDA {torch.version.cuda}: {names}")
 
 
-def _cuda_ops(build: dict[str, Any] | None) -> Backend:
+def _cuda_ops(build: dict[str, Any] | None) -> Component:
     if build is None:
-        return Backend(False, "the compiled core rissole_trt._C failed to import")
+        return Component(False, "the compiled core rissole_trt._C failed to import")
     if not build["cuda_compiled"]:
-        return Backend(False, "not compiled: rebuild with RISSOLE_CUDA=ON on a machine with nvcc")
+        return Component(False, "not compiled: rebuild with RISSOLE_CUDA=ON on a machine with nvcc")
     from rissole_trt import _C
 
     count, error = _C.cuda_device_count()
     archs = "/".join(f"sm_{a}" for a in build["cuda_architectures"])
     if count < 0:
-        return Backend(False, f"compiled for CUDA {build['cuda_version']} ({archs}), but no usable GPU: {error}")
+        return Component(False, f"compiled for CUDA {build['cuda_version']} ({archs}), but no usable GPU: {error}")
     if count == 0:
-        return Backend(False, f"compiled for CUDA {build['cuda_version']} ({archs}), but no CUDA device is visible")
-    return Backend(True, f"CUDA {build['cuda_version']} ({archs}), {count} device(s)")
+        return Component(False, f"compiled for CUDA {build['cuda_version']} ({archs}), but no CUDA device is visible")
+    return Component(True, f"CUDA {build['cuda_version']} ({archs}), {count} device(s)")
 
 
-def _gpu_package(module: str, torch_cuda: Backend, note: str = "") -> Backend:
+def _gpu_package(module: str, torch_cuda: Component, note: str = "") -> Component:
     """A package that needs a GPU: installed and importable, and torch sees a CUDA device."""
     mod, reason = _import(module)
     if mod is None:
-        return Backend(False, reason + note)
+        return Component(False, reason + note)
     version = getattr(mod, "__version__", "unknown version")
     if not torch_cuda.available:
-        return Backend(False, f"{module} {version} installed, but no CUDA device ({torch_cuda.detail})")
-    return Backend(True, f"{module} {version}")
+        return Component(False, f"{module} {version} installed, but no CUDA device ({torch_cuda.detail})")
+    return Component(True, f"{module} {version}")
 
 
-def _triton(torch_cuda: Backend) -> Backend:
-    backend = _gpu_package("triton", torch_cuda)
-    if not backend.available and backend.detail.startswith("triton "):
-        # Installed without a GPU: the kernels still run (slowly) in Triton's interpreter.
-        return Backend(False, backend.detail + "; kernels run on CPU tensors with TRITON_INTERPRET=1")
-    return backend
-
-
-def _faiss() -> Backend:
+def _faiss() -> Component:
     mod, reason = _import("faiss")
     if mod is None:
-        return Backend(False, reason)
-    return Backend(True, f"faiss {getattr(mod, '__version__', 'unknown version')} (CPU)")
+        return Component(False, reason)
+    return Component(True, f"faiss {getattr(mod, '__version__', 'unknown version')} (CPU)")
 
 
-def _onnxruntime() -> Backend:
-    mod, reason = _import("onnxruntime")
-    if mod is None:
-        return Backend(False, reason + " (pip install 'rissole-trt[onnx]')")
-    providers = ", ".join(mod.get_available_providers())
-    return Backend(True, f"onnxruntime {mod.__version__}: {providers}")
+def _denoisers() -> dict[str, dict[str, Any]]:
+    """Every registered denoiser backend (:mod:`rissole_trt.runtime.registry`): its declared
+    capabilities, and whether what it needs is here (``detail``: the versions, or why not)."""
+    from rissole_trt.runtime import registry
+
+    out = {}
+    for name, backend in registry.backends().items():
+        ok, detail = backend.probe()
+        out[name] = {"available": ok, "detail": detail, "description": backend.description,
+                     **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(backend.capabilities).items()}}
+    return out
 
 
 def info(as_text: bool = False) -> dict[str, Any] | str:
-    """Build information and the availability of every optional backend.
+    """Build information, the optional components and every denoiser backend.
 
     Returns a dict with ``version``, ``python``, ``platform``, ``torch``, ``build`` (the compiled
-    core's ``build_info()``, or None with ``build_error`` when it cannot be imported) and ``backends``
-    (name -> {available, detail}); with ``as_text=True`` a readable report instead.
+    core's ``build_info()``, or None with ``build_error`` when it cannot be imported),
+    ``components`` (name -> {available, detail}), ``backends`` (name -> {available, detail,
+    description and every field of its :class:`~rissole_trt.runtime.backend.Capabilities`}) and
+    ``auto_order``; with ``as_text=True`` a readable report instead.
     """
     import torch
 
@@ -109,35 +110,23 @@ def info(as_text: bool = False) -> dict[str, Any] | str:
     except ImportError as exc:
         build, build_error = None, f"{type(exc).__name__}: {exc}"
 
+    from rissole_trt.runtime import AUTO_ORDER
+
     torch_cuda = _torch_cuda()
-    backends = {
+    components = {
         "cuda_ops": _cuda_ops(build),
         "torch_cuda": torch_cuda,
-        "triton": _triton(torch_cuda),
-        "tensorrt": _gpu_package(
-            "tensorrt",
-            torch_cuda,
-            note=" (NVIDIA TensorRT 10+ must be installed separately; the torch and ONNX Runtime backends work without it)",
-        ),
         "cuvs": _gpu_package("cuvs", torch_cuda, note=" (GPU retrieval: pip install 'rissole-trt[gpu]')"),
         "faiss": _faiss(),
-        "onnxruntime": _onnxruntime(),
     }
-    from rissole_trt.runtime import AUTO_ORDER, specs
-
-    denoisers = {}
-    for name, spec in specs().items():
-        ok, detail = spec.available()
-        denoisers[name] = {"available": ok, "detail": detail, "devices": list(spec.devices),
-                           "precisions": list(spec.precisions), "description": spec.description}
     result: dict[str, Any] = {
         "version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
         "build": build,
-        "backends": {name: asdict(b) for name, b in backends.items()},
-        "denoisers": denoisers,
+        "components": {name: asdict(c) for name, c in components.items()},
+        "backends": _denoisers(),
         "auto_order": {device: list(order) for device, order in AUTO_ORDER.items()},
     }
     if build_error is not None:
@@ -167,20 +156,30 @@ def format_info(result: dict[str, Any]) -> str:
             f"  openmp          {'yes (' + str(build['openmp_max_threads']) + ' threads)' if build['openmp'] else 'no'}",
             f"  cuda kernels    {cuda}",
         ]
-    lines += ["", "backends:"]
+    lines += ["", "components:"]
+    width = max(len(name) for name in result["components"])
+    for name, component in result["components"].items():
+        mark = "yes" if component["available"] else "no "
+        lines.append(f"  {name:<{width}}  {mark}  {component['detail']}")
+    lines += ["", "backends:", "  (Engine(backend=...), --backend; run: auto may pick it, build: build-engine "
+                             "times it, peer: bench --peers adds it)"]
     width = max(len(name) for name in result["backends"])
-    for name, backend in result["backends"].items():
-        mark = "yes" if backend["available"] else "no "
-        lines.append(f"  {name:<{width}}  {mark}  {backend['detail']}")
-    lines += ["", "denoiser backends (Engine(backend=...), --backend):"]
-    width = max(len(name) for name in result["denoisers"])
-    for name, d in result["denoisers"].items():
-        mark = "yes" if d["available"] else "no "
-        lines.append(f"  {name:<{width}}  {mark}  {'/'.join(d['devices'])}, {'/'.join(d['precisions'])}: "
-                     f"{d['description']} ({d['detail']})")
+    for name, b in result["backends"].items():
+        mark = "yes" if b["available"] else "no "
+        lines.append(f"  {name:<{width}}  {mark}  {b['detail']}")
+        lines.append(f"  {'':<{width}}       {_capabilities(b)}: {b['description']}")
     lines += [f"  auto on {device}: {' > '.join(order)}" for device, order in result["auto_order"].items()]
     return "\n".join(lines)
 
+
+
+def _capabilities(backend: dict[str, Any]) -> str:
+    """A backend's declared capabilities in one phrase, e.g. ``cuda, fp32/bf16, run/build, captures the loop``."""
+    flags = [text for key, text in (("captures_loop", "captures the loop"), ("reads_codes", "reads codes"),
+                                    ("fused_step", "fused sampler step")) if backend[key]]
+    flags += [f"needs {artifact}" for artifact in backend["needs_artifacts"]]
+    return ", ".join(["/".join(backend["devices"]), "/".join(backend["precisions"]),
+                      f"{'/'.join(backend['conditioning'])} models", "/".join(backend["purposes"])] + flags)
 
 
 def format_engine(manifest: dict[str, Any]) -> str:

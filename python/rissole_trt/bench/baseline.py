@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .timing import Timer
+from ..timing import Timer
 from ..errors import InvalidArgumentError
 
 __all__ = ["ReferenceCoefficients", "ReferenceChain", "reference_sample"]

@@ -11,71 +11,30 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import sys
-from importlib import metadata
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .timing import median, time_calls
+from ..platform import (ISA_FLAGS, bf16_native, cpu_model, cpuinfo, dist_version, isa_flags, onednn_version,
+                        precision_dtype, usable_cpus)
+from ..timing import median, time_calls
 
-__all__ = ["machine_info", "measure_peak", "ISA_FLAGS"]
-
-#: /proc/cpuinfo flags that decide CPU matmul/conv speed, in the order printed.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "avx_ne_convert",
-             "amx_tile", "amx_bf16", "amx_fp16")
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    out: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return out
-    for line in text.split("\n\n")[0].splitlines():
-        key, _, value = line.partition(":")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _onednn_version() -> str | None:
-    match = re.search(r"MKL-DNN v([\d.]+)", torch.__config__.show())
-    return match.group(1) if match else None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+__all__ = ["machine_info", "measure_peak", "ISA_FLAGS", "usable_cpus"]
 
 
 def machine_info(device: torch.device) -> dict:
     """CPU model, cores, ISA flags, frequency, torch build facts, versions, GPU when used."""
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
-    usable = usable_cpus()
-    from ..runtime.torch_backend import bf16_native
-
     hw = {
-        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(info),
         "cpu_vendor": info.get("vendor_id"),
         "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
         "cpu_mhz": float(info["cpu MHz"]) if "cpu MHz" in info else None,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "isa_flags": {f: f in flags for f in ISA_FLAGS},
+        "usable_cpus": usable_cpus(),
+        "isa_flags": isa_flags(info),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_bf16_native": bf16_native("cpu"),
         "hypervisor": "hypervisor" in flags,
@@ -91,10 +50,10 @@ def machine_info(device: torch.device) -> dict:
     versions = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "onednn": _onednn_version(),
-        "numpy": _version("numpy"),
-        "faiss": _version("faiss-cpu") or _version("faiss-gpu") or _version("faiss"),
-        "rissole_trt": _version("rissole-trt"),
+        "onednn": onednn_version(),
+        "numpy": dist_version("numpy"),
+        "faiss": dist_version("faiss-cpu") or dist_version("faiss-gpu") or dist_version("faiss"),
+        "rissole_trt": dist_version("rissole-trt"),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
     return {"hardware": hw, "versions": versions}
@@ -138,8 +97,6 @@ def _measure(make, sizes, device: torch.device, dtype: torch.dtype, min_time: fl
 
 def measure_peak(device: torch.device, precisions: list[str], min_time: float = 1.0) -> dict:
     """{precision: {"gemm": {...}, "conv": {...}, "peak_gflops": max}} measured now on ``device``."""
-    from ..runtime.torch_backend import precision_dtype
-
     out = {}
     for precision in precisions:
         dtype = precision_dtype(precision)

@@ -45,12 +45,13 @@ import torch
 from ..images import from_model_output
 from ..diffusion import SAMPLERS, draw_noise, make_sampler, timesteps_for
 from ..runtime import registry
-from ..runtime.torch_backend import PRECISIONS, precision_native
 from .baseline import ReferenceChain
 from .flops import model_flops
-from .hardware import machine_info, measure_peak, usable_cpus
-from .timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
-from ..errors import InvalidArgumentError
+from .hardware import machine_info, measure_peak
+from ..defaults import PRECISIONS
+from ..platform import precision_native, resolve_device, usable_cpus
+from ..timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
+from ..errors import BackendUnavailableError, InvalidArgumentError
 
 __all__ = ["BenchOptions", "run_bench", "parse_sampler", "SCHEMA"]
 
@@ -91,7 +92,7 @@ class BenchOptions:
     seed: int = 0
     profile: bool = False
     peak_time: float = 1.0
-    peers: bool = False  # add the peers a user would pick instead (PEERS), interleaved with the rest
+    peers: bool = False  # add the peers a user would pick instead (the registry's), interleaved with the rest
     warm_calls: int = 1  # untimed calls before each timed one in a variant's turn (module docstring)
     engine: str | None = None  # a built engine directory, timed beside the backends
 
@@ -115,7 +116,7 @@ class BenchOptions:
         if not self.backends:
             raise InvalidArgumentError("give at least one backend")
         for backend in self.backends:
-            registry.get_spec(backend)  # refuses an unknown name
+            registry.get(backend)  # refuses an unknown name
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise InvalidArgumentError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
@@ -123,16 +124,17 @@ class BenchOptions:
             raise InvalidArgumentError("give at least one sampler")
 
 
-#: What a user would run instead of us: ``--peers`` adds every one of them that is available here.
-PEERS = ("eager", "torch_compile", "onnxruntime", "openvino")
+def _peers() -> set[str]:
+    """What a user would run instead of us (the registry's ``peer`` backends): ``--peers`` adds them."""
+    return {name for name, backend in registry.backends().items() if "peer" in backend.capabilities.purposes}
 
 
 def peer_ratios(variants: list[dict]) -> list[dict]:
     """Per precision: the built engine's (else our torch backend's) per-step call against the fastest peer."""
-    out = []
+    out, peer_kinds = [], _peers()
     for precision in dict.fromkeys(v["precision"] for v in variants):
         ours = [v for v in variants if v["precision"] == precision and v["kind"] in ("engine", "torch")]
-        peers = [v for v in variants if v["precision"] == precision and v["kind"] in PEERS]
+        peers = [v for v in variants if v["precision"] == precision and v["kind"] in peer_kinds]
         if not ours or not peers:
             continue
         mine = next((v for v in ours if v["kind"] == "engine"), ours[0])
@@ -197,10 +199,7 @@ class _Bench:
         from ..engine import Engine
 
         o = self.o
-        self.device = torch.device("cuda" if o.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if o.device == "auto" else o.device))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InvalidArgumentError("device 'cuda' was requested but torch sees no CUDA device")
+        self.device = resolve_device(o.device)
         t0 = time.perf_counter()
         self.model = _load_model(o, self.device)
         self.threads, self.threads_probe = (o.threads, None) if o.threads else self.pick_threads()
@@ -551,6 +550,35 @@ def _compose(bench: _Bench, variants: list[_Variant], overheads: dict) -> list[d
 # --------------------------------------------------------------------------- entry point
 
 
+def _backend_variants(bench: _Bench, options: BenchOptions, precisions: list[str]) -> list[_Variant]:
+    """The built engine (``options.engine``) and every requested backend (with ``--peers``, the
+    registry's peers for the device) in every precision it can run here, built into ``bench.backends``."""
+    variants, conditioning = [], bench.model.config.unet.conditioning
+    bench.backends = {}
+    if options.engine:
+        from ..runtime.built_engine import load_engine
+
+        t = time.perf_counter()
+        built = load_engine(options.engine, bench.model)
+        bench.backends[("engine", built.precision)] = built
+        bench.log(f"engine {options.engine} ({built.precision}): loaded in {time.perf_counter() - t:.2f} s; "
+                  + "; ".join(built.describe()))
+        variants.append(_Variant(f"engine {built.precision}", "engine", built.precision, bench.B * bench.P, 1))
+    peers = [c.name for c in registry.candidates(bench.device, precisions[0], conditioning, "peer")]
+    for name in dict.fromkeys(tuple(options.backends) + (tuple(peers) if options.peers else ())):
+        for precision in precisions:
+            try:
+                backend = registry.select(name, bench.device, precision, conditioning)
+            except BackendUnavailableError as error:
+                bench.log(f"{name} {precision}: skipped ({error})")
+                continue
+            t = time.perf_counter()
+            bench.backends[(name, precision)] = backend(bench.model, precision)
+            bench.log(f"{name} backend {precision}: prepared in {time.perf_counter() - t:.2f} s")
+            variants.append(_Variant(f"{name} {precision}", name, precision, bench.B * bench.P, 1))
+    return variants
+
+
 def run_bench(options: BenchOptions, log: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark described by ``options``; returns the report (see :mod:`rissole_trt.bench`)."""
     from .report import evaluate_goals
@@ -572,28 +600,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] | None = None) -
         variants: list[_Variant] = []
         if options.baseline == "reference":
             variants.append(_Variant("reference fp32", "reference", "fp32", bench.B, bench.P))
-        bench.backends = {}
-        wanted = tuple(options.backends) + (PEERS if options.peers else ())
-        if options.engine:
-            from ..runtime.built_engine import load_engine
-
-            t = time.perf_counter()
-            built = load_engine(options.engine, bench.model)
-            bench.backends[("engine", built.precision)] = built
-            log(f"engine {options.engine} ({built.precision}): loaded in {time.perf_counter() - t:.2f} s; "
-                + "; ".join(built.describe()))
-            variants.append(_Variant(f"engine {built.precision}", "engine", built.precision, bench.B * bench.P, 1))
-        for backend in dict.fromkeys(wanted):
-            spec = registry.get_spec(backend)
-            for precision in precisions:
-                ok, reason = registry.availability(spec, bench.device.type, precision)
-                if not ok:
-                    log(f"{backend} {precision}: skipped ({reason})")
-                    continue
-                t = time.perf_counter()
-                bench.backends[(backend, precision)] = spec.build(bench.model, precision)
-                log(f"{backend} backend {precision}: prepared in {time.perf_counter() - t:.2f} s")
-                variants.append(_Variant(f"{backend} {precision}", backend, precision, bench.B * bench.P, 1))
+        variants += _backend_variants(bench, options, precisions)
         if len(variants) == int(options.baseline == "reference"):
             raise InvalidArgumentError("none of the requested backends can run the requested precisions here")
         log(f"warming up {len(variants)} denoiser variant(s); then up to {options.timing_steps} steps each "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..defaults import PRECISIONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="time the authors' sampling procedure as the baseline (default) or not")
     p.add_argument("--backend", nargs="+", default=["torch"], metavar="NAME",
                    help="denoiser backends to time (rissole-trt info lists them; default torch)")
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS,
                    help="precisions to time each backend in, where it serves them (default: fp32 bf16)")
     p.add_argument("--sampler", nargs="+", default=["ddpm", "ddim:50", "dpmpp_2m:20"], metavar="NAME[:STEPS]",
                    help="samplers to compose with each backend (default: ddpm ddim:50 dpmpp_2m:20)")
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import check_output
+    from ..outputs import check_output
     from ..bench import BenchOptions, format_report, run_bench, write_json, write_plot
 
     for path, suffix in ((args.output, ".json"), (args.plot, ".png")):

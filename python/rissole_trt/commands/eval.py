@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
-    from ..atomic import check_output
+    from ..outputs import check_output
     from ..engine import Engine
     from ..errors import InvalidArgumentError
     from ..evaluation.report import evaluate, write_report

@@ -97,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..atomic import atomic_directory, check_output
+    from ..atomic import atomic_directory
     from ..disk import translate_disk_full
+    from ..outputs import check_output
     from ..engine import Engine
     from ..images import image_format, load_images, make_grid, save_image
 

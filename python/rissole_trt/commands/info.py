@@ -10,9 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
         help="show build information and optional backend availability",
-        description="Show how the compiled core was built and, for every optional backend "
-        "(CUDA kernels, Triton, TensorRT, cuVS, FAISS, ONNX Runtime, torch CUDA), whether it is "
-        "available and, if not, why.",
+        description="Show how the compiled core was built, whether each optional component (CUDA kernels, "
+        "torch CUDA, cuVS, FAISS) is available, and every denoiser backend with its capabilities "
+        "(devices, precisions, what it is a candidate for) and whether it is available here, and if not, why.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--engine", metavar="DIR", help="describe a built engine instead: what runs each bucket, "

@@ -1,21 +1,18 @@
-"""What every per-step backend shares: it wraps one model, runs ``forward_hoisted`` (float32 in and
-out, the signature of :meth:`BlockUNet.forward_hoisted`) and hands the samplers a
-:class:`BlockDenoiser` over it."""
+"""What the per-step backends share: fp32 arithmetic on CUDA, running any row count through fixed
+buckets, and a private copy of the UNet (:class:`PerStepBackend`)."""
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import torch
 
-from typing import Callable, Sequence
-
-from ..models.rissole import BlockDenoiser, RissoleModel
 from ..models.unet import BlockUNet
-from .torch_backend import precision_dtype, precision_native
+from .backend import Artifacts, Backend
 
 
 @contextmanager
@@ -86,28 +83,8 @@ def run_in_buckets(buckets: Sequence[int], run: Callable[..., torch.Tensor], x: 
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
-class PerStepBackend:
-    """Base of backends whose per-step call is ``forward_hoisted``; subclasses set ``name`` and define it."""
-
-    name = "?"
-
-    def __init__(self, model: RissoleModel, precision: str) -> None:
-        self.model = model
-        self.precision = precision
-        self.dtype = precision_dtype(precision)
-        self.device = next(model.parameters()).device
-
-    @property
-    def native(self) -> bool:
-        """False when the device only emulates the precision (bf16 without bf16 arithmetic)."""
-        return precision_native(self.precision, self.device)
-
-    def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
-        """An ``eps_fn(x_t, t)`` over the neighbours ``cond``, as :meth:`RissoleModel.denoiser`."""
-        return BlockDenoiser(self.model, cond, pos, forward=self.forward_hoisted)
+class PerStepBackend(Backend):
+    """A :class:`Backend` that runs a private copy of the model's UNet: helpers to make and feed it."""
 
     def private_unet(self) -> BlockUNet:
         """An eval-mode, gradient-free copy of the model's UNet in this backend's dtype."""
@@ -115,3 +92,24 @@ class PerStepBackend:
 
     def cast(self, inputs: tuple) -> tuple:
         return tuple(None if t is None else t.to(self.dtype) for t in inputs)
+
+
+class OnnxGraphBackend(PerStepBackend):
+    """A backend that runs the exported per-step ONNX graph (an engine's, else a private export)
+    with the runtime package ``package`` (installed by the extra ``extra``)."""
+
+    package: ClassVar[str]
+    extra: ClassVar[str]
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        try:
+            import onnx  # noqa: F401  (the exporter's checker)
+            module = importlib.import_module(cls.package)
+        except ImportError as error:
+            return False, f"needs onnx and {cls.package} ({error}); pip install 'rissole-trt[{cls.extra}]'"
+        return True, f"{cls.package} {module.__version__}"
+
+    @classmethod
+    def from_artifacts(cls, model, precision: str, artifacts: Artifacts) -> "OnnxGraphBackend":
+        return cls(model, precision, onnx_path=artifacts.onnx())

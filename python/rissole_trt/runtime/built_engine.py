@@ -1,7 +1,8 @@
 """Built engines: ``rissole-trt build-engine`` -> an engine directory -> ``Engine(..., engine=DIR)``.
 
 The lifecycle of TensorRT's diffusion demo, on every device: **build** once per model and machine
-(time the candidates here, keep the fastest within the tolerance table), **load** (check that the
+(time the candidates here: every backend the registry offers for building on the device, timed
+interleaved per bucket; keep the fastest within the tolerance table), **load** (check that the
 engine belongs to this model and this machine), **run** (any row count through the cheapest cover
 of buckets by their measured times, :func:`~rissole_trt.runtime.base.cheapest_cover`).
 
@@ -21,17 +22,19 @@ An engine directory holds:
 * ``tensorrt/denoiser.plan`` and ``tensorrt/timing.cache`` when TensorRT was a candidate.
 
 A build writes into a temporary directory renamed into place at the end (a killed build leaves no
-engine), and the same build run again is a cache hit. Loading refuses another model, another device
-type, another GPU or another TensorRT version with the reason, and an engine that lacks a file
-it chose; another CPU model, ISA flags or thread count, or other versions of the libraries whose
+engine), and the same build run again is a cache hit; ``--rebuild`` replaces an engine and nothing
+else (:func:`rissole_trt.outputs.check_output`). The manifest records every file's size and sha256;
+loading refuses another model, another device type, another GPU or another TensorRT version with
+the reason, and any file the manifest names that lies outside the folder, is missing, or changed
+since the build (:func:`check_files`); another CPU model, ISA flags or thread count, or other versions of the libraries whose
 kernels it runs (torch, oneDNN, CUDA, and ONNX Runtime / OpenVINO where chosen) only warn (rebuild
 with ``--rebuild`` to re-tune): :func:`check_machine`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,81 +44,40 @@ from typing import Callable
 import torch
 
 from .. import memory
-from ..atomic import atomic_directory, check_output, write_text
+from ..atomic import atomic_directory, write_text
 from ..builder import model_fingerprint
+from ..defaults import DEFAULT_BATCH_SIZES
+from ..defaults import PRECISIONS as ENGINE_PRECISIONS
 from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError,
                       RissoleError)
-from ..models.rissole import BlockDenoiser, RissoleModel
+from ..models.rissole import BlockDenoiser, RissoleModel, file_sha256
+from ..outputs import ENGINE, check_output, kind_of
+from ..platform import device_fingerprint, versions
+from ..timing import interleaved_within
 from ..tolerances import excess
 from ..windows import rows_per_image
 from . import registry
+from .backend import ONNX_FILE, TRT_CACHE, TRT_ONNX, TRT_PLAN, Artifacts, Backend
 from .base import exact_fp32, run_in_buckets
-from .spec import step_spec
 
-__all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", "load_engine", "read_manifest",
-           "BuiltEngine", "check_machine", "device_fingerprint", "is_engine_dir"]
+__all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "build_engine", "load_engine", "read_manifest", "BuiltEngine",
+           "check_machine", "check_files", "device_fingerprint", "versions", "is_engine_dir", "TRT_CACHE", "TRT_PLAN"]
 
 #: 2: tactic tables hold residual blocks (fused GroupNorm + SiLU) and Winograd candidates.
 #: 3: and the one-group norms as layers, and dense-map convolutions.
 #: 4: the manifest gives each layer's choice per bucket and why (``tactics.layers``).
-FORMAT_VERSION = 5  # 5: rows per image and the overlap they follow
+#: 5: rows per image and the overlap they follow.
+FORMAT_VERSION = 6  # 6: the kind, and every file's size and sha256 (``files``), checked at load
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
-ONNX_FILE = Path("onnx") / "denoiser.onnx"
-#: The graph a TensorRT plan of each precision is built from (fp16: fp16 with norms and softmax in fp32).
-TRT_ONNX = {"fp32": ONNX_FILE, "fp16": Path("onnx") / "denoiser-fp16.onnx"}
-TRT_PLAN, TRT_CACHE = Path("tensorrt") / "denoiser.plan", Path("tensorrt") / "timing.cache"
-ENGINE_PRECISIONS = ("fp32", "bf16", "fp16")
-DEFAULT_BATCH_SIZES = (1, 16, 64)
-
-#: Whole-graph candidates per device type, timed at every bucket. ``tuned`` is the model's UNet with
-#: this machine's per-layer tactic table; the rest are registered backends (peers included).
-CANDIDATES = {
-    "cpu": ("tuned", "torch", "eager", "torch_compile", "onnxruntime", "openvino"),
-    "cuda": ("tensorrt", "cuda_graph", "torch", "eager", "torch_compile"),
-}
-_ONNX_CANDIDATES = {"onnxruntime", "openvino", "tensorrt"}
 
 
 def _tolerance(precision: str) -> str:
     return {"fp32": "engine_fp32", "bf16": "bf16_eps", "fp16": "fp16_eps"}[precision]
 
 
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    """The runtime versions an engine depends on (None: not installed)."""
-    from ..bench.hardware import _onednn_version
-
-    return {"rissole_trt": _version("rissole-trt"), "torch": torch.__version__, "onednn": _onednn_version(),
-            "cuda": torch.version.cuda, "tensorrt": _version("tensorrt"), "onnxruntime": _version("onnxruntime"),
-            "openvino": _version("openvino")}
-
-
-def device_fingerprint(device: torch.device) -> dict:
-    """What an engine's speed depends on: the CPU model, ISA flags and threads, or the GPU."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
-                "driver": getattr(torch._C, "_cuda_getDriverVersion", lambda: None)()}
-    from ..bench.hardware import ISA_FLAGS, _cpuinfo
-
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
-    return {"type": "cpu", "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
-            "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
-
-
 def is_engine_dir(path: Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return kind_of(path) == ENGINE
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -139,52 +101,6 @@ def read_manifest(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------- candidates
 
 
-def _construct(name: str, model: RissoleModel, precision: str, root: Path, table=None,
-               buckets_rows: list[int] | None = None, building: bool = False):
-    """The per-step callable ``forward_hoisted(x, cond_feat, time_bias, pos_bias) -> eps`` (float32)
-    of candidate ``name``, built from the engine directory ``root``. The one place that builds them;
-    ``building``: ``root`` is a build's temporary directory, where a TensorRT plan is made (a loaded
-    engine without its plan is refused, never completed outside the atomic build)."""
-    if name == "tuned":
-        from .tactics import TunedBackend
-
-        return TunedBackend(model, table).forward_hoisted
-    if name == "eager":
-        return model.unet.forward_hoisted
-    if name == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, precision, onnx_path=root / ONNX_FILE).forward_hoisted
-    if name == "openvino":
-        from .openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend(model, precision, onnx_path=root / ONNX_FILE).forward_hoisted
-    if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend, build_plan
-
-        if not (root / TRT_PLAN).is_file():
-            if not building:
-                raise MissingFileError(f"engine {root} chose TensorRT but lacks {TRT_PLAN}; rebuild it with "
-                                       "rissole-trt build-engine --rebuild")
-            (root / TRT_PLAN).parent.mkdir(exist_ok=True)
-            build_plan(root / TRT_ONNX[precision], root / TRT_PLAN, root / TRT_CACHE, step_spec(model), buckets_rows,
-                       precision)
-        return TensorRTBackend(model, precision, plan_path=root / TRT_PLAN, buckets=buckets_rows).forward_hoisted
-    return registry.get_spec(name).build(model, precision).forward_hoisted
-
-
-def _candidate_available(name: str, device_type: str, precision: str) -> tuple[bool, str]:
-    if name == "tuned":
-        return (True, "") if device_type == "cpu" else (False, "per-layer tactics are tuned on the CPU only")
-    ok, reason = registry.availability(registry.get_spec(name), device_type, precision)
-    if ok and name in _ONNX_CANDIDATES:
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            return False, "needs onnx for the export; pip install 'rissole-trt[onnx]'"
-    return ok, reason
-
-
 @torch.no_grad()
 def _bucket_inputs(model: RissoleModel, rows: int, seed: int) -> tuple:
     """Representative per-step inputs of ``rows`` rows: random noise and neighbours, one timestep."""
@@ -202,12 +118,6 @@ def _bucket_inputs(model: RissoleModel, rows: int, seed: int) -> tuple:
     return (x, cond_feat, time_bias) + ((pos_bias,) if pos_bias is not None else ())
 
 
-def _median_ms(fn: Callable[[], object], min_time: float, device: torch.device) -> float:
-    from ..bench.timing import median, time_calls
-
-    return median(time_calls(fn, min_time=min_time, min_reps=3, device=device)) * 1e3
-
-
 # --------------------------------------------------------------------------- build
 
 
@@ -223,48 +133,35 @@ def _build_key(manifest: dict) -> dict:
                                      "batch_sizes", "rows_per_image", "candidates_requested")}
 
 
-@exact_fp32()  # the reference, every candidate's timing and check, every capture: IEEE fp32 on CUDA too
-def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
-                 batch_sizes=DEFAULT_BATCH_SIZES, budget_s: float = 60.0, candidates: tuple[str, ...] | None = None,
-                 rebuild: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Build an engine directory for ``model`` on ``device`` (see the module docstring); returns its manifest.
-
-    Args:
-        batch_sizes: the buckets, in images (each image is P block rows per denoiser call).
-        budget_s: timing budget of the whole build, split between the per-layer tactics and the
-            whole-graph candidates (compilation by torch.compile / OpenVINO / TensorRT comes on top).
-        candidates: whole-graph candidates to time (default: every one of :data:`CANDIDATES` for the device).
-        rebuild: replace an existing engine at ``output`` (also one for another model or machine).
-    """
+def _check_request(model: RissoleModel, device: str, precision: str, batch_sizes, budget_s: float,
+                   candidates: tuple[str, ...] | None) -> tuple[list[int], str, dict[str, registry.Candidate]]:
+    """The buckets, the device type and the requested build candidates (the registry's for the
+    device by default), every argument checked before any work."""
     if precision not in ENGINE_PRECISIONS:
         raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(ENGINE_PRECISIONS)}")
     if not budget_s > 0:
         raise InvalidArgumentError(f"the budget must be positive, got {budget_s}")
     sizes = _parse_buckets(batch_sizes)
     device_type = torch.device(device).type
-    if device_type not in CANDIDATES:
+    if device_type not in registry.AUTO_ORDER:
         raise InvalidArgumentError(f"unknown device {device!r}; use cpu or cuda")
-    requested = tuple(candidates) if candidates else CANDIDATES[device_type]
-    unknown = [c for c in requested if c not in CANDIDATES[device_type]]
-    if unknown:
-        raise InvalidArgumentError(f"unknown candidate(s) {unknown} for {device_type}; choose from "
-                                   f"{', '.join(CANDIDATES[device_type])}")
     if precision == "fp16" and device_type == "cpu":
         raise InvalidArgumentError("fp16 engines are built for CUDA only; on the CPU use fp32 or bf16")
-    output = Path(output)
-    check_output(output, overwrite=True, kind="engine", recognise=lambda p: is_engine_dir(p) or (p / ONNX_FILE).is_file())
+    offered = {c.name: c for c in registry.candidates(device_type, precision, model.config.unet.conditioning, "build")}
+    requested = tuple(candidates) if candidates else tuple(offered)
+    unknown = [c for c in requested if c not in offered]
+    if unknown:
+        raise InvalidArgumentError(f"unknown candidate(s) {unknown} for {device_type}; choose from "
+                                   f"{', '.join(offered)}")
+    return sizes, device_type, {name: offered[name] for name in requested}
 
-    if device_type == "cuda" and not torch.cuda.is_available():
-        written = _export_validated_onnx(model, output, sizes, precision, seed, log)
-        raise BackendUnavailableError(f"--device cuda: torch sees no CUDA device here; wrote "
-                                      f"{' and '.join(str(output / f) for f in written)} (validated with ONNX "
-                                      "Runtime) for a build on a GPU machine")
-    model = model.to(torch.device(device)).eval()
-    P = model.config.n_blocks
+
+def _manifest_head(model: RissoleModel, device: str, precision: str, sizes: list[int], requested) -> dict:
+    """What the manifest records before anything is timed (what a cache hit compares)."""
     # Buckets in images; rows as the model samples by default (9 windows per image with "half").
     per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
-    memory.check_build(model.config, sizes, per_image, device)  # before minutes of work end in the OOM killer
-    manifest = {
+    return {
+        "kind": ENGINE,
         "format_version": FORMAT_VERSION,
         "model_fingerprint": model_fingerprint(model),
         "model_config": model.config.to_dict(),
@@ -272,12 +169,17 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
         "versions": versions(),
         "precision": precision,
         "batch_sizes": sizes,
-        "block_positions": P,
+        "block_positions": model.config.n_blocks,
         "overlap": model.default_overlap,
         "rows_per_image": per_image,
         "candidates_requested": list(requested),
         "tolerance": _tolerance(precision),
     }
+
+
+def _existing(output: Path, manifest: dict, rebuild: bool, log: Callable[[str], None]) -> dict | None:
+    """The engine already at ``output`` when it is this build (a cache hit); refuses another one
+    unless ``rebuild``."""
     if is_engine_dir(output) and not rebuild:
         existing = read_manifest(output)
         if _build_key(existing) == _build_key(manifest):
@@ -287,85 +189,178 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
                                   "pass --rebuild (rebuild=True) to replace it")
     if output.exists() and not rebuild and any(output.iterdir()):
         raise EngineMismatchError(f"{output} holds an unfinished engine export; pass --rebuild to replace it")
+    return None
 
-    started = time.perf_counter()
-    rows_of = {b: b * per_image for b in sizes}
-    inputs = {b: _bucket_inputs(model, rows_of[b], seed) for b in sizes}
-    with torch.no_grad():
+
+@dataclass
+class _Build:
+    """One build's shared state: the model on its device, per bucket (images) its rows, inputs and
+    the eager module's output, the timing budget and the log."""
+
+    model: RissoleModel
+    precision: str
+    device: torch.device
+    sizes: list[int]
+    rows_of: dict[int, int]
+    inputs: dict[int, tuple]
+    expected: dict[int, torch.Tensor]
+    budget_s: float
+    log: Callable[[str], None]
+
+    @classmethod
+    @torch.no_grad()
+    def start(cls, model, precision, device, sizes, per_image, seed, budget_s, log) -> "_Build":
+        rows_of = {b: b * per_image for b in sizes}
+        inputs = {b: _bucket_inputs(model, rows_of[b], seed) for b in sizes}
         expected = {b: model.unet.forward_hoisted(*inputs[b]).float() for b in sizes}
-    with atomic_directory(output, replace=True) as tmp:
-        table = None
-        available = {}
-        for name in requested:
-            ok, reason = _candidate_available(name, device_type, precision)
-            available[name] = (ok, reason)
-            if not ok:
-                log(f"candidate {name}: skipped ({reason})")
-        if any(ok and name in _ONNX_CANDIDATES for name, (ok, _) in available.items()):
-            _export_onnx(model, tmp, inputs[sizes[0]], expected[sizes[0]], log)
-        if precision == "fp16" and available.get("tensorrt", (False,))[0]:
-            _export_onnx(model, tmp, inputs[sizes[0]], expected[sizes[0]], log, precision="fp16")
-        if available.get("tuned", (False,))[0]:
-            from .tactics import tune
+        return cls(model, precision, device, sizes, rows_of, inputs, expected, budget_s, log)
 
-            per_candidate = budget_s * 0.5 / (sizes.__len__() * 120)  # ~35 layers x 3-4 candidates
-            log(f"tuning per-layer tactics at {len(sizes)} bucket(s)")
-            table = tune(model, precision, {rows_of[b]: inputs[b] for b in sizes},
-                         seconds_per_candidate=per_candidate, log=log)
-            write_text(tmp / TACTICS, json.dumps(table.to_dict(), indent=1))
-        runnable = [n for n, (ok, _) in available.items() if ok]
-        per_timing = budget_s * (0.5 if table is not None else 1.0) / max(1, len(runnable) * len(sizes))
-        results: dict[str, dict] = {b: {} for b in sizes}
-        for name, (ok, reason) in available.items():
-            if not ok:
-                for b in sizes:
-                    results[b][name] = {"skipped": reason}
-                continue
-            t = time.perf_counter()
-            try:
-                fn = _construct(name, model, precision, tmp, table, [rows_of[b] for b in sizes], building=True)
-            except (RissoleError, RuntimeError, ImportError) as error:  # a candidate that cannot build here
-                log(f"candidate {name}: failed to build ({error})")
-                for b in sizes:
-                    results[b][name] = {"failed": str(error)}
-                continue
-            for b in sizes:
-                try:
-                    with torch.no_grad():
-                        out = fn(*inputs[b]).float()  # first call: compiles / packs for this shape
-                        err = excess(out, expected[b], _tolerance(precision))
-                        ms = _median_ms(lambda: fn(*inputs[b]), per_timing, torch.device(device))
-                except (RissoleError, RuntimeError) as error:
-                    log(f"candidate {name} at batch {b}: failed ({error})")
-                    results[b][name] = {"failed": str(error)}
-                    continue
-                max_abs = float((out - expected[b]).abs().max())
-                results[b][name] = {"ms": ms, "max_abs_error": max_abs, "tolerance_excess": err,
-                                    "within_tolerance": err <= 1.0}
-                log(f"candidate {name} at batch {b} ({rows_of[b]} rows): {ms:.2f} ms, max |error| {max_abs:.2e}"
-                    + ("" if err <= 1.0 else " (outside tolerance: not eligible)"))
-            log(f"candidate {name}: done in {time.perf_counter() - t:.1f} s")
-        buckets = []
-        for b in sizes:
-            eligible = {n: r for n, r in results[b].items() if r.get("within_tolerance")}
-            if not eligible:
-                raise BackendUnavailableError(f"no candidate ran within tolerance at batch {b}: {results[b]}")
-            chosen = min(eligible, key=lambda n: eligible[n]["ms"])
-            peers = {n: r["ms"] for n, r in eligible.items() if n not in ("tuned",)}
-            buckets.append({"batch_size": b, "rows": rows_of[b], "chosen": chosen, "ms": eligible[chosen]["ms"],
-                            "max_abs_error": eligible[chosen]["max_abs_error"], "candidates": results[b],
-                            # None where eager does not run this precision (bf16, fp16)
-                            "speedup_vs_eager": (results[b]["eager"]["ms"] / eligible[chosen]["ms"]
-                                                 if "ms" in results[b].get("eager", {}) else None),
-                            "fastest_other": min(peers, key=peers.get) if peers else None})
-            log(f"batch {b}: {chosen} ({eligible[chosen]['ms']:.2f} ms per step)")
-        manifest["buckets"] = buckets
+
+def _prepare_artifacts(build: _Build, tmp: Path, runnable: list[type[Backend]]):
+    """What the runnable candidates need in the engine directory (:attr:`Capabilities.needs_artifacts`):
+    the exported ONNX graph(s), checked; the per-layer tactic table, tuned on half the budget.
+    Returns the table (None when no candidate needs it)."""
+    needs = {artifact for backend in runnable for artifact in backend.capabilities.needs_artifacts}
+    first = build.sizes[0]
+    if "onnx" in needs:
+        for precision in [p for p in TRT_ONNX if p in ("fp32", build.precision)]:  # fp16 too for TensorRT
+            _export_onnx(build.model, tmp, build.inputs[first], build.expected[first], build.log, precision=precision)
+    if "tactics" not in needs:
+        return None
+    from .tactics import tune
+
+    per_candidate = build.budget_s * 0.5 / (len(build.sizes) * 120)  # ~35 layers x 3-4 candidates
+    build.log(f"tuning per-layer tactics at {len(build.sizes)} bucket(s)")
+    table = tune(build.model, build.precision, {build.rows_of[b]: build.inputs[b] for b in build.sizes},
+                 seconds_per_candidate=per_candidate, log=build.log)
+    write_text(tmp / TACTICS, json.dumps(table.to_dict(), indent=1))
+    return table
+
+
+def _construct_all(build: _Build, runnable: list[type[Backend]], artifacts: Artifacts,
+                   results: dict[int, dict]) -> dict[str, Callable]:
+    """Every runnable candidate built from ``artifacts``; one that cannot build here is recorded as failed."""
+    built = {}
+    for backend in runnable:
+        t = time.perf_counter()
+        try:
+            built[backend.name] = backend.from_artifacts(build.model, build.precision, artifacts).forward_hoisted
+        except (RissoleError, RuntimeError, ImportError) as error:  # a candidate that cannot build here
+            build.log(f"candidate {backend.name}: failed to build ({error})")
+            for b in build.sizes:
+                results[b][backend.name] = {"failed": str(error)}
+            continue
+        build.log(f"candidate {backend.name}: built in {time.perf_counter() - t:.1f} s")
+    return built
+
+
+def _time_bucket(build: _Build, b: int, fns: dict[str, Callable], budget_s: float) -> dict[str, dict]:
+    """Every candidate at bucket ``b``: its first call (compiles, packs) checked against the eager
+    module, then the ones that ran timed interleaved (``budget_s`` for all of them)."""
+    results, checked = {}, {}
+    for name, fn in fns.items():
+        try:
+            with torch.no_grad():
+                out = fn(*build.inputs[b]).float()  # first call: compiles / packs for this shape
+        except (RissoleError, RuntimeError) as error:
+            build.log(f"candidate {name} at batch {b}: failed ({error})")
+            results[name] = {"failed": str(error)}
+            continue
+        err = excess(out, build.expected[b], _tolerance(build.precision))
+        checked[name] = {"max_abs_error": float((out - build.expected[b]).abs().max()), "tolerance_excess": err,
+                         "within_tolerance": err <= 1.0}
+    calls = {name: functools.partial(fns[name], *build.inputs[b]) for name in checked}
+    with torch.no_grad():
+        seconds = interleaved_within(calls, budget_s, build.device) if calls else {}
+    for name, record in checked.items():
+        results[name] = {"ms": seconds[name] * 1e3, **record}
+        build.log(f"candidate {name} at batch {b} ({build.rows_of[b]} rows): {results[name]['ms']:.2f} ms, max "
+                  f"|error| {record['max_abs_error']:.2e}"
+                  + ("" if record["within_tolerance"] else " (outside tolerance: not eligible)"))
+    return results
+
+
+def _choose(build: _Build, results: dict[int, dict]) -> list[dict]:
+    """Per bucket, the fastest candidate within tolerance, with every candidate's record."""
+    buckets = []
+    for b in build.sizes:
+        eligible = {n: r for n, r in results[b].items() if r.get("within_tolerance")}
+        if not eligible:
+            raise BackendUnavailableError(f"no candidate ran within tolerance at batch {b}: {results[b]}")
+        chosen = min(eligible, key=lambda n: eligible[n]["ms"])
+        peers = {n: r["ms"] for n, r in eligible.items() if n not in ("tuned",)}
+        buckets.append({"batch_size": b, "rows": build.rows_of[b], "chosen": chosen, "ms": eligible[chosen]["ms"],
+                        "max_abs_error": eligible[chosen]["max_abs_error"], "candidates": results[b],
+                        # None where eager does not run this precision (bf16, fp16)
+                        "speedup_vs_eager": (results[b]["eager"]["ms"] / eligible[chosen]["ms"]
+                                             if "ms" in results[b].get("eager", {}) else None),
+                        "fastest_other": min(peers, key=peers.get) if peers else None})
+        build.log(f"batch {b}: {chosen} ({eligible[chosen]['ms']:.2f} ms per step)")
+    return buckets
+
+
+def _run_candidates(build: _Build, tmp: Path, requested: dict[str, registry.Candidate]) -> tuple[list[dict], object]:
+    """Prepare, build, check and time the requested candidates in ``tmp``; the buckets' records and the tactic table."""
+    results: dict[int, dict] = {b: {} for b in build.sizes}
+    for name, candidate in requested.items():
+        if not candidate.available:
+            build.log(f"candidate {name}: skipped ({candidate.reason})")
+            for b in build.sizes:
+                results[b][name] = {"skipped": candidate.reason}
+    runnable = [c.backend for c in requested.values() if c.available]
+    table = _prepare_artifacts(build, tmp, runnable)
+    artifacts = Artifacts(tmp, tuple(build.rows_of[b] for b in build.sizes), table, building=True)
+    fns = _construct_all(build, runnable, artifacts, results)
+    per_bucket = build.budget_s * (0.5 if table is not None else 1.0) / len(build.sizes)
+    for b in build.sizes:
+        results[b].update(_time_bucket(build, b, fns, per_bucket))
+    return _choose(build, results), table
+
+
+@exact_fp32()  # the reference, every candidate's timing and check, every capture: IEEE fp32 on CUDA too
+def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
+                 batch_sizes=DEFAULT_BATCH_SIZES, budget_s: float = 60.0, candidates: tuple[str, ...] | None = None,
+                 rebuild: bool = False, seed: int = 0, log: Callable[[str], None] = print,
+                 inputs: tuple = ()) -> dict:
+    """Build an engine directory for ``model`` on ``device`` (see the module docstring); returns its manifest.
+
+    Args:
+        batch_sizes: the buckets, in images (each image is P block rows per denoiser call).
+        budget_s: timing budget of the whole build, split between the per-layer tactics and the
+            whole-graph candidates (compilation by torch.compile / OpenVINO / TensorRT comes on top).
+        candidates: whole-graph candidates to time (default: every backend the registry offers for
+            building on the device, :func:`~rissole_trt.runtime.registry.candidates`).
+        rebuild: replace an existing engine at ``output`` (also one for another model or machine);
+            never anything else (:func:`rissole_trt.outputs.check_output`).
+        inputs: the paths the model came from, which ``output`` must not be, hold or lie in.
+    """
+    sizes, device_type, requested = _check_request(model, device, precision, batch_sizes, budget_s, candidates)
+    output = Path(output)
+    # overwrite=True: an engine may be replaced; whether this one is (--rebuild, a cache hit) is decided below
+    check_output(output, overwrite=True, kind=ENGINE, inputs=inputs, flag="--rebuild")
+
+    if device_type == "cuda" and not torch.cuda.is_available():
+        written = _export_validated_onnx(model, output, sizes, precision, seed, log)
+        raise BackendUnavailableError(f"--device cuda: torch sees no CUDA device here; wrote "
+                                      f"{' and '.join(str(output / f) for f in written)} (validated with ONNX "
+                                      "Runtime) for a build on a GPU machine")
+    model = model.to(torch.device(device)).eval()
+    manifest = _manifest_head(model, device, precision, sizes, requested)
+    existing = _existing(output, manifest, rebuild, log)
+    if existing is not None:
+        return existing
+    memory.check_build(model.config, sizes, manifest["rows_per_image"], device)  # before minutes end in the OOM killer
+    started = time.perf_counter()
+    build = _Build.start(model, precision, torch.device(device), sizes, manifest["rows_per_image"], seed, budget_s, log)
+    with atomic_directory(output, replace=True) as tmp:
+        manifest["buckets"], table = _run_candidates(build, tmp, requested)
         manifest["tactics"] = None if table is None else {
             "file": TACTICS, "wins": table.summary(), "layers": table.decisions(),
             "rows_per_call": {rows: record["chosen"] for rows, record in table.calls.items()}}
         manifest["onnx"] = str(ONNX_FILE) if (tmp / ONNX_FILE).is_file() else None
         manifest["build_s"] = time.perf_counter() - started
         manifest["built"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest["files"] = _file_records(tmp)
         write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
     log(f"wrote engine {output} in {manifest['build_s']:.1f} s")
     return manifest
@@ -384,7 +379,7 @@ def _export_onnx(model: RissoleModel, root: Path, inputs: tuple, expected: torch
         from .onnxruntime_backend import OnnxRuntimeBackend
     except ImportError:  # pragma: no cover - onnxruntime ships with onnx in our extras
         return {"validated": False}
-    ok, reason = registry.availability(registry.get_spec("onnxruntime"), "cpu", "fp32")
+    ok, reason = registry.get("onnxruntime").available("cpu", "fp32")
     if not ok:
         log(f"wrote {file}; not validated ({reason})")
         return {"validated": False, "reason": reason}
@@ -423,6 +418,73 @@ def _export_validated_onnx(model: RissoleModel, output: Path, sizes: list[int], 
 # --------------------------------------------------------------------------- load and run
 
 
+def _file_records(root: Path) -> dict[str, dict]:
+    """Size and sha256 of every file of the engine directory ``root`` but its manifest, by relative path."""
+    return {file.relative_to(root).as_posix(): {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
+            for file in sorted(root.rglob("*")) if file.is_file() and file.name != MANIFEST}
+
+
+def _rebuild_advice(path: Path) -> str:
+    return f"rebuild it with rissole-trt build-engine -o {path} --rebuild"
+
+
+def _inside(path: Path, name: object) -> Path:
+    """The file ``name`` of the manifest, which must be a relative path inside the engine folder."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise EngineMismatchError(f"engine {path}: its manifest names the file {name!r}, not a path inside the "
+                                  f"engine folder; {_rebuild_advice(path)}")
+    file = path / name
+    if not file.resolve().is_relative_to(path.resolve()):  # '..' or a symbolic link out of the folder
+        raise EngineMismatchError(f"engine {path}: {name} lies outside the engine folder; {_rebuild_advice(path)}")
+    return file
+
+
+def _required_files(manifest: dict) -> set[str]:
+    """The files the chosen candidates read at load."""
+    chosen = {b.get("chosen") for b in manifest["buckets"]}
+    tactics = manifest.get("tactics")
+    required = {tactics.get("file")} if isinstance(tactics, dict) else set()
+    if chosen & {"onnxruntime", "openvino"}:
+        required.add(ONNX_FILE.as_posix())
+    if "tensorrt" in chosen:
+        required.add(TRT_PLAN.as_posix())
+    return required
+
+
+def check_files(path: Path, manifest: dict) -> None:
+    """Every file the engine's manifest records is inside the folder, present, of its size and
+    sha256, and the chosen candidates' files are among them; EngineMismatchError names the first that is not."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise EngineMismatchError(f"engine {path}: its manifest records no checksums of its files; "
+                                  f"{_rebuild_advice(path)}")
+    required = _required_files(manifest)
+    for name in required:
+        _inside(path, name)
+    missing = sorted(str(name) for name in required if name not in files)
+    if missing:
+        raise EngineMismatchError(f"engine {path}: its manifest records no size and sha256 of {missing[0]}, which "
+                                  f"it needs; {_rebuild_advice(path)}")
+    for name, record in files.items():
+        file = _inside(path, name)
+        if not file.is_file():
+            raise EngineMismatchError(f"engine {path} lacks {name}; {_rebuild_advice(path)}")
+        if (not isinstance(record, dict) or file.stat().st_size != record.get("bytes")
+                or file_sha256(file) != record.get("sha256")):
+            raise EngineMismatchError(f"engine {path}: {name} was changed since the build (its size or sha256 "
+                                      f"differs from the manifest's); {_rebuild_advice(path)}")
+
+
+def _read_tactics(path: Path, manifest: dict, table_type):
+    file = _inside(path, manifest["tactics"].get("file"))
+    try:
+        return table_type.from_dict(json.loads(file.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise EngineMismatchError(f"engine {path}: {file.name} is not a tactic table ({error!r}); "
+                                  f"{_rebuild_advice(path)}") from None
+
+
+
 def load_engine(path: str | os.PathLike, model: RissoleModel, *, log=None) -> "BuiltEngine":
     """Open an engine directory for ``model`` (on the model's device), checking it belongs to both."""
     path = Path(path)
@@ -431,6 +493,7 @@ def load_engine(path: str | os.PathLike, model: RissoleModel, *, log=None) -> "B
     if manifest["model_fingerprint"] != model_fingerprint(model):
         raise EngineMismatchError(f"engine {path} was built for another model (its weights or config differ); "
                                   "build one for this model with rissole-trt build-engine")
+    check_files(path, manifest)
     differences = check_machine(manifest, device_fingerprint(device), versions(), where=path)
     if differences:
         warnings.warn(f"engine {path} was tuned on another machine or setup ({'; '.join(differences)}); it runs, "
@@ -478,10 +541,15 @@ class BuiltEngine:
     A call of r rows runs at the smallest bucket of at least r rows, the rows padded by repeating
     the last one (every row is independent: one-group GroupNorm normalises per row); more rows than
     the largest bucket are split into largest-bucket pieces.
+
+    Its capabilities are its chosen backends': ``captures_loop`` where one of them captures the
+    whole loop (:meth:`loop_sampler` says at which rows), ``fused_step`` where all of them fuse the
+    sampler update; ``reads_codes`` never (every bucket was built and timed on hoisted features).
     """
 
     name = "engine"
     native = True
+    reads_codes = False
 
     def __init__(self, path: Path, manifest: dict, model: RissoleModel) -> None:
         self.path, self.manifest, self.model = path, manifest, model
@@ -491,12 +559,14 @@ class BuiltEngine:
         if manifest.get("tactics"):
             from .tactics import TacticTable
 
-            table = TacticTable.from_dict(json.loads((path / manifest["tactics"]["file"]).read_text()))
-        rows = [b.rows for b in self.buckets]
-        built = {}
-        for name in dict.fromkeys(b.chosen for b in self.buckets):
-            built[name] = _construct(name, model, self.precision, path, table, rows)
-        self._run = {b.rows: built[b.chosen] for b in self.buckets}
+            table = _read_tactics(path, manifest, TacticTable)
+        artifacts = Artifacts(path, tuple(b.rows for b in self.buckets), table)
+        built = {name: registry.get(name).from_artifacts(model, self.precision, artifacts)
+                 for name in dict.fromkeys(b.chosen for b in self.buckets)}
+        self.backends = {b.rows: built[b.chosen] for b in self.buckets}  # the backend of each bucket (rows)
+        self._run = {rows: backend.forward_hoisted for rows, backend in self.backends.items()}
+        self.captures_loop = any(backend.captures_loop for backend in built.values())
+        self.fused_step = all(backend.fused_step for backend in built.values())
         self.costs = {b["rows"]: b["ms"] for b in manifest["buckets"]}  # measured at build: ms per call
 
     def bucket_for(self, rows: int) -> int:
@@ -514,9 +584,10 @@ class BuiltEngine:
         return BlockDenoiser(self.model, cond, pos, forward=self.forward_hoisted)
 
     def loop_sampler(self, rows: int):
-        """The whole-loop sampler of the candidate that runs ``rows`` rows, if it has one (cuda_graph)."""
-        owner = getattr(self._run[self.bucket_for(rows)], "__self__", None)
-        return owner.loop_sampler(rows) if hasattr(owner, "loop_sampler") else None
+        """The whole-loop sampler of the backend that runs ``rows`` rows where it captures the loop
+        (cuda_graph), else None."""
+        backend = self.backends[self.bucket_for(rows)]
+        return backend.loop_sampler(rows) if backend.captures_loop else None
 
     def describe(self) -> list[str]:
         """One line per bucket: what runs it and how fast it measured against eager."""

@@ -11,16 +11,8 @@ import torch
 
 from ..models.rissole import RissoleModel
 from .base import PerStepBackend
-from .registry import BackendSpec
+from .backend import Capabilities
 from .torch_backend import PRECISIONS
-
-
-def _available() -> tuple[bool, str]:
-    try:
-        import torch._inductor.config  # noqa: F401
-    except ImportError as error:  # a torch without inductor
-        return False, f"this torch has no inductor ({error})"
-    return True, f"torch {torch.__version__} inductor"
 
 
 class CompileBackend(PerStepBackend):
@@ -28,6 +20,16 @@ class CompileBackend(PerStepBackend):
     inductor freezing, in ``precision``; ``forward_hoisted`` takes and returns float32."""
 
     name = "torch_compile"
+    description = "torch.compile (inductor, freezing, static shapes) of the per-step UNet; compiles per row count"
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=PRECISIONS, purposes=("run", "build", "peer"))
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        try:
+            import torch._inductor.config  # noqa: F401
+        except ImportError as error:  # a torch without inductor
+            return False, f"this torch has no inductor ({error})"
+        return True, f"torch {torch.__version__} inductor"
 
     def __init__(self, model: RissoleModel, precision: str = "fp32") -> None:
         import torch._inductor.config as inductor_config
@@ -41,10 +43,3 @@ class CompileBackend(PerStepBackend):
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
         return self._compiled(*self.cast(inputs)).float().contiguous()
 
-
-SPEC = BackendSpec(
-    name="torch_compile", devices=("cpu", "cuda"), precisions=PRECISIONS,
-    description="torch.compile (inductor, freezing, static shapes) of the per-step UNet; compiles per row count",
-    available=_available,
-    build=CompileBackend,
-)

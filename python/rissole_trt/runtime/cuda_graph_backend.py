@@ -5,7 +5,8 @@ whole captured step as one launch. Inputs are copied into static buffers owned b
 (a graph reads fixed addresses), the captured output is copied out. One graph per distinct input
 shape (the engine's buckets keep that set small). For DDIM and DPM-Solver++ the Engine goes one
 step further through :meth:`CudaGraphBackend.loop_sampler`: the whole sampling loop as one graph
-(:mod:`rissole_trt.runtime.loop_graph`). Written against torch's documented ``torch.cuda.graph``
+(:mod:`rissole_trt.runtime.loop_graph`), with ``overlap="half"``'s window shift inside each
+captured step. Written against torch's documented ``torch.cuda.graph``
 API; its tests are marked ``gpu`` and run only on a CUDA machine.
 """
 from __future__ import annotations
@@ -15,19 +16,14 @@ import copy
 import torch
 
 from ..errors import BackendUnavailableError
-from ..models.rissole import BlockDenoiser, RissoleModel
+from ..models.rissole import RissoleModel
+from ..windows import WindowedDenoiser
 from .base import PerStepBackend
-from .loop_graph import LoopGraphs, cuda_capture
-from .registry import BackendSpec
+from .backend import Capabilities
+from .loop_graph import LoopDenoiser, LoopGraphs, cuda_capture
 from .torch_backend import PRECISIONS
 
 _WARMUP_CALLS = 3  # on a side stream before capture, as torch's CUDA-graph notes require
-
-
-def _available() -> tuple[bool, str]:
-    if not torch.cuda.is_available():
-        return False, "torch sees no CUDA device"
-    return True, f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}"
 
 
 class _Captured:
@@ -55,6 +51,14 @@ class CudaGraphBackend(PerStepBackend):
     """``model``'s per-step UNet (a private copy in ``precision``) replayed from CUDA graphs."""
 
     name = "cuda_graph"
+    description = "the per-step UNet captured as a CUDA graph per row count and replayed (one launch per step)"
+    capabilities = Capabilities(devices=("cuda",), precisions=PRECISIONS, captures_loop=True)
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device"
+        return True, f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}"
 
     def __init__(self, model: RissoleModel, precision: str = "fp32") -> None:
         super().__init__(model, precision)
@@ -76,18 +80,17 @@ class CudaGraphBackend(PerStepBackend):
         """The per-step network itself: what a whole-loop capture records (graphs do not nest)."""
         return self.unet.forward_hoisted(*self.cast(inputs)).float()
 
+    def _uncaptured_copy(self, denoiser: LoopDenoiser) -> LoopDenoiser:
+        """``denoiser`` stepping through :meth:`_uncaptured` (the windows' row denoiser, with overlap)."""
+        if isinstance(denoiser, WindowedDenoiser):
+            return denoiser.with_inner(self._uncaptured_copy(denoiser.inner))
+        plain = copy.copy(denoiser)
+        plain.forward = self._uncaptured
+        return plain
+
     def loop_sampler(self, rows: int):
         """``sample(denoiser, sampler, shape, generator, clip=None)``: the whole loop from one graph."""
-        def sample(denoiser: BlockDenoiser, sampler, shape, generator, clip=None) -> torch.Tensor:
-            plain = copy.copy(denoiser)
-            plain.forward = self._uncaptured
-            return self.loops.sample(plain, sampler, shape, generator, clip=clip)
+        def sample(denoiser: LoopDenoiser, sampler, shape, generator, clip=None) -> torch.Tensor:
+            return self.loops.sample(self._uncaptured_copy(denoiser), sampler, shape, generator, clip=clip)
         return sample
 
-
-SPEC = BackendSpec(
-    name="cuda_graph", devices=("cuda",), precisions=PRECISIONS,
-    description="the per-step UNet captured as a CUDA graph per row count and replayed (one launch per step)",
-    available=_available,
-    build=CudaGraphBackend,
-)

@@ -3,27 +3,19 @@ from __future__ import annotations
 
 import torch
 
-from ..models.rissole import BlockDenoiser, RissoleModel
-from .registry import BackendSpec
+from ..models.rissole import BlockDenoiser
+from .backend import Backend, Capabilities
 
 
-class EagerBackend:
+class EagerBackend(Backend):
     """``denoiser(cond)`` is :meth:`RissoleModel.denoiser`: float32, no preparation."""
 
     name = "eager"
-    native = True
+    description = "the plain PyTorch module (the specification)"
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32",), purposes=("run", "build", "peer"))
 
-    def __init__(self, model: RissoleModel, precision: str = "fp32") -> None:
-        self.model = model
-        self.precision = precision
+    def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        return self.model.unet.forward_hoisted(*inputs)
 
     def denoiser(self, cond: torch.Tensor, pos: torch.Tensor | None = None) -> BlockDenoiser:
         return self.model.denoiser(cond, pos)
-
-
-SPEC = BackendSpec(
-    name="eager", devices=("cpu", "cuda"), precisions=("fp32",),
-    description="the plain PyTorch module (the specification)",
-    available=lambda: (True, f"torch {torch.__version__}"),
-    build=EagerBackend,
-)

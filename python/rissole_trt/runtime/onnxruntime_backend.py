@@ -10,30 +10,26 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
-from .base import PerStepBackend
+from .base import OnnxGraphBackend
 from .onnx_export import export_denoiser_onnx
-from .registry import BackendSpec
+from .backend import Capabilities
 from .spec import step_spec
 
 
-def _available() -> tuple[bool, str]:
-    try:
-        import onnx  # noqa: F401  (the exporter's checker)
-        import onnxruntime
-    except ImportError as error:
-        return False, f"needs onnx and onnxruntime ({error}); pip install 'rissole-trt[onnx]'"
-    return True, f"onnxruntime {onnxruntime.__version__}"
-
-
-class OnnxRuntimeBackend(PerStepBackend):
+class OnnxRuntimeBackend(OnnxGraphBackend):
     """Runs ``model``'s per-step UNet exported to ONNX (``onnx_path``, e.g. an engine's, or a private export)
     with ONNX Runtime's CPU provider. ``denoiser(cond)`` has the contract of ``RissoleModel.denoiser``."""
 
     name = "onnxruntime"
+    description = "the per-step UNet exported to ONNX once and run by ONNX Runtime's CPU provider"
+    capabilities = Capabilities(devices=("cpu",), precisions=("fp32",), purposes=("run", "build", "peer"),
+                                needs_artifacts=("onnx",))
+
+    package, extra = "onnxruntime", "onnx"
 
     def __init__(self, model: RissoleModel, precision: str = "fp32", *, onnx_path: str | os.PathLike | None = None,
                  threads: int | None = None) -> None:
-        ok, reason = _available()
+        ok, reason = self.probe()
         if not ok:
             raise BackendUnavailableError(f"backend 'onnxruntime' {reason}")
         import onnxruntime as ort
@@ -58,10 +54,3 @@ class OnnxRuntimeBackend(PerStepBackend):
                  for name, value in self.spec.feeds(*inputs).items()}
         return torch.from_numpy(self.session.run([self.spec.output.name], feeds)[0])
 
-
-SPEC = BackendSpec(
-    name="onnxruntime", devices=("cpu",), precisions=("fp32",),
-    description="the per-step UNet exported to ONNX once and run by ONNX Runtime's CPU provider",
-    available=_available,
-    build=OnnxRuntimeBackend,
-)

@@ -16,32 +16,28 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
-from .base import PerStepBackend
-from .registry import BackendSpec
+from .base import OnnxGraphBackend
+from .backend import Capabilities
 from .spec import step_spec
 from .torch_backend import PRECISIONS
 
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
-def _available() -> tuple[bool, str]:
-    try:
-        import onnx  # noqa: F401  (the exporter's checker)
-        import openvino
-    except ImportError as error:
-        return False, f"needs openvino and onnx ({error}); pip install 'rissole-trt[cpu]'"
-    return True, f"openvino {openvino.__version__}"
-
-
-class OpenVinoBackend(PerStepBackend):
+class OpenVinoBackend(OnnxGraphBackend):
     """``model``'s per-step UNet exported to ONNX (``onnx_path`` if given, else a temporary export)
     and run by OpenVINO's CPU plugin, compiled per input shape."""
 
     name = "openvino"
+    description = "the per-step UNet's ONNX graph compiled by OpenVINO's CPU plugin, static shapes per row count"
+    capabilities = Capabilities(devices=("cpu",), precisions=PRECISIONS, purposes=("run", "build", "peer"),
+                                needs_artifacts=("onnx",))
+
+    package, extra = "openvino", "cpu"
 
     def __init__(self, model: RissoleModel, precision: str = "fp32", *, onnx_path: str | os.PathLike | None = None,
                  threads: int | None = None) -> None:
-        ok, reason = _available()
+        ok, reason = self.probe()
         if not ok:
             raise BackendUnavailableError(f"backend 'openvino' {reason}")
         import openvino as ov
@@ -78,10 +74,3 @@ class OpenVinoBackend(PerStepBackend):
         request.infer(feeds)
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, copy=True))
 
-
-SPEC = BackendSpec(
-    name="openvino", devices=("cpu",), precisions=PRECISIONS,
-    description="the per-step UNet's ONNX graph compiled by OpenVINO's CPU plugin, static shapes per row count",
-    available=_available,
-    build=OpenVinoBackend,
-)

@@ -55,11 +55,13 @@ from ..errors import InvalidArgumentError
 from ..models.layers import Attention, UNetResBlock
 from ..models.rissole import RissoleModel
 from ..models.unet import BlockUNet
+from ..platform import precision_dtype
 from ..tolerances import excess
+from .backend import Artifacts, Capabilities
 from .base import PerStepBackend
 from .cpu_kernels import (conv_transpose_columns, fused_group_norm, gemm_conv_transpose2d, gemm_conv_transpose_applies,
                           pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights)
-from .torch_backend import (PreparedConv, SubPixelConvTranspose, packs_for_onednn, precision_dtype, _pair)
+from .torch_backend import PRECISIONS, PreparedConv, SubPixelConvTranspose, _pair, packs_for_onednn
 
 __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]
 
@@ -520,11 +522,17 @@ class TunedBackend(PerStepBackend):
     """The per-step UNet with a :class:`TacticTable` applied (``forward_hoisted`` float32 in and out)."""
 
     name = "tuned"
+    description = "the model's UNet with this machine's per-layer tactic table (built engines only)"
+    capabilities = Capabilities(devices=("cpu",), precisions=PRECISIONS, purposes=("build",),
+                                needs_artifacts=("tactics",))
+
+    @classmethod
+    def from_artifacts(cls, model: RissoleModel, precision: str, artifacts: Artifacts) -> "TunedBackend":
+        return cls(model, artifacts.table)
 
     def __init__(self, model: RissoleModel, table: TacticTable) -> None:
         super().__init__(model, table.precision)
         self.unet = apply_tactics(model, table)
-
         self.table = table
 
     @torch.no_grad()

@@ -22,26 +22,17 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BackendUnavailableError
+from ..defaults import DEFAULT_BATCH_SIZES
+from ..errors import BackendUnavailableError, MissingFileError
 from ..models.rissole import RissoleModel
 from ..windows import rows_per_image
 from .base import PerStepBackend, run_in_buckets
-from .registry import BackendSpec
+from .backend import TRT_CACHE, TRT_PLAN, Artifacts, Capabilities
 from .spec import step_spec
 
 
 #: Plan precisions (strongly typed: from the exported graph's types).
 PRECISIONS = ("fp32", "fp16")
-
-
-def _available() -> tuple[bool, str]:
-    try:
-        import tensorrt
-    except ImportError:
-        return False, "TensorRT is not installed (pip install tensorrt on a CUDA machine)"
-    if not torch.cuda.is_available():
-        return False, "torch sees no CUDA device"
-    return True, f"tensorrt {tensorrt.__version__}"
 
 
 def build_plan(onnx_path: Path, plan_path: Path, timing_cache_path: Path, spec, buckets: list[int],
@@ -82,10 +73,35 @@ class TensorRTBackend(PerStepBackend):
     """Runs a TensorRT plan of ``model``'s per-step UNet; one execution context per bucket."""
 
     name = "tensorrt"
+    description = "TensorRT plan of the per-step ONNX graph, one profile per bucket (untested: no TensorRT here)"
+    capabilities = Capabilities(devices=("cuda",), precisions=PRECISIONS, needs_artifacts=("onnx",))
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        try:
+            import tensorrt
+        except ImportError:
+            return False, "TensorRT is not installed (pip install tensorrt on a CUDA machine)"
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device"
+        return True, f"tensorrt {tensorrt.__version__}"
+
+    @classmethod
+    def from_artifacts(cls, model: RissoleModel, precision: str, artifacts: Artifacts) -> "TensorRTBackend":
+        """The engine's plan; a build makes it in its temporary directory (a loaded engine without
+        its plan is refused, never completed outside the atomic build)."""
+        root, rows = artifacts.root, list(artifacts.rows)
+        if not (root / TRT_PLAN).is_file():
+            if not artifacts.building:
+                raise MissingFileError(f"engine {root} chose TensorRT but lacks {TRT_PLAN}; rebuild it with "
+                                       "rissole-trt build-engine --rebuild")
+            (root / TRT_PLAN).parent.mkdir(exist_ok=True)
+            build_plan(artifacts.onnx(precision), root / TRT_PLAN, root / TRT_CACHE, step_spec(model), rows, precision)
+        return cls(model, precision, plan_path=root / TRT_PLAN, buckets=rows)
 
     def __init__(self, model: RissoleModel, precision: str = "fp32", *, plan_path: str | os.PathLike | None = None,
                  buckets: list[int] | None = None) -> None:
-        ok, reason = _available()
+        ok, reason = self.probe()
         if not ok:
             raise BackendUnavailableError(f"backend 'tensorrt': {reason}")
         if precision not in PRECISIONS:
@@ -95,7 +111,7 @@ class TensorRTBackend(PerStepBackend):
         super().__init__(model, precision)
         self.spec = step_spec(model)
         per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
-        self.buckets = list(buckets or [per_image * b for b in (1, 16, 64)])  # rows as the model samples
+        self.buckets = list(buckets or [per_image * b for b in DEFAULT_BATCH_SIZES])  # rows as the model samples
         if plan_path is None:  # a private build, as the other registered backends do
             import tempfile
 
@@ -152,10 +168,3 @@ class _Bindings:
             raise BackendUnavailableError("TensorRT execution failed")
         return self.output.clone()  # the next call overwrites the owned buffer
 
-
-SPEC = BackendSpec(
-    name="tensorrt", devices=("cuda",), precisions=PRECISIONS,
-    description="TensorRT plan of the per-step ONNX graph, one profile per bucket (untested: no TensorRT here)",
-    available=_available,
-    build=TensorRTBackend,
-)

@@ -36,43 +36,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..platform import bf16_native, precision_dtype, precision_native
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..models.unet import BlockUNet
-from .registry import BackendSpec
+from .backend import Backend, Capabilities
 
 __all__ = ["PRECISIONS", "precision_dtype", "bf16_native", "precision_native", "packs_for_onednn", "PreparedConv",
-           "SubPixelConvTranspose", "prepare_unet", "TorchBackend", "SPEC"]
+           "SubPixelConvTranspose", "prepare_unet", "TorchBackend"]
 
 #: Precisions the torch backend runs in.
 PRECISIONS = ("fp32", "bf16")
-#: Every precision a backend may serve (fp16: TensorRT plans on CUDA only).
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CL = torch.channels_last
-
-
-def precision_dtype(precision: str) -> torch.dtype:
-    """The torch dtype of a precision name; InvalidArgumentError for an unknown one."""
-    if precision not in _DTYPES:
-        raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(_DTYPES)}")
-    return _DTYPES[precision]
-
-
-def bf16_native(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` computes in bf16 natively (else torch emulates bf16, slowly)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
-def precision_native(precision: str, device: str | torch.device = "cpu") -> bool:
-    """False when ``device`` only emulates ``precision`` (bf16 without bf16 arithmetic; fp16 off CUDA)."""
-    dtype = precision_dtype(precision)
-    if dtype == torch.bfloat16:
-        return bf16_native(device)
-    return dtype == torch.float32 or torch.device(device).type == "cuda"
 
 
 def packs_for_onednn(device: str | torch.device, dtype: torch.dtype) -> bool:
@@ -208,7 +182,7 @@ class _PreparedDenoiser(BlockDenoiser):
         self.time_table = backend.convert(self.time_table)
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """The torch denoiser backend for one model: weights prepared once, a denoiser per batch.
 
     Args:
@@ -218,18 +192,12 @@ class TorchBackend:
     """
 
     name = "torch"
+    description = "the model's UNet with prepacked oneDNN convolutions, channels-last (fp32 or bf16)"
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=PRECISIONS)
 
     def __init__(self, model: RissoleModel, precision: str = "fp32") -> None:
-        self.model = model
-        self.precision = precision
-        self.dtype = precision_dtype(precision)
-        self.device = next(model.parameters()).device
+        super().__init__(model, precision)
         self.unet = prepare_unet(model.unet, precision)
-
-    @property
-    def native(self) -> bool:
-        """False when the precision is emulated on this device (bf16 on a CPU without bf16 arithmetic)."""
-        return precision_native(self.precision, self.device)
 
     def convert(self, t: torch.Tensor) -> torch.Tensor:
         """A float feature map [N, C, H, W] or bias table [N, W] in this backend's dtype and layout."""
@@ -248,10 +216,3 @@ class TorchBackend:
         """An ``eps_fn(x_t, t)`` over the neighbours ``cond``, as :meth:`RissoleModel.denoiser`."""
         return _PreparedDenoiser(self, cond, pos)
 
-
-SPEC = BackendSpec(
-    name="torch", devices=("cpu", "cuda"), precisions=PRECISIONS,
-    description="the model's UNet with prepacked oneDNN convolutions, channels-last (fp32 or bf16)",
-    available=lambda: (True, f"torch {torch.__version__}"),
-    build=TorchBackend,
-)

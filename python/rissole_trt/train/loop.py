@@ -36,7 +36,7 @@ def resolve_training_precision(precision: str, device: str = "cpu") -> str:
         raise InvalidArgumentError(f"precision must be one of {TRAINING_PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
-    from ..runtime.torch_backend import bf16_native
+    from ..platform import bf16_native
 
     return "bf16" if bf16_native(device) else "fp32"
 

@@ -1,4 +1,5 @@
-"""Wall-clock timing helpers: named phase timers, medians, memory peaks."""
+"""Wall-clock timing, one module for the build, the bench and the benchmarks: named phase timers,
+medians, variants timed interleaved (a change in load hits them alike), memory peaks."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["Timer", "median", "quartiles", "time_calls", "interleaved_medians", "reset_peak_memory",
-           "peak_memory_mib"]
+__all__ = ["Timer", "median", "quartiles", "time_calls", "interleaved_medians", "interleaved_within",
+           "reset_peak_memory", "peak_memory_mib"]
 
 
 class Timer:
@@ -116,3 +117,18 @@ def peak_memory_mib(device: torch.device | str = "cpu") -> dict[str, float | Non
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
     return {"peak_rss_mib": rss, "cuda_peak_mib": cuda}
+
+
+def interleaved_within(fns: dict[str, Callable[[], object]], budget_s: float, device: torch.device | str = "cpu",
+                       min_repeats: int = 3, max_repeats: int = 100) -> dict[str, float]:
+    """:func:`interleaved_medians` with as many repeats as ``budget_s`` (seconds for all of ``fns``)
+    allows, at least ``min_repeats``: one untimed round warms every variant up, one timed round
+    sizes the rest."""
+    timer = Timer(device)
+    for fn in fns.values():
+        fn()
+    with timer("round"):
+        for fn in fns.values():
+            fn()
+    repeats = int(budget_s / max(timer.median("round"), 1e-9))
+    return interleaved_medians(fns, max(min_repeats, min(max_repeats, repeats)), device, warmups=0)
