@@ -175,9 +175,12 @@ def _fingerprints(probe, engine) -> dict:
             "engine_fingerprint": None if engine is None else file_sha256(Path(engine) / ENGINE_MANIFEST)}
 
 
-def _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, fmt, fingerprints: dict) -> dict:
+def _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, fmt, model_fingerprint,
+                  database_fingerprint=None, engine_fingerprint=None) -> dict:
     return {"format_version": FORMAT_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
-            "seed": seed, "sampler": sampler, "steps": steps, "overlap": overlap, "format": fmt, **fingerprints}
+            "seed": seed, "sampler": sampler, "steps": steps, "overlap": overlap, "format": fmt,
+            "model_fingerprint": model_fingerprint, "database_fingerprint": database_fingerprint,
+            "engine_fingerprint": engine_fingerprint}
 
 
 def _shard_digest(path: Path, fmt: str) -> str | None:
@@ -274,7 +277,7 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     probe = Engine(model, database, engine=engine, device=here)
     plan = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap)
     settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, plan.overlap, format,
-                             _fingerprints(probe, engine))
+                             **_fingerprints(probe, engine))
     config = probe.model.config
     rows = rows_per_image(config.unet.block_factor, config.block_size, plan.overlap)
     del probe
