@@ -41,7 +41,8 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        cause = getattr(e, "cause", None)  # Ray's task errors keep the worker's error here
+        todo += [e.__cause__, e.__context__] + ([cause] if isinstance(cause, BaseException) else [])
 
 
 def is_disk_full(error: BaseException) -> bool:
