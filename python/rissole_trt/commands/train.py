@@ -5,6 +5,7 @@ import argparse
 
 from ..defaults import (AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR, DENOISER_BATCH_SIZE, DENOISER_LR, XATTN_HEAD_DIM,
                         XATTN_HEADS)
+from . import set_threads
 
 
 def _common(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
@@ -74,14 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace):
-    import torch
-
     from ..images import load_images
-
     from ..train.loop import resolve_training_precision
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.precision = resolve_training_precision(args.precision)
     print(f"training precision: {args.precision}")
     return load_images(args.images, args.image_size, indices_key=args.split)
