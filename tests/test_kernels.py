@@ -17,6 +17,8 @@ from rissole_trt.tolerances import KERNEL_ERROR_FACTOR, TOLERANCES  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Under the CPU interpreter every kernel launch runs in Python: the slow tier. On a GPU they are quick.
+pytestmark = [] if DEVICE == "cuda" else [pytest.mark.slow]
 
 
 def _problem(rows, lq, heads, dh, k, bs, entries=9, blocks=4, n_codes=40, images=3, dtype=torch.float32, seed=0):
