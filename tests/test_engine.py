@@ -79,8 +79,9 @@ def test_plan_is_small_and_any_split_of_it_is_bitwise_the_full_run(engine):
 def test_progress_bar_counts_whole_images(engine, monkeypatch):
     import io
 
-    import rissole_trt.engine as engine_module
     from tqdm.auto import tqdm
+
+    import rissole_trt.engine as engine_module
 
     shown = []
 
