@@ -21,7 +21,10 @@ Conventions (checked before launch by :func:`gather_xattn`):
 * ``ids`` ``[B, k]`` integer database ids, ``-1`` = no neighbour (its tokens are masked out); any
   other id outside ``[0, N)`` is refused; ids are widened to int64 before address arithmetic;
 * a row whose whole context is masked returns zeros, never NaN;
-* ``scale`` defaults to dh^-1/2.
+* ``scale`` defaults to dh^-1/2;
+* ``sources`` (optional, for windows that straddle blocks, :meth:`ShiftedWindows.token_sources`):
+  ``(block, pos)`` int64 ``[W, bs²]``; ``row_block`` then names a window w, and its token (j, s) is
+  ``codes[block[w, s], ids[b, j], pos[w, s]]``. Without it, window p is block p itself.
 
 :func:`gather_xattn_reference` is the specification: gather -> embed (table lookups) -> scaled
 dot-product attention, in plain torch.
@@ -38,7 +41,7 @@ if triton is not None:
 __all__ = ["gather_xattn", "gather_xattn_reference", "check_inputs"]
 
 
-def check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos) -> None:
+def check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos, sources=None) -> None:
     """Shapes, dtypes and id ranges; raises ValueError / IndexError before any launch."""
     if q.ndim != 4:
         raise ValueError(f"q must be [rows, Lq, heads, head_dim], got {list(q.shape)}")
@@ -65,22 +68,39 @@ def check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v
                          f"got {int(ids.min())}..{int(ids.max())}")
     if rows and (int(row_image.min()) < 0 or int(row_image.max()) >= ids.shape[0]):
         raise IndexError(f"row_image must lie in [0, {ids.shape[0]})")
-    if rows and (int(row_block.min()) < 0 or int(row_block.max()) >= codes.shape[0]):
-        raise IndexError(f"row_block must lie in [0, {codes.shape[0]})")
+    windows = codes.shape[0] if sources is None else _check_sources(sources, codes.shape[0], positions)
+    if rows and (int(row_block.min()) < 0 or int(row_block.max()) >= windows):
+        raise IndexError(f"row_block must lie in [0, {windows})")
     # Codes index the tables; the database guarantees they are below its codebook size (checked when
     # the tables are made from that codebook), so they are not scanned on every call.
 
 
+def _check_sources(sources, blocks: int, positions: int) -> int:
+    """The number of windows of ``sources`` (block, pos); ValueError / IndexError for a bad one."""
+    block, pos = sources
+    if block.shape != pos.shape or block.ndim != 2 or block.shape[1] != positions or block.dtype.is_floating_point:
+        raise ValueError(f"sources must be two integer [windows, {positions}] tensors, got {list(block.shape)} "
+                         f"and {list(pos.shape)}")
+    if int(block.min()) < 0 or int(block.max()) >= blocks or int(pos.min()) < 0 or int(pos.max()) >= positions:
+        raise IndexError(f"sources must name blocks in [0, {blocks}) and positions in [0, {positions})")
+    return block.shape[0]
+
+
 def gather_xattn_reference(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos,
-                           scale: float | None = None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+                           scale: float | None = None, compute_dtype: torch.dtype | None = None,
+                           sources=None) -> torch.Tensor:
     """Gather -> embed -> attention in plain torch; ``compute_dtype`` (default q's) is the arithmetic dtype."""
-    check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos)
+    check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos, sources)
     dtype = compute_dtype or q.dtype
     rows, lq, heads, dh = q.shape
     positions = codes.shape[2] * codes.shape[3]
     neighbours = ids.long()[row_image.long()]  # [R, k]
     valid = neighbours >= 0
-    tokens = codes[row_block.long()[:, None], neighbours.clamp(min=0)]  # [R, k, bs, bs]
+    if sources is None:
+        tokens = codes[row_block.long()[:, None], neighbours.clamp(min=0)]  # [R, k, bs, bs]
+    else:  # window w's token (j, s): position pos[w, s] of block block[w, s] of neighbour j
+        block, at = (t.long()[row_block.long()][:, None, :] for t in sources)  # [R, 1, bs²]
+        tokens = codes.flatten(2)[block, neighbours.clamp(min=0)[:, :, None], at]  # [R, k, bs²]
     tokens = tokens.reshape(rows, -1).to(torch.int64)  # [R, k*bs²], neighbour-major
     pos = torch.arange(positions, device=q.device).repeat(neighbours.shape[1])  # in-block position of each token
     keys = k_codes.to(dtype)[tokens] + k_pos.to(dtype)[pos]  # [R, T, H, dh]
@@ -93,9 +113,9 @@ if triton is not None:
 
     @triton.jit
     def _gather_xattn_kernel(q_ptr, ids_ptr, row_image_ptr, row_block_ptr, codes_ptr, kc_ptr, vc_ptr, kp_ptr, vp_ptr,
-                             out_ptr, scale, Lq, H, DH, K_NB, N_DB, POS,
+                             src_block_ptr, src_pos_ptr, out_ptr, scale, Lq, H, DH, K_NB, N_DB, POS,
                              BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                             PRECISION: tl.constexpr):
+                             PRECISION: tl.constexpr, WINDOWED: tl.constexpr):
         row, head, offs_d, q, q_offs, q_mask, m_i, l_i, acc = load_query_tile(q_ptr, Lq, H, DH, BLOCK_Q, BLOCK_D)
         dtype = q_ptr.dtype.element_ty
         image = tl.load(row_image_ptr + row).to(tl.int64)
@@ -108,7 +128,12 @@ if triton is not None:
             s = offs_t % POS  # in-block position
             nid = tl.load(ids_ptr + image * K_NB + j, mask=in_range, other=-1).to(tl.int64)
             valid = in_range & (nid >= 0)
-            code = tl.load(codes_ptr + (block * N_DB + nid) * POS + s, mask=valid, other=0).to(tl.int64)
+            if WINDOWED:  # the window's pixel s lies at position src_pos of block src_block
+                src_block = tl.load(src_block_ptr + block * POS + s, mask=in_range, other=0)
+                src_pos = tl.load(src_pos_ptr + block * POS + s, mask=in_range, other=0)
+                code = tl.load(codes_ptr + (src_block * N_DB + nid) * POS + src_pos, mask=valid, other=0).to(tl.int64)
+            else:
+                code = tl.load(codes_ptr + (block * N_DB + nid) * POS + s, mask=valid, other=0).to(tl.int64)
             kv_mask = valid[:, None] & (offs_d[None, :] < DH)
             code_offs = (code[:, None] * H + head) * DH + offs_d[None, :]
             pos_offs = (s[:, None].to(tl.int64) * H + head) * DH + offs_d[None, :]
@@ -124,14 +149,17 @@ if triton is not None:
 
 
 def gather_xattn(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos, scale: float | None = None,
-                 block_q: int = 16, block_t: int = 32) -> torch.Tensor:
+                 block_q: int = 16, block_t: int = 32, sources=None) -> torch.Tensor:
     """The fused kernel: the same result as :func:`gather_xattn_reference`, without materialising the
     gathered context or its keys and values. CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
     if triton is None:
         raise RuntimeError("gather_xattn needs Triton (pip install triton); gather_xattn_reference runs without it")
-    check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos)
+    check_inputs(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v_pos, sources)
     rows, lq, heads, dh = q.shape
     positions = codes.shape[2] * codes.shape[3]
+    # Without sources the kernel reads no source table: row_block stands in for both pointers.
+    src_block, src_pos = (row_block, row_block) if sources is None else (t.to(torch.int64).contiguous()
+                                                                         for t in sources)
     out = torch.empty_like(q)
     if rows == 0 or lq == 0:
         return out
@@ -139,8 +167,9 @@ def gather_xattn(q, ids, row_image, row_block, codes, k_codes, v_codes, k_pos, v
     _gather_xattn_kernel[grid](
         q.contiguous(), ids.to(torch.int64).contiguous(), row_image.to(torch.int64).contiguous(),
         row_block.to(torch.int64).contiguous(), codes.contiguous(), k_codes.contiguous(), v_codes.contiguous(),
-        k_pos.contiguous(), v_pos.contiguous(), out, dh ** -0.5 if scale is None else scale, lq, heads, dh,
-        ids.shape[1], codes.shape[1], positions,
+        k_pos.contiguous(), v_pos.contiguous(), src_block, src_pos, out, dh ** -0.5 if scale is None else scale,
+        lq, heads, dh, ids.shape[1], codes.shape[1], positions,
         BLOCK_Q=block_q, BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(dh)),
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # tf32 is ignored for 16-bit inputs
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32 is ignored for 16-bit inputs
+        WINDOWED=sources is not None)
     return out

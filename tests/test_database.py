@@ -249,7 +249,7 @@ def test_killed_build_leaves_no_database_and_its_leftovers_are_cleaned(tmp_path:
     result = subprocess.run([sys.executable, "-c", script], env={**os.environ}, capture_output=True, text=True)
     assert result.returncode == 9, result.stderr
     left = siblings(tmp_path / "db")
-    assert len(left) == 1 and left[0].startswith(".tmp-db-")
+    assert len(left) == 1 and left[0].startswith(".db.") and left[0].endswith(".tmp")
     with pytest.raises(DatabaseError):
         Database.open(tmp_path / left[0])  # the leftover is not a database: it has no manifest
     write_db(tmp_path / "db", n=12)

@@ -164,7 +164,7 @@ def test_bad_arguments_are_refused_before_any_work(assets, tmp_path):
         generate_dataset(4, other, shard_size=2, **common, **PLAN)
     (tmp_path / "unrelated").mkdir()
     (tmp_path / "unrelated" / "notes.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="not empty"):
+    with pytest.raises(OutputExistsError, match="a folder of other files, not a generate-dataset run"):
         generate_dataset(4, tmp_path / "unrelated", shard_size=2, **common, **PLAN)
     assert sorted(p.name for p in other.iterdir()) == ["run.json"]
 

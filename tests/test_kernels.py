@@ -89,6 +89,26 @@ def test_bad_inputs_are_refused_before_launch(bad, error):
         gather_xattn(**problem)
 
 
+@pytest.mark.parametrize("bf,bs", [(2, 4), (3, 2)])
+def test_fp32_kernel_reads_shifted_windows_as_its_reference_does(bf, bs):
+    """With ``sources`` a row is a window straddling blocks; its tokens come from the blocks it covers."""
+    from rissole_trt.windows import ShiftedWindows
+
+    windows = ShiftedWindows(bf, bs)
+    count, images = len(windows.offsets), 2
+    problem = _problem(images * count, 12, 2, 16, 3, bs, blocks=bf * bf, images=images)
+    problem["row_image"] = torch.arange(images).repeat_interleave(count).to(DEVICE)
+    problem["row_block"] = torch.arange(count).repeat(images).to(DEVICE)  # the window
+    sources = windows.token_sources(DEVICE)
+    got = gather_xattn(**problem, sources=sources)
+    assert_close(got, gather_xattn_reference(**problem, sources=sources), "kernel_fp32")
+    aligned = [i for i, (y, x) in enumerate(windows.offsets) if y % bs == 0 and x % bs == 0]
+    rows = [b * count + w for b in range(images) for w in aligned]  # aligned windows are their blocks
+    blocks = dict(problem, q=problem["q"][rows], row_image=problem["row_image"][rows],
+                  row_block=torch.arange(bf * bf).repeat(images).to(DEVICE))
+    assert_close(got[rows], gather_xattn(**blocks), "kernel_fp32")
+
+
 def test_kernel_on_an_xattn_models_tables_matches_its_layer(tmp_path):
     """End to end on real weights: the kernel reads the database's codes through the model's tables."""
     from test_xattn import XATTN, _rows_of
@@ -183,14 +203,12 @@ def test_a_whole_fused_sampling_loop_gives_the_unfused_samples(name, steps, eta)
 
 # ----------------------------------------------------------------------------- the triton backend
 
-def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(tmp_path):
-    """The backend's per-step network (fused gather + cross-attention) and the Engine's sampling loop
-    through it (fused sampler step) against the eager reference path."""
+@pytest.fixture(scope="module")
+def xattn(tmp_path_factory):
+    """An xattn model whose cross-attention layers matter, on DEVICE, with its database and Triton backend."""
     from test_xattn import XATTN
     from synthetic import smooth_images
     from rissole_trt.builder import build_database
-    from rissole_trt.engine import Engine
-    from rissole_trt.errors import BackendUnavailableError
     from rissole_trt.models import RissoleModel
     from rissole_trt.runtime.triton_backend import TritonBackend
 
@@ -198,10 +216,32 @@ def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(tmp_path):
     model = RissoleModel(XATTN).eval()
     for layer in model.unet._xattn_layers:
         torch.nn.init.normal_(layer.out.weight, std=0.3)
+    database = build_database(model, smooth_images(6, size=32), tmp_path_factory.mktemp("xattn") / "db",
+                              progress=False)
     model = model.to(DEVICE)
-    database = build_database(model.cpu(), smooth_images(6, size=32), tmp_path / "db", progress=False)
-    model = model.to(DEVICE)
-    backend = TritonBackend(model)
+    return model, database, TritonBackend(model)
+
+
+def _fused_engine(model, database, backend):
+    """An Engine over ``backend``: by hand on a CPU (the registry offers triton for CUDA only), else ``auto``."""
+    from rissole_trt.engine import Engine
+
+    if DEVICE == "cuda":
+        engine = Engine(model, database, device=DEVICE)
+        assert engine.backend == "triton"  # auto on a GPU for xattn models
+        return engine
+    engine = Engine(model, database, device="cpu", backend="eager")
+    engine.runtime, engine._denoiser = backend, backend.denoiser
+    return engine
+
+
+def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(xattn):
+    """The backend's per-step network (fused gather + cross-attention) and the Engine's sampling loop
+    through it (fused sampler step) against the eager reference path."""
+    from rissole_trt.engine import Engine
+    from rissole_trt.errors import BackendUnavailableError
+
+    model, database, backend = xattn
     assert backend.reads_codes and backend.fused_sampler_step
     ids = torch.tensor([[0, 5, 2], [1, 1, 4]])
     cond = database.neighbour_blocks(ids, device=DEVICE)
@@ -213,16 +253,49 @@ def test_triton_backend_runs_an_xattn_model_from_the_databases_codes(tmp_path):
 
     eager = Engine(model, database, device=DEVICE, backend="eager")
     expected = eager.generate(2, seed=3, sampler="ddim", steps=3, progress=False)
-    if DEVICE == "cpu":  # the registry offers triton for CUDA only; under the interpreter, put it in by hand
+    if DEVICE == "cpu":
         with pytest.raises(BackendUnavailableError, match="runs on cuda, not cpu"):
             Engine(model, database, device="cpu", backend="triton")
-        fused = Engine(model, database, device="cpu", backend="eager")
-        fused.runtime = backend
-        fused._denoiser = backend.denoiser
-    else:
-        fused = Engine(model, database, device=DEVICE)
-        assert fused.backend == "triton"  # auto on a GPU for xattn models
+    fused = _fused_engine(model, database, backend)
     assert_close(fused.generate(2, seed=3, sampler="ddim", steps=3, progress=False), expected, "images_uint8")
+
+
+def test_the_code_denoiser_with_shifted_windows_is_the_windowed_denoiser(xattn):
+    """overlap="half" through the kernel: the windows' tokens read from the codes of the blocks they straddle."""
+    from rissole_trt.windows import ShiftedWindows, WindowedDenoiser
+
+    model, database, backend = xattn
+    ids = torch.tensor([[0, 5, 2], [1, 1, 4]])
+    cond = database.neighbour_blocks(ids, device=DEVICE)
+    windows = ShiftedWindows(model.config.unet.block_factor, model.config.block_size)
+    x = torch.randn(2, 4, 4, 4, 4, device=DEVICE)
+    ours = backend.code_denoiser(cond, ids, database.codes_tensor(DEVICE), windows=windows)
+    assert isinstance(ours, WindowedDenoiser) and ours.inner.rows == 2 * len(windows.offsets)
+    assert_close(ours(x, 20), windows.denoiser(model.denoiser, cond)(x, 20), "engine_fp32")
+
+
+def test_the_engine_takes_the_code_path_with_overlap_and_says_when_it_cannot_capture_it(xattn, monkeypatch):
+    """overlap="half" on a code-reading backend runs its code denoiser (spied on); a backend that also
+    captured whole loops could not hold one, and the Engine says so once instead of doing so silently."""
+    from rissole_trt.engine import Engine
+    from rissole_trt.runtime.loop_graph import LoopGraphs, eager_capture
+
+    model, database, backend = xattn
+    settings = dict(seed=3, sampler="ddim", steps=3, batch_size=1, overlap="half", progress=False)
+    expected = Engine(model, database, device=DEVICE, backend="eager").generate(2, **settings)
+    fused = _fused_engine(model, database, backend)
+    calls = []
+    code_denoiser = fused.runtime.code_denoiser
+    monkeypatch.setattr(fused.runtime, "code_denoiser",
+                        lambda *args, windows=None: calls.append(windows) or code_denoiser(*args, windows=windows))
+    assert_close(fused.generate(2, **settings), expected, "images_uint8")
+    assert len(calls) == 2 and all(w is not None and len(w.offsets) == 9 for w in calls)  # one per batch
+    loops = LoopGraphs(eager_capture)
+    monkeypatch.setattr(fused.runtime, "loop_sampler", lambda rows: loops.sample, raising=False)
+    with pytest.warns(UserWarning, match=r"triton backend reads the neighbours' codes.*overlap='half'") as record:
+        assert_close(fused.generate(2, **settings), expected, "images_uint8")
+    assert len(calls) == 4 and len(loops) == 0  # the code path, stepped in Python
+    assert len([w for w in record if "reads the neighbours' codes" in str(w.message)]) == 1  # once, two batches
 
 
 # ----------------------------------------------------------------------------- context + projection kernel

@@ -19,6 +19,7 @@ from rissole_trt.engine import Engine
 from rissole_trt.errors import InvalidArgumentError, NonFiniteError
 from rissole_trt.models import RissoleModel
 from rissole_trt.runtime.loop_graph import LoopGraphs, eager_capture
+from rissole_trt.windows import ShiftedWindows, WindowedDenoiser
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,32 @@ def test_a_replayed_loop_equals_the_eager_loop_for_every_batch(model, name, step
     assert len(loops) == 1
 
 
+@pytest.mark.parametrize("name,steps,eta,clipped", [("ddim", 4, 0.7, False), ("dpmpp_2m", 4, None, True)])
+def test_a_replayed_loop_with_shifted_windows_equals_the_eager_windowed_loop(model, name, steps, eta, clipped):
+    """overlap="half": the window crop and blend are inside each captured step; only the windows' row
+    denoiser's tensors are refreshed per batch."""
+    c = model.config
+    shape = (2, c.n_blocks, c.autoencoder.latent_dim, c.block_size, c.block_size)
+    sampler = make_sampler(name, model.schedule, steps, eta=eta)
+    clip = _clip(model) if clipped else None
+    windows = ShiftedWindows(c.unet.block_factor, c.block_size)
+    loops = LoopGraphs(eager_capture)
+    with torch.no_grad():
+        for batch, first in enumerate((0, 2)):  # the first call captures, the second replays
+            denoiser = windows.denoiser(model.denoiser, _cond(model, 2, seed=batch))
+            got = loops.sample(denoiser, sampler, shape, _generators(first, 2), clip=clip)
+            eps_fn = denoiser if clip is None else clip_x0(denoiser, model.schedule, *clip)
+            want = sample(eps_fn, shape, model.schedule, sampler, generator=_generators(first, 2))
+            assert_close(got, want, "bitwise")  # the same computation on the same shapes
+        assert len(loops) == 1
+        # The aligned blocks of the same shape are another loop, not a replay of the windowed one.
+        loops.sample(model.denoiser(_cond(model, 2, seed=0)), sampler, shape, _generators(0, 2), clip=clip)
+        assert len(loops) == 2
+        windowed = next(iter(loops._loops.values()))
+        with pytest.raises(InvalidArgumentError, match="captured for another overlap"):
+            windowed(model.denoiser(_cond(model, 2, seed=0)), _generators(0, 2))
+
+
 def test_loops_are_keyed_by_shape_and_sampler_and_refuse_what_they_do_not_capture(model):
     c = model.config
     loops = LoopGraphs(eager_capture)
@@ -89,9 +116,11 @@ def _with_loop_sampler(engine: Engine, monkeypatch) -> LoopGraphs:
     return loops
 
 
-@pytest.mark.parametrize("clip", ["none", "codebook"])
-def test_the_engine_samples_through_a_runtime_loop_sampler_with_the_same_images(model, db, monkeypatch, clip):
-    kwargs = dict(seed=3, sampler="ddim", steps=4, eta=0.5, batch_size=2, clip=clip)
+@pytest.mark.parametrize("clip,overlap", [("none", "none"), ("codebook", "none"), ("none", "half"),
+                                          ("codebook", "half")])
+def test_the_engine_samples_through_a_runtime_loop_sampler_with_the_same_images(model, db, monkeypatch, clip,
+                                                                                 overlap):
+    kwargs = dict(seed=3, sampler="ddim", steps=4, eta=0.5, batch_size=2, clip=clip, overlap=overlap)
     want = Engine(model, db, device="cpu", backend="eager").generate(4, progress=False, **kwargs)
     engine = Engine(model, db, device="cpu", backend="eager")
     loops = _with_loop_sampler(engine, monkeypatch)
@@ -99,6 +128,7 @@ def test_the_engine_samples_through_a_runtime_loop_sampler_with_the_same_images(
     got = engine.generate(4, callback=lambda done, n: calls.append(done), **kwargs)
     assert_close(got, want, "bitwise")
     assert len(loops) == 1 and calls == [2, 4]  # two batches of one shape: one capture
+    assert isinstance(next(iter(loops._loops.values())).denoiser, WindowedDenoiser) == (overlap == "half")
     # DDPM steps in Python (its loop is not captured whole).
     assert engine._loop_sampler(make_sampler("ddpm", model.schedule), 4) is None
 
@@ -114,10 +144,11 @@ def test_non_finite_values_from_a_whole_loop_stop_generation(model, db, monkeypa
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", None)])
-def test_cuda_graph_whole_loop_images_equal_the_eager_engine(db, sampler, eta):
+@pytest.mark.parametrize("sampler,eta,overlap", [("ddim", 0.0, "none"), ("ddim", 1.0, "none"),
+                                                 ("dpmpp_2m", None, "none"), ("dpmpp_2m", None, "half")])
+def test_cuda_graph_whole_loop_images_equal_the_eager_engine(db, sampler, eta, overlap):
     gpu = RissoleModel.from_reference(**paths("ref_addpos_")).cuda().eval()
-    kwargs = dict(seed=5, sampler=sampler, steps=6, eta=eta, batch_size=2, progress=False)
+    kwargs = dict(seed=5, sampler=sampler, steps=6, eta=eta, batch_size=2, overlap=overlap, progress=False)
     eager = Engine(gpu, db, device="cuda", backend="eager").generate(4, **kwargs)
     engine = Engine(gpu, db, device="cuda", backend="cuda_graph")
     got = engine.generate(4, **kwargs)

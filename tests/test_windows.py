@@ -69,6 +69,19 @@ def test_a_pointwise_denoiser_gives_the_same_epsilon_through_the_windows():
     assert_close(eps_fn(x, 7), 2.0 * x + 7, "fp32_reorder")
 
 
+@pytest.mark.parametrize("bf,bs", [(2, 8), (3, 4)])
+def test_token_sources_name_the_block_and_position_of_every_window_pixel(bf, bs):
+    """Looking each window pixel up at (block, in-block position) is cropping the merged blocks."""
+    windows = ShiftedWindows(bf, bs)
+    labels = torch.arange(bf * bf * bs * bs, dtype=torch.float32).view(1, bf * bf, 1, bs, bs)  # block p, pixel s
+    block, pos = windows.token_sources()
+    assert block.shape == pos.shape == (len(windows.offsets), bs * bs) and block.dtype == torch.int64
+    assert_close(block * bs * bs + pos, windows.crop(ops.merge_blocks(labels, bf)).flatten(1).long(), "bitwise")
+    aligned = [i for i, (y, x) in enumerate(windows.offsets) if y % bs == 0 and x % bs == 0]
+    assert_close(block[aligned], torch.arange(bf * bf)[:, None].expand(-1, bs * bs), "bitwise")  # blocks themselves
+    assert_close(pos[aligned], torch.arange(bs * bs).expand(bf * bf, -1), "bitwise")
+
+
 def test_one_hot_position_weights_are_the_integer_positions(model):
     rows = 8
     cond = torch.randn(rows, model.config.unet.cond_channels, 8, 8)

@@ -14,7 +14,7 @@ import torch
 
 from synthetic import cli_train_tiny, smooth_images
 from tolerances import assert_close
-from rissole_trt import cli
+from rissole_trt import cli, ops
 from rissole_trt.builder import build_database
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
 from rissole_trt.engine import Engine
@@ -23,6 +23,7 @@ from rissole_trt.models import RissoleModel
 from rissole_trt.ops import gather_code_blocks
 from rissole_trt.runtime.spec import step_spec
 from rissole_trt.runtime.torch_backend import TorchBackend
+from rissole_trt.windows import ShiftedWindows
 
 AE = AutoencoderConfig(channels=(8, 16), latent_dim=4, n_embeddings=32, n_heads=2, dim_keys=8, n_groups=4)
 XATTN = ModelConfig(
@@ -106,6 +107,37 @@ def test_the_codebook_tables_reproduce_every_layers_attention(model, database):
         expected = layer.attend(q, hoisted[:, :, a:b])
         ours = gather_xattn_reference(q, ids, row_image, row_block, codes, **table, scale=layer.scale)
         assert_close(ours, expected, "fp32_reorder")
+
+
+def _window_rows_of(model, database, ids: torch.Tensor):
+    """The shifted windows' rows of images with neighbours ``ids``: (windows, cropped cond [B*W, k*C, bs, bs],
+    row_image, row_block (the window), codes)."""
+    windows = ShiftedWindows(model.config.unet.block_factor, model.config.block_size)
+    cond = windows.crop(ops.merge_blocks(database.neighbour_blocks(ids), windows.bf))
+    count = len(windows.offsets)
+    return (windows, cond, torch.arange(len(ids)).repeat_interleave(count), torch.arange(count).repeat(len(ids)),
+            database.codes_tensor())
+
+
+def test_the_codebook_tables_reproduce_every_layers_attention_over_shifted_windows(model, database):
+    """With the windows' token sources, lookups through the codes == each layer over the cropped neighbours
+    (the plain-torch form of what the kernel computes for ``overlap="half"``)."""
+    ids = torch.tensor([[0, 4, 9], [3, 3, 1]])
+    windows, cond, row_image, row_block, codes = _window_rows_of(model, database, ids)
+    hoisted = model.unet.condition(cond)
+    tables = model.unet.xattn_tables(database.codebook_tensor("cpu"))
+    g = torch.Generator().manual_seed(2)
+    for layer, table in zip(model.unet._xattn_layers, tables):
+        q = torch.randn(len(cond), 5, layer.n_heads, layer.head_dim, generator=g)
+        a, b = layer.kv_slice
+        ours = gather_xattn_reference(q, ids, row_image, row_block, codes, **table, scale=layer.scale,
+                                      sources=windows.token_sources())
+        assert_close(ours, layer.attend(q, hoisted[:, :, a:b]), "fp32_reorder")
+    block, pos = windows.token_sources()
+    with pytest.raises(IndexError, match="row_block must lie in"):  # a row naming a window past the last
+        gather_xattn_reference(q, ids, row_image, row_block + 1, codes, **table, sources=(block, pos))
+    with pytest.raises(IndexError, match="sources must name blocks"):
+        gather_xattn_reference(q, ids, row_image, row_block, codes, **table, sources=(block + 4, pos))
 
 
 def test_save_load_backends_and_onnx_agree(model, database, tmp_path):

@@ -40,6 +40,7 @@ import numpy as np
 
 from .atomic import atomic_directory, atomic_file, write_text
 from .errors import BackendUnavailableError, InvalidArgumentError, OutputExistsError
+from .outputs import DATASET_RUN, check_output
 
 __all__ = ["FORMATS", "generate_dataset", "shard_ranges"]
 
@@ -199,8 +200,8 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         raise InvalidArgumentError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
     sampler = sampler or DEFAULT_SAMPLER
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder")
+    # A run is resumed, never replaced: no flag; another kind of output, a file or a link is refused.
+    check_output(out_dir, kind=DATASET_RUN, overwrite=True, inputs=(model, database, engine), flag=None)
     ray = _ray()
 
     # Check every setting here, before any worker starts (the plan validates sampler, steps, k).
@@ -226,7 +227,7 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
         write_text(run_file, json.dumps(settings, indent=1))
 
     shards = shard_ranges(n, shard_size)
-    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"shards": {}}
+    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"kind": DATASET_RUN, "shards": {}}
     done = {int(s) for s, record in manifest["shards"].items()
             if (out_dir / shard_name(int(s), format)).exists() and record["count"] == shards[int(s)][1]}
     manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}

@@ -32,14 +32,15 @@ from . import ops
 from .builder import autoencoder_fingerprint
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
 from .errors import (BackendUnavailableError, DatabaseError, FingerprintMismatchError, InvalidArgumentError,
-                     MissingFileError, NonFiniteError, OutOfMemoryError, OutOfRangeError)
+                     InvalidTypeError, MissingFileError, NonFiniteError, OutOfMemoryError,
+                     OutOfRangeError)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, compute_keys
 from .runtime import registry
 from .runtime.base import exact_fp32
 from .runtime.loop_graph import LOOP_SAMPLERS
-from .windows import ShiftedWindows, check_overlap
+from .windows import ShiftedWindows, check_overlap, rows_per_image
 
 #: Precisions an Engine can run in (which backends serve which: ``rissole-trt info``; fp16 only
 #: TensorRT, i.e. ``backend="tensorrt"`` or an fp16 engine built for CUDA).
@@ -152,6 +153,13 @@ class GenerationPlan:
         return [(b, min(self.batch_size, self.n - b)) for b in range(first, start + count, self.batch_size)]
 
 
+def _check_path_type(name: str, value: object, *objects: type) -> None:
+    """``value`` is None, a path or one of ``objects``; else one clear line, not a TypeError from deep inside."""
+    if value is not None and not isinstance(value, (str, os.PathLike, *objects)):
+        allowed = ", ".join(["a path", *(f"a {t.__name__}" for t in objects), "or None"])
+        raise InvalidTypeError(f"Engine {name} must be {allowed}, got {type(value).__name__} {value!r}")
+
+
 class Engine:
     """A loaded model, its database and a denoiser backend, ready to generate.
 
@@ -179,6 +187,9 @@ class Engine:
                  database: str | os.PathLike | Database | None = None, *, device: str | torch.device = "auto",
                  backend: str = "auto", precision: str | None = None, index: str = "auto",
                  engine: str | os.PathLike | None = None) -> None:
+        _check_path_type("model", model, RissoleModel)
+        _check_path_type("database", database, Database)
+        _check_path_type("engine", engine)
         manifest = None
         if engine is not None:  # a built engine decides the backend and the precision
             from .runtime.built_engine import read_manifest
@@ -228,6 +239,7 @@ class Engine:
             warnings.warn(f"{precision} is emulated on {self.device} (no native {precision} arithmetic): "
                           "it runs many times slower than fp32 here", stacklevel=2)
         self._denoiser = self.runtime.denoiser
+        self._announced: set[str] = set()  # the slower-path warnings already given
 
     def _open_database(self, database: str | os.PathLike | Database) -> Database:
         fingerprint = autoencoder_fingerprint(self.model.autoencoder)
@@ -400,10 +412,32 @@ class Engine:
             return eps
         return eps_fn
 
-    def _loop_sampler(self, sampler, rows: int):
+    def _announce_once(self, message: str) -> None:
+        """Warn (once per Engine and message) that a batch takes a slower path than the backend's fastest."""
+        if message not in self._announced:
+            self._announced.add(message)
+            warnings.warn(message, stacklevel=2)
+
+    def _loop_sampler(self, sampler, rows: int, overlap: str = "none"):
         """The runtime's whole-loop sampler for ``rows`` rows (CUDA graphs), or None to step in Python."""
         getter = getattr(self.runtime, "loop_sampler", None)
-        return None if getter is None or sampler.name not in LOOP_SAMPLERS else getter(rows)
+        whole_loop = None if getter is None or sampler.name not in LOOP_SAMPLERS else getter(rows)
+        if whole_loop is not None and getattr(self.runtime, "reads_codes", False):
+            # A code-reading denoiser's neighbours are ids checked on the host at every call: no capture holds them.
+            self._announce_once(f"the {self.runtime.name} backend reads the neighbours' codes, which its whole-loop "
+                                f"capture cannot hold: overlap={overlap!r} steps the loop in Python (slower)")
+            return None
+        return whole_loop
+
+    def _batch_denoiser(self, plan: GenerationPlan, ids: np.ndarray | None, cond: torch.Tensor):
+        """The batch's ε over its blocks: through the shifted windows with ``overlap="half"``, and with
+        the neighbours read from the database's codes by a runtime whose fused kernel reads them."""
+        config = self.model.config
+        windows = ShiftedWindows(config.unet.block_factor, config.block_size) if plan.overlap == "half" else None
+        if ids is not None and getattr(self.runtime, "reads_codes", False):
+            return self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device),
+                                              windows=windows)
+        return self._denoiser(cond) if windows is None else windows.denoiser(self._denoiser, cond)
 
     @torch.no_grad()
     @exact_fp32()  # fp32 is IEEE fp32 on CUDA too (torch's default lets cuDNN use TF32)
@@ -415,12 +449,7 @@ class Engine:
         else:
             ids = self.retrieve(plan, first, count).neighbour_ids
             cond = self.database.neighbour_blocks(ids, device=self.device)  # [b, P, k*C, bs, bs]
-        if plan.overlap == "half":
-            denoiser = ShiftedWindows(config.unet.block_factor, bs).denoiser(self._denoiser, cond)
-        elif ids is not None and getattr(self.runtime, "reads_codes", False):  # a fused kernel reads the codes itself
-            denoiser = self.runtime.code_denoiser(cond, torch.from_numpy(ids), self.database.codes_tensor(self.device))
-        else:
-            denoiser = self._denoiser(cond)
+        denoiser = self._batch_denoiser(plan, ids, cond)
         clip = None
         if plan.clip == "codebook":
             codebook = self.model.autoencoder.codebook.detach() * config.diffusion.latent_scale
@@ -429,7 +458,8 @@ class Engine:
         generators = self.image_generators(plan.seed, first, count, self.device)
         sampler = make_sampler(plan.sampler, self.model.schedule, plan.steps, eta=plan.eta)
         shape = (count, p, c, bs, bs)
-        whole_loop = self._loop_sampler(sampler, count * p) if plan.overlap == "none" else None
+        rows = count * rows_per_image(config.unet.block_factor, bs, plan.overlap)
+        whole_loop = self._loop_sampler(sampler, rows, plan.overlap)
         if whole_loop is not None:  # the whole loop replayed from one CUDA graph: no Python per step
             blocks = whole_loop(denoiser, sampler, shape, generators, clip=clip)
             self._check_finite(blocks, first, "the sampling loop (captured whole)")

@@ -9,6 +9,11 @@ cropped to the same window, with a position bias that is the mean of the covered
 embeddings weighted by the overlap; the predictions are blended per latent pixel with weights that
 fall off towards each window's edges (MultiDiffusion's averaging of overlapping windows). The
 model is unchanged; a step costs ``(2 bf - 1)^2 / bf^2`` times the aligned one (9/4 for 2x2 blocks).
+
+The fast paths take the windows too: a :class:`WindowedDenoiser` keeps its per-batch tensors in its
+row denoiser, so a whole-loop CUDA graph captures the crop and blend inside every step, and
+:meth:`ShiftedWindows.token_sources` tells the Triton kernel that reads the neighbours' codes where
+each window's tokens lie in the blocks it straddles.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch
 from . import ops
 from .errors import InvalidArgumentError
 
-__all__ = ["OVERLAPS", "ShiftedWindows", "check_overlap", "rows_per_image"]
+__all__ = ["OVERLAPS", "ShiftedWindows", "WindowedDenoiser", "check_overlap", "rows_per_image"]
 
 #: Sampling overlaps: ``none`` (the reference's aligned blocks) or ``half`` (half-block shifted windows too).
 OVERLAPS = ("none", "half")
@@ -81,22 +86,47 @@ class ShiftedWindows:
             out[:, :, y:y + bs, x:x + bs] += windows[:, w] * weight
         return out / self.total.to(windows)
 
+    def token_sources(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each window's pixels lie in the block grid: ``(block, in-block position)``, int64
+        ``[W, bs²]`` each, row-major in the window. Token ``(j, s)`` of window w's neighbour context is
+        position ``pos[w, s]`` of block ``block[w, s]`` of neighbour j: what a kernel reading the
+        neighbours' codes looks up instead of the cropped latents (for the aligned windows, the identity)."""
+        bs = self.bs
+        within = torch.arange(bs * bs)
+        ys = torch.tensor([y for y, _ in self.offsets])[:, None] + within // bs
+        xs = torch.tensor([x for _, x in self.offsets])[:, None] + within % bs
+        block = (ys // bs) * self.bf + xs // bs
+        return block.to(device), ((ys % bs) * bs + xs % bs).to(device)
+
     def denoiser(self, make_rows: Callable[[torch.Tensor, torch.Tensor], Callable], cond_blocks: torch.Tensor):
-        """``eps_fn(x_t, t)`` over blocks ``[B, P, C, bs, bs]`` from a row denoiser
+        """A :class:`WindowedDenoiser` over blocks ``[B, P, C, bs, bs]`` from a row denoiser
         ``make_rows(cond [B*W, k*C, bs, bs], position weights [B*W, P])`` of the windows."""
         count = cond_blocks.shape[0]
         # On the batch's device once, not at every step's blend
         self.weight, self.total = self.weight.to(cond_blocks.device), self.total.to(cond_blocks.device)
         cond = self.crop(ops.merge_blocks(cond_blocks, self.bf))
         positions = self.position_weights().to(cond_blocks.device).repeat(count, 1)
-        rows = make_rows(cond, positions)
+        return WindowedDenoiser(self, make_rows(cond, positions))
 
-        def eps_fn(x_t: torch.Tensor, t) -> torch.Tensor:
-            if isinstance(t, torch.Tensor) and t.ndim == 1:  # one timestep per image -> per window
-                t = t.repeat_interleave(len(self.offsets))
-            eps = rows(self.crop(ops.merge_blocks(x_t, self.bf)), t)
-            return ops.split_blocks(self.blend(eps), self.bf)
-        return eps_fn
+
+class WindowedDenoiser:
+    """``eps_fn(x_t, t)`` over blocks ``[B, P, C, bs, bs]``: every step crops x_t to the windows, runs
+    the row denoiser ``inner`` over them (``[B*W, C, bs, bs]``) and blends its ε back. Only ``inner``
+    holds per-batch tensors (a whole-loop capture copies and refreshes those)."""
+
+    def __init__(self, windows: ShiftedWindows, inner: Callable) -> None:
+        self.windows, self.inner = windows, inner
+
+    def with_inner(self, inner: Callable) -> "WindowedDenoiser":
+        """The same windows over another row denoiser (e.g. a static copy of this one's)."""
+        return WindowedDenoiser(self.windows, inner)
+
+    def __call__(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        windows = self.windows
+        if isinstance(t, torch.Tensor) and t.ndim == 1:  # one timestep per image -> per window
+            t = t.repeat_interleave(len(windows.offsets))
+        eps = self.inner(windows.crop(ops.merge_blocks(x_t, windows.bf)), t)
+        return ops.split_blocks(windows.blend(eps), windows.bf)
 
 
 def rows_per_image(block_factor: int, block_size: int, overlap: str) -> int:

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import check_output
+    from ..outputs import check_output
     from ..bench import BenchOptions, format_report, run_bench, write_json, write_plot
 
     for path, suffix in ((args.output, ".json"), (args.plot, ".png")):

@@ -32,14 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..atomic import check_output
     from ..builder import build_database
     from ..images import load_images, split_indices
-    from ..retrieval.database import is_database_dir
     from ..models import RissoleModel
+    from ..outputs import DATABASE, check_output
 
-    check_output(args.output, overwrite=args.overwrite, kind="database", recognise=is_database_dir,
-                 inputs=(args.model, args.images))
+    check_output(args.output, overwrite=args.overwrite, kind=DATABASE, inputs=(args.model, args.images))
     if args.labels and not args.images.endswith(".npz"):
         raise InvalidArgumentError("--labels needs an .npz input")
     model = RissoleModel.load(args.model)

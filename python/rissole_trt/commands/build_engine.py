@@ -45,11 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.built_engine import build_engine
 
     set_threads(args.threads)
-    if args.preset:
-        model = make_preset_model(args.preset, seed=0)
-    else:
-        model = RissoleModel.load(args.model or default_asset_paths()[0])
+    source = None if args.preset else (args.model or default_asset_paths()[0])
+    model = make_preset_model(args.preset, seed=0) if args.preset else RissoleModel.load(source)
     build_engine(model, args.output, device=args.device, precision=args.precision, batch_sizes=args.batch_sizes,
                  budget_s=args.budget, candidates=tuple(args.candidates) if args.candidates else None,
-                 rebuild=args.rebuild)
+                 rebuild=args.rebuild, inputs=(source,))
     return 0

@@ -39,11 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print what was imported."""
-    from ..atomic import check_output
     from ..models import RissoleModel
-    from ..models.rissole import is_model_dir
+    from ..outputs import MODEL, check_output
 
-    check_output(args.output, overwrite=args.overwrite, kind="saved model", recognise=is_model_dir,
+    check_output(args.output, overwrite=args.overwrite, kind=MODEL,
                  inputs=(args.checkpoint, args.unet_config, args.vqgan_config, args.ddpm_config,
                          args.vqgan_checkpoint, args.unet_checkpoint))
     model = RissoleModel.from_reference(

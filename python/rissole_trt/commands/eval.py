@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..atomic import check_output
+    from ..outputs import check_output
     from ..engine import Engine
     from ..errors import InvalidArgumentError
     from ..evaluation.report import evaluate, write_report

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..atomic import atomic_directory, check_output
+    from ..atomic import atomic_directory
+    from ..outputs import check_output
     from ..engine import Engine
     from ..images import image_format, load_images, make_grid, save_image
 

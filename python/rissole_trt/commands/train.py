@@ -84,6 +84,14 @@ def _setup(args: argparse.Namespace):
     return load_images(args.images, args.image_size, indices_key=args.split)
 
 
+def _check_run_folder(out, inputs: tuple) -> None:
+    """OUT is resumed, never replaced: any folder but another kind of rissole output or an input."""
+    from ..outputs import check_output, kind_of
+
+    check_output(out, kind="training run folder", overwrite=True, inputs=inputs, flag=None,
+                 recognise=lambda p: kind_of(p) is None)
+
+
 def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -94,6 +102,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
     from ..config import AutoencoderConfig
     from ..train import AutoencoderTrainConfig, save_autoencoder, train_autoencoder
 
+    _check_run_folder(args.output, (args.images,))
     images = _setup(args)
     config = AutoencoderConfig(channels=tuple(args.channels), latent_dim=args.latent_dim, n_embeddings=args.codebook_size)
     train = AutoencoderTrainConfig(steps=args.steps, rec_loss=args.rec_loss, disc_weight=args.disc_weight,
@@ -116,8 +125,11 @@ def run_denoiser(args: argparse.Namespace) -> int:
     from ..config import DiffusionConfig, ModelConfig, UNetConfig
     from ..errors import InvalidArgumentError
     from ..models.rissole import RissoleModel
+    from ..outputs import MODEL, check_output
     from ..train import DenoiserTrainConfig, load_autoencoder, train_denoiser
 
+    _check_run_folder(args.output, (args.images, args.autoencoder))
+    check_output(Path(args.output) / "model", kind=MODEL, overwrite=True, flag=None)  # rewritten at checkpoints
     images = _setup(args)
     autoencoder = load_autoencoder(args.autoencoder)
     ae = autoencoder.config

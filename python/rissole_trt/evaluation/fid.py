@@ -99,8 +99,10 @@ def save_feature_net(net: FeatureNet, directory: str | os.PathLike, categories: 
     from safetensors.torch import save_file
 
     from ..atomic import atomic_directory
+    from ..outputs import check_output
 
-    directory = Path(directory)
+    directory = check_output(directory, kind="feature network", overwrite=True, flag=None,
+                             recognise=lambda p: {c.name for c in p.iterdir()} <= {WEIGHTS, CONFIG})
     with atomic_directory(directory, replace=True) as tmp:
         save_file({k: v.contiguous() for k, v in net.body.state_dict().items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps({"width": net.config["width"], "categories": categories}, indent=1))

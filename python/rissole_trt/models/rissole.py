@@ -17,7 +17,8 @@ from .autoencoder import VQAutoencoder
 from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, RissoleModelError
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
-from ..atomic import atomic_directory, check_output
+from ..atomic import atomic_directory
+from ..outputs import MODEL, check_output
 from ..windows import check_overlap
 
 __all__ = ["RissoleModel", "BlockDenoiser", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
@@ -274,12 +275,12 @@ class RissoleModel(nn.Module):
 
         if weights_dtype not in _WEIGHT_DTYPES:
             raise InvalidArgumentError(f"weights_dtype must be one of {', '.join(_WEIGHT_DTYPES)}, got {weights_dtype!r}")
-        path = check_output(path, overwrite=overwrite, kind="saved model", recognise=is_model_dir)
+        path = check_output(path, overwrite=overwrite, kind=MODEL, flag="overwrite=True")
         with atomic_directory(path, replace=overwrite) as tmp:
             dtype = _WEIGHT_DTYPES[weights_dtype]
             state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-            doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
+            doc = {"kind": MODEL, "format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                    "sampling": {"overlap": self.default_overlap}, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
             (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         return path
@@ -316,11 +317,6 @@ class RissoleModel(nn.Module):
         model._load_checked(state, str(weights_path))
         _apply_sampling(model, doc, config_path)
         return model.to(map_location)
-
-
-def is_model_dir(path: Path) -> bool:
-    """Whether ``path`` holds a saved model (the only kind of folder :meth:`RissoleModel.save` replaces)."""
-    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
 def file_sha256(path: Path) -> str:

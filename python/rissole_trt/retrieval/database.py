@@ -32,7 +32,6 @@ import hashlib
 import json
 import mmap
 import os
-import shutil
 import weakref
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,8 +39,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from rissole_trt.retrieval.index import HNSWIndex, SearchIndex, check_keys, make_index, resolve_index_kind
-from ..atomic import check_output
-from ..errors import DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, OutputExistsError
+from ..atomic import AtomicDirectory
+from ..outputs import DATABASE, check_output
+from ..errors import DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -66,14 +66,6 @@ MAX_CODEBOOK_SIZE = 1 << 16  # codes are uint16
 
 _HASH_CHUNK = 8 << 20
 _CODE_CHECK_ROWS = 65536
-
-
-def is_database_dir(path: Path) -> bool:
-    """Whether ``path`` holds a database (the only kind of folder a writer with overwrite replaces)."""
-    try:
-        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == "rissole-trt-database"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 # --------------------------------------------------------------------------- geometry and keys
@@ -179,14 +171,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _map_npy(path: Path, random_access: bool) -> np.ndarray:
     """Memory-map a C-order ``.npy`` file read-only, without reading its data.
 
@@ -216,25 +200,6 @@ def _map_npy(path: Path, random_access: bool) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=mm, offset=offset)  # read-only: the buffer is
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temporaries(final: Path) -> None:
-    """Remove ``.tmp-<name>-<pid>`` siblings left by builds whose process died (e.g. killed)."""
-    prefix = f".tmp-{final.name}-"
-    for p in final.parent.glob(f"{prefix}*"):
-        pid = p.name[len(prefix) :]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- writer
 
 
@@ -249,9 +214,11 @@ class DatabaseWriter:
                 w.add(codes)               # keys computed from codes + codebook, or pass keys=
         db = Database.open(path)
 
-    Arrays are preallocated memory-maps in ``.tmp-<name>-<pid>`` beside ``path``; :meth:`close` checks
-    that exactly ``count`` entries were added, writes checksums and the manifest, syncs to disk and
-    renames the directory to ``path``. If the writer is abandoned, the temporary directory is removed.
+    Arrays are preallocated memory-maps in a temporary directory beside ``path``
+    (:class:`rissole_trt.atomic.AtomicDirectory`); :meth:`close` checks that exactly ``count`` entries
+    were added, writes checksums and the manifest, syncs to disk and renames the directory to ``path``.
+    If the writer is abandoned, the temporary directory is removed; if its process is killed, the
+    next write beside ``path`` removes it.
     """
 
     def __init__(
@@ -290,7 +257,7 @@ class DatabaseWriter:
             with_labels = True
         if metadata is not None:
             json.dumps(metadata)  # fail now, not at close, if it cannot be stored
-        check_output(self.path, overwrite=overwrite, kind="database", recognise=is_database_dir)
+        check_output(self.path, overwrite=overwrite, kind=DATABASE, flag="overwrite=True")
 
         self.count = int(count)
         self.codebook = cb
@@ -301,18 +268,13 @@ class DatabaseWriter:
         self.fingerprint = fingerprint
         self.label_names = label_names
         self.metadata = metadata
-        self._overwrite = overwrite
         self._n = 0
         self._done = False
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(self.path)
-        self._tmp = self.path.parent / f".tmp-{self.path.name}-{os.getpid()}"
-        if self._tmp.exists():  # left by an earlier failed attempt of this very process
-            shutil.rmtree(self._tmp)
-        self._tmp.mkdir()
+        self._target = AtomicDirectory(self.path, replace=overwrite)
+        self._tmp = self._target.tmp
         # Removes the temporary directory if the writer is dropped or the interpreter exits first.
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
+        self._cleanup = weakref.finalize(self, self._target.discard)
         try:
             fmt = np.lib.format
             self._codes = fmt.open_memmap(self._tmp / CODES, "w+", np.uint16, (p, self.count, bh, bw))
@@ -405,11 +367,11 @@ class DatabaseWriter:
             checks = {}
             for name in files:
                 f = self._tmp / name
-                _fsync(f)
                 checks[name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
             from rissole_trt import __version__
 
             manifest = {
+                "kind": DATABASE,
                 "format": "rissole-trt-database",
                 "format_version": FORMAT_VERSION,
                 "autoencoder_fingerprint": self.fingerprint,
@@ -423,24 +385,8 @@ class DatabaseWriter:
                 "metadata": self.metadata or {},
                 "written_by": f"rissole_trt {__version__}",
             }
-            mpath = self._tmp / MANIFEST
-            mpath.write_text(json.dumps(manifest, indent=2) + "\n")
-            _fsync(mpath)
-            _fsync(self._tmp)
-            if self.path.exists():
-                if not self._overwrite:
-                    raise OutputExistsError(f"{self.path} appeared while the database was being written")
-                old = self.path.parent / f".old-{self.path.name}-{os.getpid()}"
-                os.replace(self.path, old)
-                try:
-                    os.replace(self._tmp, self.path)
-                except BaseException:
-                    os.replace(old, self.path)  # put the previous database back
-                    raise
-                shutil.rmtree(old)
-            else:
-                os.replace(self._tmp, self.path)
-            _fsync(self.path.parent)
+            (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            self._target.commit()  # syncs every file and the folder, renames, syncs the parent
         except BaseException:
             self.abort()
             raise
@@ -476,6 +422,13 @@ def _keys_from_code_blocks(blocks: np.ndarray, codebook: np.ndarray, key_kind: s
         keys[start : start + len(chunk)] = keys_from_codes(chunk, codebook, key_kind, block_factor)
     keys.flags.writeable = False
     return keys
+
+
+def _check_inside(path: Path, file: Path) -> None:
+    """A database is one folder: a file that is a link to somewhere else could change under it unseen."""
+    if not file.resolve().is_relative_to(path.resolve()):
+        raise DatabaseError(f"{path}: {file.name} is a symbolic link to {file.resolve()}, outside the database "
+                            "folder; copy the file into the folder or rebuild the database")
 
 
 def _require(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -536,6 +489,7 @@ class Database:
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise DatabaseError(f"{path} is not a rissole_trt database: {MANIFEST} is missing")
+        _check_inside(path, mpath)
         try:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -596,6 +550,7 @@ class Database:
             f = path / name
             if not f.is_file():
                 raise DatabaseError(f"{path}: {name} is missing")
+            _check_inside(path, f)
             size = f.stat().st_size
             if size != entry["bytes"]:
                 raise DatabaseError(
@@ -617,7 +572,7 @@ class Database:
                 )
             arrays[name] = arr
 
-        if verify == "full":
+        if verify == "full" or KEYS not in arrays:  # the codes are read in full either way
             _check_codes(path, arrays[CODES], k_size)
         if KEYS not in arrays:  # not stored: computed from the codes
             arrays[KEYS] = _keys_from_code_blocks(arrays[CODES], arrays[CODEBOOK], key_kind, bf, d)
@@ -767,7 +722,9 @@ class Database:
 
         key = ("codes", str(torch.device(device)))
         if key not in self._device_tensors:
-            self._device_tensors[key] = torch.from_numpy(np.array(self._codes)).to(device)  # a copy: the map is read-only
+            codes = np.array(self._codes)  # a copy: the map is read-only
+            _check_codes(self.path, codes, len(self._codebook))  # a kernel reading them checks no bounds
+            self._device_tensors[key] = torch.from_numpy(codes).to(device)
         return self._device_tensors[key]
 
     def neighbour_blocks(self, ids: Any, device: Any = "cpu", dtype: Any = None) -> Any:
@@ -775,11 +732,19 @@ class Database:
 
         Channel ``n*C + c`` of block p is channel c of block p of entry ``ids[b, n]``. Reads only the
         requested entries' codes from the memory map (``rissole_trt.ops.gather_code_blocks``).
-        Raises IndexError for an id outside ``[0, N)``.
+        Raises IndexError for an id outside ``[0, N)``, :class:`DatabaseError` for a stored code outside
+        the codebook (a corrupt ``codes.npy``: checked here, where the gather meets it, not by reading
+        every code at open).
         """
         from rissole_trt import ops
 
-        return ops.gather_code_blocks(self._codes, self.codebook_tensor(device, dtype), ids)
+        try:
+            return ops.gather_code_blocks(self._codes, self.codebook_tensor(device, dtype), ids)
+        except IndexError as error:
+            ids = _to_numpy(ids)
+            if ids.size and 0 <= ids.min() and ids.max() < self.count:  # the ids are fine: a stored code is not
+                raise DatabaseError(f"{self.path / CODES} is corrupt ({error}); rebuild the database") from None
+            raise
 
     # ------------------------------------------------------------------ search
 

@@ -21,9 +21,11 @@ An engine directory holds:
 * ``tensorrt/denoiser.plan`` and ``tensorrt/timing.cache`` when TensorRT was a candidate.
 
 A build writes into a temporary directory renamed into place at the end (a killed build leaves no
-engine), and the same build run again is a cache hit. Loading refuses another model, another device
-type, another GPU or another TensorRT version with the reason, and an engine that lacks a file
-it chose; another CPU model, ISA flags or thread count, or other versions of the libraries whose
+engine), and the same build run again is a cache hit; ``--rebuild`` replaces an engine and nothing
+else (:func:`rissole_trt.outputs.check_output`). The manifest records every file's size and sha256;
+loading refuses another model, another device type, another GPU or another TensorRT version with
+the reason, and any file the manifest names that lies outside the folder, is missing, or changed
+since the build (:func:`check_files`); another CPU model, ISA flags or thread count, or other versions of the libraries whose
 kernels it runs (torch, oneDNN, CUDA, and ONNX Runtime / OpenVINO where chosen) only warn (rebuild
 with ``--rebuild`` to re-tune): :func:`check_machine`.
 """
@@ -40,11 +42,12 @@ from typing import Callable
 
 import torch
 
-from ..atomic import atomic_directory, check_output, write_text
+from ..atomic import atomic_directory, write_text
 from ..builder import model_fingerprint
 from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError,
                       RissoleError)
-from ..models.rissole import BlockDenoiser, RissoleModel
+from ..models.rissole import BlockDenoiser, RissoleModel, file_sha256
+from ..outputs import ENGINE, check_output, kind_of
 from ..tolerances import excess
 from ..windows import rows_per_image
 from . import registry
@@ -52,12 +55,13 @@ from .base import exact_fp32, run_in_buckets
 from .spec import step_spec
 
 __all__ = ["FORMAT_VERSION", "ENGINE_PRECISIONS", "CANDIDATES", "build_engine", "load_engine", "read_manifest",
-           "BuiltEngine", "check_machine", "device_fingerprint", "is_engine_dir"]
+           "BuiltEngine", "check_machine", "check_files", "device_fingerprint", "is_engine_dir"]
 
 #: 2: tactic tables hold residual blocks (fused GroupNorm + SiLU) and Winograd candidates.
 #: 3: and the one-group norms as layers, and dense-map convolutions.
 #: 4: the manifest gives each layer's choice per bucket and why (``tactics.layers``).
-FORMAT_VERSION = 5  # 5: rows per image and the overlap they follow
+#: 5: rows per image and the overlap they follow.
+FORMAT_VERSION = 6  # 6: the kind, and every file's size and sha256 (``files``), checked at load
 MANIFEST = "manifest.json"
 TACTICS = "tactics.json"
 ONNX_FILE = Path("onnx") / "denoiser.onnx"
@@ -114,7 +118,7 @@ def device_fingerprint(device: torch.device) -> dict:
 
 
 def is_engine_dir(path: Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return kind_of(path) == ENGINE
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -225,7 +229,8 @@ def _build_key(manifest: dict) -> dict:
 @exact_fp32()  # the reference, every candidate's timing and check, every capture: IEEE fp32 on CUDA too
 def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
                  batch_sizes=DEFAULT_BATCH_SIZES, budget_s: float = 60.0, candidates: tuple[str, ...] | None = None,
-                 rebuild: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+                 rebuild: bool = False, seed: int = 0, log: Callable[[str], None] = print,
+                 inputs: tuple = ()) -> dict:
     """Build an engine directory for ``model`` on ``device`` (see the module docstring); returns its manifest.
 
     Args:
@@ -233,7 +238,9 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
         budget_s: timing budget of the whole build, split between the per-layer tactics and the
             whole-graph candidates (compilation by torch.compile / OpenVINO / TensorRT comes on top).
         candidates: whole-graph candidates to time (default: every one of :data:`CANDIDATES` for the device).
-        rebuild: replace an existing engine at ``output`` (also one for another model or machine).
+        rebuild: replace an existing engine at ``output`` (also one for another model or machine);
+            never anything else (:func:`rissole_trt.outputs.check_output`).
+        inputs: the paths the model came from, which ``output`` must not be, hold or lie in.
     """
     if precision not in ENGINE_PRECISIONS:
         raise InvalidArgumentError(f"unknown precision {precision!r}; choose one of {', '.join(ENGINE_PRECISIONS)}")
@@ -251,7 +258,8 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
     if precision == "fp16" and device_type == "cpu":
         raise InvalidArgumentError("fp16 engines are built for CUDA only; on the CPU use fp32 or bf16")
     output = Path(output)
-    check_output(output, overwrite=True, kind="engine", recognise=lambda p: is_engine_dir(p) or (p / ONNX_FILE).is_file())
+    # overwrite=True: an engine may be replaced; whether this one is (--rebuild, a cache hit) is decided below
+    check_output(output, overwrite=True, kind=ENGINE, inputs=inputs, flag="--rebuild")
 
     if device_type == "cuda" and not torch.cuda.is_available():
         written = _export_validated_onnx(model, output, sizes, precision, seed, log)
@@ -263,6 +271,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
     # Buckets in images; rows as the model samples by default (9 windows per image with "half").
     per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)
     manifest = {
+        "kind": ENGINE,
         "format_version": FORMAT_VERSION,
         "model_fingerprint": model_fingerprint(model),
         "model_config": model.config.to_dict(),
@@ -364,6 +373,7 @@ def build_engine(model: RissoleModel, output: str | os.PathLike, *, device: str 
         manifest["onnx"] = str(ONNX_FILE) if (tmp / ONNX_FILE).is_file() else None
         manifest["build_s"] = time.perf_counter() - started
         manifest["built"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest["files"] = _file_records(tmp)
         write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
     log(f"wrote engine {output} in {manifest['build_s']:.1f} s")
     return manifest
@@ -421,6 +431,73 @@ def _export_validated_onnx(model: RissoleModel, output: Path, sizes: list[int], 
 # --------------------------------------------------------------------------- load and run
 
 
+def _file_records(root: Path) -> dict[str, dict]:
+    """Size and sha256 of every file of the engine directory ``root`` but its manifest, by relative path."""
+    return {file.relative_to(root).as_posix(): {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
+            for file in sorted(root.rglob("*")) if file.is_file() and file.name != MANIFEST}
+
+
+def _rebuild_advice(path: Path) -> str:
+    return f"rebuild it with rissole-trt build-engine -o {path} --rebuild"
+
+
+def _inside(path: Path, name: object) -> Path:
+    """The file ``name`` of the manifest, which must be a relative path inside the engine folder."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise EngineMismatchError(f"engine {path}: its manifest names the file {name!r}, not a path inside the "
+                                  f"engine folder; {_rebuild_advice(path)}")
+    file = path / name
+    if not file.resolve().is_relative_to(path.resolve()):  # '..' or a symbolic link out of the folder
+        raise EngineMismatchError(f"engine {path}: {name} lies outside the engine folder; {_rebuild_advice(path)}")
+    return file
+
+
+def _required_files(manifest: dict) -> set[str]:
+    """The files the chosen candidates read at load."""
+    chosen = {b.get("chosen") for b in manifest["buckets"]}
+    tactics = manifest.get("tactics")
+    required = {tactics.get("file")} if isinstance(tactics, dict) else set()
+    if chosen & {"onnxruntime", "openvino"}:
+        required.add(ONNX_FILE.as_posix())
+    if "tensorrt" in chosen:
+        required.add(TRT_PLAN.as_posix())
+    return required
+
+
+def check_files(path: Path, manifest: dict) -> None:
+    """Every file the engine's manifest records is inside the folder, present, of its size and
+    sha256, and the chosen candidates' files are among them; EngineMismatchError names the first that is not."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise EngineMismatchError(f"engine {path}: its manifest records no checksums of its files; "
+                                  f"{_rebuild_advice(path)}")
+    required = _required_files(manifest)
+    for name in required:
+        _inside(path, name)
+    missing = sorted(str(name) for name in required if name not in files)
+    if missing:
+        raise EngineMismatchError(f"engine {path}: its manifest records no size and sha256 of {missing[0]}, which "
+                                  f"it needs; {_rebuild_advice(path)}")
+    for name, record in files.items():
+        file = _inside(path, name)
+        if not file.is_file():
+            raise EngineMismatchError(f"engine {path} lacks {name}; {_rebuild_advice(path)}")
+        if (not isinstance(record, dict) or file.stat().st_size != record.get("bytes")
+                or file_sha256(file) != record.get("sha256")):
+            raise EngineMismatchError(f"engine {path}: {name} was changed since the build (its size or sha256 "
+                                      f"differs from the manifest's); {_rebuild_advice(path)}")
+
+
+def _read_tactics(path: Path, manifest: dict, table_type):
+    file = _inside(path, manifest["tactics"].get("file"))
+    try:
+        return table_type.from_dict(json.loads(file.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise EngineMismatchError(f"engine {path}: {file.name} is not a tactic table ({error!r}); "
+                                  f"{_rebuild_advice(path)}") from None
+
+
+
 def load_engine(path: str | os.PathLike, model: RissoleModel, *, log=None) -> "BuiltEngine":
     """Open an engine directory for ``model`` (on the model's device), checking it belongs to both."""
     path = Path(path)
@@ -429,6 +506,7 @@ def load_engine(path: str | os.PathLike, model: RissoleModel, *, log=None) -> "B
     if manifest["model_fingerprint"] != model_fingerprint(model):
         raise EngineMismatchError(f"engine {path} was built for another model (its weights or config differ); "
                                   "build one for this model with rissole-trt build-engine")
+    check_files(path, manifest)
     differences = check_machine(manifest, device_fingerprint(device), versions(), where=path)
     if differences:
         warnings.warn(f"engine {path} was tuned on another machine or setup ({'; '.join(differences)}); it runs, "
@@ -489,7 +567,7 @@ class BuiltEngine:
         if manifest.get("tactics"):
             from .tactics import TacticTable
 
-            table = TacticTable.from_dict(json.loads((path / manifest["tactics"]["file"]).read_text()))
+            table = _read_tactics(path, manifest, TacticTable)
         rows = [b.rows for b in self.buckets]
         built = {}
         for name in dict.fromkeys(b.chosen for b in self.buckets):

@@ -5,7 +5,8 @@ whole captured step as one launch. Inputs are copied into static buffers owned b
 (a graph reads fixed addresses), the captured output is copied out. One graph per distinct input
 shape (the engine's buckets keep that set small). For DDIM and DPM-Solver++ the Engine goes one
 step further through :meth:`CudaGraphBackend.loop_sampler`: the whole sampling loop as one graph
-(:mod:`rissole_trt.runtime.loop_graph`). Written against torch's documented ``torch.cuda.graph``
+(:mod:`rissole_trt.runtime.loop_graph`), with ``overlap="half"``'s window shift inside each
+captured step. Written against torch's documented ``torch.cuda.graph``
 API; its tests are marked ``gpu`` and run only on a CUDA machine.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ import copy
 import torch
 
 from ..errors import BackendUnavailableError
-from ..models.rissole import BlockDenoiser, RissoleModel
+from ..models.rissole import RissoleModel
+from ..windows import WindowedDenoiser
 from .base import PerStepBackend
-from .loop_graph import LoopGraphs, cuda_capture
+from .loop_graph import LoopDenoiser, LoopGraphs, cuda_capture
 from .registry import BackendSpec
 from .torch_backend import PRECISIONS
 
@@ -76,12 +78,18 @@ class CudaGraphBackend(PerStepBackend):
         """The per-step network itself: what a whole-loop capture records (graphs do not nest)."""
         return self.unet.forward_hoisted(*self.cast(inputs)).float()
 
+    def _uncaptured_copy(self, denoiser: LoopDenoiser) -> LoopDenoiser:
+        """``denoiser`` stepping through :meth:`_uncaptured` (the windows' row denoiser, with overlap)."""
+        if isinstance(denoiser, WindowedDenoiser):
+            return denoiser.with_inner(self._uncaptured_copy(denoiser.inner))
+        plain = copy.copy(denoiser)
+        plain.forward = self._uncaptured
+        return plain
+
     def loop_sampler(self, rows: int):
         """``sample(denoiser, sampler, shape, generator, clip=None)``: the whole loop from one graph."""
-        def sample(denoiser: BlockDenoiser, sampler, shape, generator, clip=None) -> torch.Tensor:
-            plain = copy.copy(denoiser)
-            plain.forward = self._uncaptured
-            return self.loops.sample(plain, sampler, shape, generator, clip=clip)
+        def sample(denoiser: LoopDenoiser, sampler, shape, generator, clip=None) -> torch.Tensor:
+            return self.loops.sample(self._uncaptured_copy(denoiser), sampler, shape, generator, clip=clip)
         return sample
 
 

@@ -13,6 +13,10 @@ static buffers that a replay reads:
 * the denoiser's hoisted tensors (neighbour features, position rows), copied in from the batch's
   :class:`BlockDenoiser`.
 
+With ``overlap="half"`` the denoiser is a :class:`~rissole_trt.windows.WindowedDenoiser`: its
+window crop and blend are fixed data movement and arithmetic, so they are captured inside every step
+too, and only its row denoiser's hoisted tensors are static buffers.
+
 How the loop is recorded is separate from what it does: :func:`cuda_capture` records it as a
 ``torch.CUDAGraph``; :func:`eager_capture` (the CPU-checkable twin) runs the same loop function over
 the same static buffers at every replay, so the staging, the refresh of the buffers and the
@@ -31,6 +35,7 @@ from ..diffusion.sampling import clip_x0, draw_noise, sample
 from ..diffusion.samplers import Sampler
 from ..errors import InvalidArgumentError
 from ..models.rissole import BlockDenoiser
+from ..windows import WindowedDenoiser
 
 __all__ = ["LOOP_SAMPLERS", "Capture", "cuda_capture", "eager_capture", "CapturedLoop", "LoopGraphs"]
 
@@ -70,8 +75,19 @@ def eager_capture(run: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], 
     return replay, output
 
 
-def _static_copy(denoiser: BlockDenoiser) -> BlockDenoiser:
+#: What a loop samples with: the blocks' own denoiser, or the shifted windows over a row denoiser.
+LoopDenoiser = BlockDenoiser | WindowedDenoiser
+
+
+def _rows(denoiser: LoopDenoiser) -> BlockDenoiser:
+    """The denoiser that holds ``denoiser``'s per-batch tensors."""
+    return denoiser.inner if isinstance(denoiser, WindowedDenoiser) else denoiser
+
+
+def _static_copy(denoiser: LoopDenoiser) -> LoopDenoiser:
     """``denoiser`` with private copies of its hoisted tensors (the buffers a capture reads)."""
+    if isinstance(denoiser, WindowedDenoiser):
+        return denoiser.with_inner(_static_copy(denoiser.inner))
     static = copy.copy(denoiser)
     static.cond_feat = denoiser.cond_feat.clone()
     static.pos_bias = None if denoiser.pos_bias is None else denoiser.pos_bias.clone()
@@ -82,14 +98,14 @@ def _static_copy(denoiser: BlockDenoiser) -> BlockDenoiser:
 class CapturedLoop:
     """One sampler's whole loop over one batch shape, recorded once by ``capture``."""
 
-    def __init__(self, denoiser: BlockDenoiser, sampler: Sampler, shape: Sequence[int], *,
+    def __init__(self, denoiser: LoopDenoiser, sampler: Sampler, shape: Sequence[int], *,
                  clip: tuple[torch.Tensor, torch.Tensor] | None = None, capture: Capture = cuda_capture) -> None:
         if sampler.name not in LOOP_SAMPLERS:
             raise InvalidArgumentError(f"the {sampler.name} loop is not captured whole (only {', '.join(LOOP_SAMPLERS)})")
         self.shape = tuple(shape)
         self.sampler = sampler
         self.noisy_steps = [i for i in range(sampler.num_steps) if sampler.needs_noise(i)]
-        device = denoiser.cond_feat.device
+        device = _rows(denoiser).cond_feat.device
         self.x_T = torch.zeros(self.shape, device=device)
         self.step_noise = torch.zeros((len(self.noisy_steps),) + self.shape, device=device)
         self.denoiser = _static_copy(denoiser)
@@ -104,10 +120,12 @@ class CapturedLoop:
 
         self.replay, self.output = capture(run)
 
-    def __call__(self, denoiser: BlockDenoiser, generator) -> torch.Tensor:
+    def __call__(self, denoiser: LoopDenoiser, generator) -> torch.Tensor:
         """The sample for ``denoiser``'s neighbours with noise from ``generator`` (as
         :func:`rissole_trt.diffusion.sample` takes it); a new tensor."""
-        static = self.denoiser
+        if isinstance(denoiser, WindowedDenoiser) != isinstance(self.denoiser, WindowedDenoiser):
+            raise InvalidArgumentError("this loop was captured for another overlap (windows or aligned blocks)")
+        static, denoiser = _rows(self.denoiser), _rows(denoiser)
         if denoiser.rows != static.rows or (denoiser.pos_bias is None) != (static.pos_bias is None):
             raise InvalidArgumentError(f"this loop was captured for {static.rows} rows, got {denoiser.rows}")
         static.cond_feat.copy_(denoiser.cond_feat)
@@ -132,10 +150,11 @@ class LoopGraphs:
     def __len__(self) -> int:
         return len(self._loops)
 
-    def sample(self, denoiser: BlockDenoiser, sampler: Sampler, shape: Sequence[int], generator, *,
+    def sample(self, denoiser: LoopDenoiser, sampler: Sampler, shape: Sequence[int], generator, *,
                clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # The clip bounds are the model's (one per backend), so whether there is one is the key.
         key = (tuple(shape), sampler.name, sampler.timesteps, getattr(sampler, "eta", None), clip is not None)
+        key += (isinstance(denoiser, WindowedDenoiser),)  # the windows' step is another computation
         loop = self._loops.get(key)
         if loop is None:
             loop = self._loops[key] = CapturedLoop(denoiser, sampler, shape, clip=clip, capture=self.capture)

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..models.rissole import BlockDenoiser, RissoleModel
+from ..windows import ShiftedWindows, WindowedDenoiser
 from .base import PerStepBackend
 from .registry import BackendSpec
 from .torch_backend import PRECISIONS
@@ -37,28 +38,31 @@ def _available() -> tuple[bool, str]:
 
 class CodeContext:
     """The neighbours of a batch of block rows as the fused kernel reads them: ids ``[B, k]``, the
-    database's codes ``[P, N, bs, bs]`` and each row's image and block. ``attention(i)`` is layer
-    i's attention over them (what :meth:`BlockUNet.forward_hoisted` calls in place of hoisted
-    keys and values)."""
+    database's codes ``[P, N, bs, bs]`` and each row's image and block (or, with ``sources``, its
+    shifted window: :meth:`ShiftedWindows.token_sources`). ``attention(i)`` is layer i's attention
+    over them (what :meth:`BlockUNet.forward_hoisted` calls in place of hoisted keys and values)."""
 
     def __init__(self, ids: torch.Tensor, codes: torch.Tensor, tables: list[dict[str, torch.Tensor]],
-                 scales: list[float], blocks: int) -> None:
+                 scales: list[float], blocks: int,
+                 sources: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         from ..kernels.gather_xattn import check_inputs
 
         images = ids.shape[0]
-        self.ids, self.codes, self.tables, self.scales = ids, codes, tables, scales
-        self.row_image = torch.arange(images, device=ids.device).repeat_interleave(blocks)
-        self.row_block = torch.arange(blocks, device=ids.device).repeat(images)
+        per_image = blocks if sources is None else sources[0].shape[0]  # blocks, or windows
+        self.ids, self.codes, self.tables, self.scales, self.sources = ids, codes, tables, scales, sources
+        self.row_image = torch.arange(images, device=ids.device).repeat_interleave(per_image)
+        self.row_block = torch.arange(per_image, device=ids.device).repeat(images)
         probe = torch.empty(len(self.row_image), 1, *tables[0]["k_pos"].shape[1:], dtype=tables[0]["k_pos"].dtype,
                             device=ids.device)
-        check_inputs(probe, ids, self.row_image, self.row_block, codes, **tables[0])  # ids refused before any step
+        # ids (and sources) refused before any step
+        check_inputs(probe, ids, self.row_image, self.row_block, codes, **tables[0], sources=sources)
 
     def attention(self, index: int):
         from ..kernels.gather_xattn import gather_xattn
 
         table, scale = self.tables[index], self.scales[index]
         return lambda q: gather_xattn(q.contiguous(), self.ids, self.row_image, self.row_block, self.codes, **table,
-                                      scale=scale)
+                                      scale=scale, sources=self.sources)
 
 
 class TritonBackend(PerStepBackend):
@@ -91,17 +95,25 @@ class TritonBackend(PerStepBackend):
                                         None if pos_bias is None else pos_bias.to(self.dtype))
         return eps.float()
 
-    def code_denoiser(self, cond: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor) -> BlockDenoiser:
+    def code_denoiser(self, cond: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor,
+                      windows: ShiftedWindows | None = None) -> BlockDenoiser | WindowedDenoiser:
         """The denoiser over neighbours ``ids`` [B, k] read through the database's ``codes``; ``cond``
-        (their blocks [B, P, k*C, bs, bs]) fixes the layout and is not otherwise read."""
+        (their blocks [B, P, k*C, bs, bs]) fixes the layout and is not otherwise read. With
+        ``windows`` (``overlap="half"``) the rows are the shifted windows, whose tokens the kernel
+        looks up across the blocks they straddle."""
         if not self.reads_codes:
             raise InvalidArgumentError("only an xattn model reads its neighbours through their codes")
         if cond.ndim != 5 or ids.ndim != 2 or cond.shape[0] != ids.shape[0]:
             raise InvalidArgumentError(f"cond must be [B, P, ...] and ids [B, k] for the same B, got "
                                        f"{list(cond.shape)} and {list(ids.shape)}")
-        context = CodeContext(ids.to(device=self.device, dtype=torch.int64), codes.to(self.device), self.tables,
-                              self.scales, self.model.config.n_blocks)
-        return BlockDenoiser(self.model, cond, forward=self.forward_hoisted, condition=lambda _: context)
+        ids, codes = ids.to(device=self.device, dtype=torch.int64), codes.to(self.device)
+        if windows is None:
+            context = CodeContext(ids, codes, self.tables, self.scales, self.model.config.n_blocks)
+            return BlockDenoiser(self.model, cond, forward=self.forward_hoisted, condition=lambda _: context)
+        context = CodeContext(ids, codes, self.tables, self.scales, self.model.config.n_blocks,
+                              sources=windows.token_sources(self.device))
+        return windows.denoiser(lambda rows, pos: BlockDenoiser(self.model, rows, pos, forward=self.forward_hoisted,
+                                                                condition=lambda _: context), cond)
 
 
 SPEC = BackendSpec(
