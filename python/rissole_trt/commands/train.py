@@ -78,7 +78,6 @@ def _setup(args: argparse.Namespace):
     from ..images import load_images
     from ..train.loop import resolve_training_precision
 
-    set_threads(args.threads)
     args.precision = resolve_training_precision(args.precision)
     print(f"training precision: {args.precision}")
     return load_images(args.images, args.image_size, indices_key=args.split)
@@ -102,6 +101,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
     from ..config import AutoencoderConfig
     from ..train import AutoencoderTrainConfig, save_autoencoder, train_autoencoder
 
+    set_threads(args.threads)  # an argument: refused before the run folder is probed
     _check_run_folder(args.output, (args.images,))
     images = _setup(args)
     config = AutoencoderConfig(channels=tuple(args.channels), latent_dim=args.latent_dim, n_embeddings=args.codebook_size)
@@ -128,6 +128,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
     from ..outputs import MODEL, check_output
     from ..train import DenoiserTrainConfig, load_autoencoder, train_denoiser
 
+    set_threads(args.threads)  # an argument: refused before the run folder is probed
     _check_run_folder(args.output, (args.images, args.autoencoder))
     check_output(Path(args.output) / "model", kind=MODEL, overwrite=True, flag=None)  # rewritten at checkpoints
     images = _setup(args)
