@@ -442,7 +442,7 @@ def test_a_tactic_table_of_another_network_is_refused(model):
 # --------------------------------------------------------------------------- peers as candidates
 
 
-@pytest.mark.parametrize("name", ["openvino", "torch_compile", "onnxruntime"])
+@pytest.mark.parametrize("name", ["openvino", pytest.param("torch_compile", marks=pytest.mark.slow), "onnxruntime"])
 def test_peer_backends_match_the_eager_module(model, name):
     from rissole_trt.runtime import registry
 

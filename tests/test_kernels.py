@@ -17,6 +17,8 @@ from rissole_trt.tolerances import KERNEL_ERROR_FACTOR, TOLERANCES  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Under the CPU interpreter every kernel launch runs in Python: the slow tier. On a GPU they are quick.
+pytestmark = [] if DEVICE == "cuda" else [pytest.mark.slow]
 
 
 def _problem(rows, lq, heads, dh, k, bs, entries=9, blocks=4, n_codes=40, images=3, dtype=torch.float32, seed=0):
@@ -290,6 +292,7 @@ def test_the_engine_takes_the_code_path_with_overlap_and_says_when_it_cannot_cap
     assert len(calls) == 2 and all(w is not None and len(w.offsets) == 9 for w in calls)  # one per batch
     loops = LoopGraphs(eager_capture)
     monkeypatch.setattr(fused.runtime, "loop_sampler", lambda rows: loops.sample, raising=False)
+    monkeypatch.setattr(type(fused.runtime), "captures_loop", True)  # as a backend that declared both would
     with pytest.warns(UserWarning, match=r"triton backend reads the neighbours' codes.*overlap='half'") as record:
         assert_close(fused.generate(2, **settings), expected, "images_uint8")
     assert len(calls) == 4 and len(loops) == 0  # the code path, stepped in Python

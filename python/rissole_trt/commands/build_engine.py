@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import DEFAULT_BATCH_SIZES, PRECISIONS
-from ..errors import InvalidArgumentError
+from . import set_threads
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -42,17 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..engine import default_asset_paths
     from ..models.rissole import RissoleModel
     from ..presets import make_preset_model
     from ..runtime.built_engine import build_engine
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgumentError(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     source = None if args.preset else (args.model or default_asset_paths()[0])
     model = make_preset_model(args.preset, seed=0) if args.preset else RissoleModel.load(source)
     build_engine(model, args.output, device=args.device, precision=args.precision, batch_sizes=args.batch_sizes,
