@@ -12,6 +12,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1 (conftest.py sets it)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from cuda_guards import NoUnsignedIndexing  # noqa: E402
 from rissole_trt.kernels.gather_xattn import gather_xattn, gather_xattn_reference  # noqa: E402
 from rissole_trt.tolerances import KERNEL_ERROR_FACTOR, TOLERANCES  # noqa: E402
 from tolerances import assert_close  # noqa: E402
@@ -55,6 +56,17 @@ def test_fp16_kernel_meets_flash_attentions_error_rule(shape):
     kernel_error = (gather_xattn(**problem).float() - exact).abs().max()
     reference_error = (gather_xattn_reference(**problem).float() - exact).abs().max()
     assert kernel_error <= KERNEL_ERROR_FACTOR * reference_error + TOLERANCES["kernel_lowp_floor"].atol
+
+
+def test_codes_above_int16s_range_read_the_same_rows_in_the_kernel_and_the_reference():
+    """The reference indexes the codes through an int16 view (CUDA cannot index uint16) and widens
+    them; a code of 32768 or more read sign-extended would pick another table row."""
+    problem = _problem(5, 20, 2, 16, 3, 4, n_codes=40000)
+    problem["codes"][0, 0, 0, 0] = 39999
+    assert int(problem["codes"].view(torch.int16).min()) < 0  # some codes are negative as int16
+    with NoUnsignedIndexing():
+        reference = gather_xattn_reference(**problem)
+    assert_close(gather_xattn(**problem), reference, "kernel_fp32")
 
 
 def test_masked_neighbours_are_left_out_and_a_fully_masked_row_is_zero():
