@@ -466,7 +466,7 @@ def test_cuda_graph_backend_matches_eager_on_a_gpu(model):
     for rows in (4, 8, 4):  # a new shape captures, a seen one replays
         inputs = tuple(t.cuda() for t in _step_inputs(model, rows, seed=rows))
         assert_close(backend.forward_hoisted(*inputs).cpu(), gpu.unet.forward_hoisted(*inputs).cpu(), "engine_fp32")
-    assert len(backend._graphs) == 2
+    assert len(backend.steps.graphs) == 2
 
 
 @pytest.mark.gpu
