@@ -397,6 +397,8 @@ def test_the_kernel_benchmark_script_runs(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(script), "--smoke", "--dtype", "fp32", "--json", str(out)], check=True,
                    capture_output=True, env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0")})
-    rows = json.loads(out.read_text())["rows"]
+    saved = json.loads(out.read_text())
+    assert saved["complete"]  # rewritten after every row, marked complete at the end
+    rows = saved["rows"]
     assert [r["kernel"] for r in rows] == ["gather_xattn", "context_xattn", "sampler_step (fp32)"]
     assert all(r["kernel_ms"] > 0 and r["reference_ms"] > 0 for r in rows)
