@@ -15,14 +15,7 @@ cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 wheels=dist/gpu-wheel
 
-find_nvcc() {  # CUDACXX, then PATH, then the usual toolkit folders (newest first)
-  local candidate
-  for candidate in "${CUDACXX:-}" "$(command -v nvcc)" /usr/local/cuda/bin/nvcc \
-      $(ls -d /usr/local/cuda-*/bin/nvcc 2>/dev/null | sort -rV); do
-    [[ -n $candidate && -x $candidate ]] && { echo "$candidate"; return 0; }
-  done
-  return 1
-}
+source scripts/find_nvcc.sh
 
 nvcc_release() { "$nvcc" --version | grep -o 'release [0-9.]*' | head -1; }
 
