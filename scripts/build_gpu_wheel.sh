@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Build, on a machine without a GPU, the wheel that scripts/gpu_check.sh installs when building on
 # the GPU machine fails: CPython 3.12 (the GPU image's Python) with the CUDA kernels. nvcc is the
-# machine's CUDA 13 (scripts/find_nvcc.sh), else a CUDA 13 nvcc from PyPI (nvidia-cuda-nvcc,
+# machine's CUDA 13 (scripts/gpu_common.sh), else a CUDA 13 nvcc from PyPI (nvidia-cuda-nvcc,
 # -runtime, -cccl, -crt, nvidia-nvvm, one release for all). The kernels are SASS for the
 # architectures in CMakeLists.txt (80, 90): nothing is JIT-compiled, and CUDA's minor version
 # compatibility lets any CUDA 13 driver run them. The wheel (~8 MiB, the model assets included)
-# lands in dist/gpu-wheel/, git-ignored: carry it to the GPU machine.
+# lands in dist/gpu-wheel/, git-ignored: carry it to the GPU machine. Rebuild it after any change
+# to the package: gpu_check.sh says when the wheel was built from other sources.
 # Usage: bash scripts/build_gpu_wheel.sh   (PY=/path/to/python3.12 to choose the Python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/find_nvcc.sh
+source scripts/gpu_common.sh
 is312() { "$1" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; }
 py="${PY:-}"
 if [[ -z $py ]]; then  # python3.12 on PATH (a pyenv shim may not run), else a pyenv install
@@ -38,4 +39,5 @@ echo "nvcc: $nvcc ($("$nvcc" --version | grep -o 'release [0-9.]*'))"
 rm -rf build/gpu-wheel dist/gpu-wheel
 env RISSOLE_CUDA=ON "${cuda_env[@]}" "$venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation \
   -w dist/gpu-wheel -C build-dir=build/gpu-wheel .
+sources_digest > dist/gpu-wheel/SOURCES  # gpu_check.sh compares it with the sources it runs
 ls -l dist/gpu-wheel

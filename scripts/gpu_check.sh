@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 wheels=dist/gpu-wheel
 
-source scripts/find_nvcc.sh
+source scripts/gpu_common.sh
 
 nvcc_release() { "$nvcc" --version | grep -o 'release [0-9.]*' | head -1; }
 
@@ -71,9 +71,11 @@ build() {  # build here with the CUDA kernels; else install the fallback wheel f
   tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   wheel=$(ls "$wheels"/rissole_trt-*-"$tag"-*.whl 2>/dev/null | head -1)
   [[ -n $wheel ]] || { echo "!! no fallback wheel for $tag in $wheels (scripts/build_gpu_wheel.sh builds it)"; return 1; }
-  echo "== installing the fallback wheel $wheel"
+  local fresh="its sources"
+  [[ $(cat "$wheels/SOURCES" 2>/dev/null) == $(sources_digest) ]] || fresh="OTHER SOURCES than these (stale)"
+  echo "== installing the fallback wheel $wheel, built from $fresh"
   "$py" -m pip install -q --no-deps --no-index --force-reinstall "${user[@]}" "$wheel" \
-    && echo "installed: fallback wheel $(basename "$wheel")"
+    && echo "installed: fallback wheel $(basename "$wheel"), built from $fresh"
 }
 
 case "${1:-}" in
