@@ -212,12 +212,13 @@ def test_the_gpu_benchmark_script_runs_and_says_what_it_skipped(tmp_path):
     from conftest import REPO_ROOT
 
     script = runpy.run_path(str(REPO_ROOT / "benchmarks" / "bench_gpu.py"))
-    report = script["main"](["--smoke", "--out", str(tmp_path)])
+    report = script["main"](["--smoke", "--out", str(tmp_path), "--repeats-for", "1:2"])
     assert json.loads((tmp_path / "bench_gpu.json").read_text())["complete"]  # rewritten after every row
     assert (tmp_path / "bench_gpu.md").is_file()
     whats = [row["what"] for row in report["rows"]]
     assert whats == ["per-step call", "denoising loop dpmpp_2m:3", "end to end dpmpp_2m:3"]
     assert all(value > 0 for row in report["rows"] for value in row.get("ms", row.get("images/s")).values())
+    assert all(row["repeats"] == 2 for row in report["rows"])  # --repeats-for overrides one batch size
     if not torch.cuda.is_available():
         assert set(report["skipped"]) == {"cuda_graph", "tensorrt", "engine"}
         assert report["goal_batch1"].startswith("not measured")
