@@ -14,6 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 wheels=dist/gpu-wheel
+# The build's own limit, set by scripts/gpu_stages.py below the build stage's (the rest is the fallback's).
+build_limit_s="${RISSOLE_BUILD_LIMIT_S:-600}"
 
 source scripts/gpu_common.sh
 
@@ -63,10 +65,12 @@ build() {  # build here with the CUDA kernels; else install the fallback wheel f
   site_writable || user=(--user)
   export PIP_BREAK_SYSTEM_PACKAGES=1  # a distribution's Python refuses pip installs otherwise
   if ((can_build)); then
-    echo "== building with RISSOLE_CUDA=ON"
-    RISSOLE_CUDA=ON CUDACXX="$nvcc" "$py" -m pip install -q --no-build-isolation --no-deps --no-index \
-      "${user[@]}" . && { echo "installed: built here (nvcc $(nvcc_release))"; return 0; }
-    echo "!! the build failed"
+    # Bounded below the stage's limit, so that a slow build still leaves time for the fallback.
+    echo "== building with RISSOLE_CUDA=ON (at most ${build_limit_s} s)"
+    RISSOLE_CUDA=ON CUDACXX="$nvcc" timeout --kill-after=3 "$build_limit_s" "$py" -m pip install -q \
+      --no-build-isolation --no-deps --no-index "${user[@]}" . \
+      && { echo "installed: built here (nvcc $(nvcc_release))"; return 0; }
+    echo "!! the build failed or ran past ${build_limit_s} s"
   fi
   tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   wheel=$(ls "$wheels"/rissole_trt-*-"$tag"-*.whl 2>/dev/null | head -1)

@@ -27,6 +27,8 @@ def test_the_stage_budgets_fit_one_device_command():
     names = [stage.name for stage in gpu_stages.STAGES]
     assert len(set(names)) == len(names) and names[0] == "build"
     assert "torch.compile engine candidate" in names  # inductor's compile has a limit of its own
+    build = gpu_stages.STAGES[0]
+    assert 0 < int(build.env["RISSOLE_BUILD_LIMIT_S"]) < build.limit_s  # time left for the fallback wheel
 
 
 def _python(code: str) -> tuple[str, ...]:
