@@ -81,7 +81,7 @@ _PYTEST = (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider")
 STAGES = (
     Stage("build", BUILD_STAGE_S, ("bash", "scripts/gpu_check.sh", "--build"), last_line("installed:"),
           {"RISSOLE_BUILD_LIMIT_S": str(BUILD_STAGE_S - FALLBACK_INSTALL_S)}),
-    Stage("build report", 10, (PY, "-c", "import rissole_trt; print(rissole_trt.info(as_text=True))"),
+    Stage("build report", 20, (PY, "-c", "import rissole_trt; print(rissole_trt.info(as_text=True))"),
           last_line("cuda kernels")),
     Stage("GPU tests", 90, _PYTEST + ("-m", "gpu", "-k", "not torch_compile", "tests"), pytest_counts, _CUDA),
     Stage("torch.compile engine candidate", 50, _PYTEST + ("-m", "gpu", "-k", "torch_compile",
@@ -94,7 +94,7 @@ STAGES = (
     Stage("kernel benchmark fp16", 20, (PY, "benchmarks/bench_kernels.py", "--dtype", "fp16", "--min-time", "0.5",
                                         "--json", "{out}/bench_kernels_fp16.json"),
           kernel_speedups("bench_kernels_fp16.json")),
-    Stage("eager vs CUDA graphs vs a built engine", 150,
+    Stage("eager vs CUDA graphs vs a built engine", 140,
           (PY, "benchmarks/bench_gpu.py", "--out", "{out}", "--preset", "celeba64", "--images", "1", "256",
            "--samplers", "dpmpp_2m:20", "ddim:50", "--repeats", "5", "--repeats-for", "256:1"), bench_gpu_goal),
 )
