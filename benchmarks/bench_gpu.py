@@ -13,20 +13,24 @@ Every variant of a row is timed in the same process, interleaved repeat by repea
 machine without a GPU the CUDA rows are skipped with the reason (``--smoke`` runs the tiny preset on
 the CPU with small sizes, which is what the test suite does to keep the script working).
 
+Every row is written to DIR/bench_gpu.json and .md as soon as it is measured (a run stopped by a time
+limit keeps them; its files say ``"complete": false``).
+
 Usage: python benchmarks/bench_gpu.py --out DIR [--preset celeba64] [--images 1 256]
-       [--samplers dpmpp_2m:20 ddim:50] [--repeats 5]
+       [--samplers dpmpp_2m:20 ddim:50] [--repeats 5] [--repeats-for 256:1]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from rissole_trt.bench.hardware import machine_info
+from rissole_trt.bench.rows import RowWriter
 from rissole_trt.timing import interleaved_medians
 from rissole_trt.builder import build_database
 from rissole_trt.diffusion import make_sampler, sample
@@ -46,6 +50,13 @@ def _backend(name: str, model, device: torch.device, **options):
     return (backend(model, "fp32", **options), None) if ok else (None, reason)
 
 
+def _repeats(args) -> dict[int, int]:
+    """Repeats per batch size: ``--repeats``, or a ``--repeats-for IMAGES:R`` override (the 256-image
+    fp32 rows take seconds a call: a GPU window fits fewer repeats of them)."""
+    override = dict(tuple(int(v) for v in spec.split(":")) for spec in args.repeats_for)
+    return {n: override.get(n, args.repeats) for n in args.images}
+
+
 @exact_fp32()  # every fp32 row in IEEE fp32, as the Engine runs it (no TF32 in cuDNN convolutions)
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,6 +65,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--samplers", nargs="+", default=["dpmpp_2m:20", "ddim:50"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats-for", nargs="*", default=[], metavar="IMAGES:R",
+                        help="repeats for one batch size, e.g. 256:1")
     parser.add_argument("--db-size", type=int, default=512)
     parser.add_argument("--build-budget", type=float, default=20.0)
     parser.add_argument("--smoke", action="store_true", help="tiny preset, 1 image, 3 steps, on the CPU if no GPU")
@@ -61,86 +74,84 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.preset, args.images, args.samplers, args.repeats, args.db_size = "tiny", [1], ["dpmpp_2m:3"], 1, 16
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    args.out.mkdir(parents=True, exist_ok=True)
     model = make_preset_model(args.preset).to(device)
-    config = model.config
-    P = config.n_blocks
-    flops_per_row = None
-    report = {"preset": args.preset, "machine": machine_info(device), "device": str(device), "rows": []}
-
+    # Every row lands in the files as soon as it is measured: a stage stopped by its limit keeps them.
+    writer = RowWriter(args.out / "bench_gpu.json", {"preset": args.preset, "machine": machine_info(device),
+                                                       "device": str(device), "skipped": {}},
+                       markdown_path=args.out / "bench_gpu.md", render=_table)
     graph, graph_skip = _backend("cuda_graph", model, device)
-    trt, trt_skip = _backend("tensorrt", model, device, buckets=[n * P for n in args.images])  # a profile each
+    trt, trt_skip = _backend("tensorrt", model, device, buckets=[n * model.config.n_blocks for n in args.images])
     skipped = {"cuda_graph": graph_skip, "tensorrt": trt_skip}
-    report["skipped"] = {k: v for k, v in skipped.items() if v}
-
+    writer.update(skipped={k: v for k, v in skipped.items() if v})
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, size=(args.db_size, config.image_size, config.image_size, 3), dtype=np.uint8)
+        size = model.config.image_size
+        images = rng.integers(0, 256, size=(args.db_size, size, size, 3), dtype=np.uint8)
         db = build_database(model, images, Path(tmp) / "db", progress=False)
-        engine_dir, engine_skip = Path(tmp) / "engine", None
+        engine_dir = None
         if device.type == "cuda":
+            engine_dir = Path(tmp) / "engine"
             build_engine(model, engine_dir, device="cuda", batch_sizes=args.images, budget_s=args.build_budget,
                          candidates=("tensorrt", "cuda_graph", "torch", "eager"), log=print)
         else:
-            engine_skip = "build-engine --device cuda needs a GPU"
-        report["skipped"].update({"engine": engine_skip} if engine_skip else {})
-
+            writer.update(skipped={**writer.report["skipped"], "engine": "build-engine --device cuda needs a GPU"})
         with torch.no_grad():
-            for n_images in args.images:
-                rows = n_images * P
-                inputs = tuple(None if t is None else t.to(device) for t in _bucket_inputs(model, rows, seed=0))
-                step = {"eager": lambda: model.unet.forward_hoisted(*inputs)}
-                if graph is not None:
-                    step["cuda_graph"] = lambda: graph.forward_hoisted(*inputs)
-                if trt is not None:
-                    step["tensorrt"] = lambda: trt.forward_hoisted(*inputs)
-                if flops_per_row is None:
-                    from torch.utils.flop_counter import FlopCounterMode
-
-                    with FlopCounterMode(display=False) as counter:
-                        model.unet.forward_hoisted(*inputs)
-                    flops_per_row = counter.get_total_flops() / rows
-                times = interleaved_medians(step, args.repeats, device)
-                report["rows"].append({"what": "per-step call", "images": n_images, "rows": rows,
-                                       "ms": {k: v * 1e3 for k, v in times.items()},
-                                       "GFLOP/s": {k: flops_per_row * rows / v / 1e9 for k, v in times.items()}})
-
-                ids = db.index("auto", device=str(device)).search(db.keys[:n_images], config.unet.k)[1]
-                cond = db.neighbour_blocks(np.asarray(ids), device=device)
-                shape = (n_images, P, config.autoencoder.latent_dim, config.block_size, config.block_size)
-                for spec in args.samplers:
-                    name, steps = spec.split(":")
-                    sampler = make_sampler(name, model.schedule, int(steps))
-                    gens = lambda: Engine.image_generators(0, 0, n_images, device)  # noqa: E731
-                    loop = {"eager": lambda: sample(model.denoiser(cond), shape, model.schedule, sampler,
-                                                    generator=gens(), device=device)}
-                    if graph is not None:
-                        loop["cuda_graph per step"] = lambda: sample(graph.denoiser(cond), shape, model.schedule,
-                                                                     sampler, generator=gens(), device=device)
-                        if name in LOOP_SAMPLERS:
-                            whole = graph.loop_sampler(rows)
-                            loop["cuda_graph whole loop"] = lambda: whole(graph.denoiser(cond), sampler, shape, gens())
-                    times = interleaved_medians(loop, args.repeats, device)
-                    report["rows"].append({"what": f"denoising loop {spec}", "images": n_images, "rows": rows,
-                                           "ms": {k: v * 1e3 for k, v in times.items()}})
-
-                    engines = {"eager": Engine(model, db, device=device, backend="eager")}
-                    if graph is not None:
-                        engines["cuda_graph"] = Engine(model, db, device=device, backend="cuda_graph")
-                    if engine_skip is None:
-                        engines["built engine"] = Engine(model, db, device=device, engine=engine_dir)
-                    run = {k: (lambda e=e: e.generate(n_images, sampler=name, steps=int(steps), batch_size=n_images,
-                                                      progress=False)) for k, e in engines.items()}
-                    times = interleaved_medians(run, args.repeats, device)
-                    report["rows"].append({"what": f"end to end {spec}", "images": n_images, "rows": rows,
-                                           "images/s": {k: n_images / v for k, v in times.items()}})
-    report["flops_per_row"] = flops_per_row
-    report["goal_batch1"] = _goal(report)
-    (args.out / "bench_gpu.json").write_text(json.dumps(report, indent=1))
-    table = _table(report)
-    (args.out / "bench_gpu.md").write_text(table)
-    print(table)
+            for n_images, repeats in _repeats(args).items():
+                _measure(writer, model, db, device, n_images, repeats, args.samplers,
+                         {"cuda_graph": graph, "tensorrt": trt}, engine_dir)
+    report = writer.finish(goal_batch1=_goal(writer.report))
+    print(_table(report))
     return report
+
+
+def _measure(writer: RowWriter, model, db, device, n_images: int, repeats: int, samplers, backends: dict,
+             engine_dir: Path | None) -> None:
+    """The rows of one batch size: the per-step call, then per sampler its loop and end to end."""
+    config = model.config
+    P = config.n_blocks
+    rows = n_images * P
+    graph = backends["cuda_graph"]
+    inputs = tuple(None if t is None else t.to(device) for t in _bucket_inputs(model, rows, seed=0))
+    step = {"eager": lambda: model.unet.forward_hoisted(*inputs)}
+    step.update({name: (lambda b=b: b.forward_hoisted(*inputs)) for name, b in backends.items() if b is not None})
+    if "flops_per_row" not in writer.report:
+        with FlopCounterMode(display=False) as counter:
+            model.unet.forward_hoisted(*inputs)
+        writer.update(flops_per_row=counter.get_total_flops() / rows)
+    flops = writer.report["flops_per_row"] * rows
+    times = interleaved_medians(step, repeats, device)
+    writer.add({"what": "per-step call", "images": n_images, "rows": rows, "repeats": repeats,
+                "ms": {k: v * 1e3 for k, v in times.items()}, "GFLOP/s": {k: flops / v / 1e9 for k, v in times.items()}})
+
+    ids = db.index("auto", device=str(device)).search(db.keys[:n_images], config.unet.k)[1]
+    cond = db.neighbour_blocks(np.asarray(ids), device=device)
+    shape = (n_images, P, config.autoencoder.latent_dim, config.block_size, config.block_size)
+    for spec in samplers:
+        name, steps = spec.split(":")
+        sampler = make_sampler(name, model.schedule, int(steps))
+        gens = lambda: Engine.image_generators(0, 0, n_images, device)  # noqa: E731
+        loop = {"eager": lambda: sample(model.denoiser(cond), shape, model.schedule, sampler,
+                                        generator=gens(), device=device)}
+        if graph is not None:
+            loop["cuda_graph per step"] = lambda: sample(graph.denoiser(cond), shape, model.schedule,
+                                                         sampler, generator=gens(), device=device)
+            if name in LOOP_SAMPLERS:
+                whole = graph.loop_sampler(rows)
+                loop["cuda_graph whole loop"] = lambda: whole(graph.denoiser(cond), sampler, shape, gens())
+        times = interleaved_medians(loop, repeats, device)
+        writer.add({"what": f"denoising loop {spec}", "images": n_images, "rows": rows, "repeats": repeats,
+                    "ms": {k: v * 1e3 for k, v in times.items()}})
+
+        engines = {"eager": Engine(model, db, device=device, backend="eager")}
+        if graph is not None:
+            engines["cuda_graph"] = Engine(model, db, device=device, backend="cuda_graph")
+        if engine_dir is not None:
+            engines["built engine"] = Engine(model, db, device=device, engine=engine_dir)
+        run = {k: (lambda e=e: e.generate(n_images, sampler=name, steps=int(steps), batch_size=n_images,
+                                          progress=False)) for k, e in engines.items()}
+        times = interleaved_medians(run, repeats, device)
+        writer.add({"what": f"end to end {spec}", "images": n_images, "rows": rows, "repeats": repeats,
+                    "images/s": {k: n_images / v for k, v in times.items()}})
 
 
 def _goal(report: dict) -> str:
@@ -165,7 +176,8 @@ def _table(report: dict) -> str:
                                              f" ({(base / v if unit == 'ms' else v / base):.2f}x eager)")
                           for k, v in values.items())
         lines.append(f"- {row['what']}, {row['images']} image(s) = {row['rows']} rows, {unit}: {cells}")
-    lines += ["", f"skipped: {report['skipped'] or 'nothing'}", f"goal (batch 1): {report['goal_batch1']}", ""]
+    state = "" if report["complete"] else " (run in progress or stopped: the rows so far)"
+    lines += ["", f"skipped: {report['skipped'] or 'nothing'}", f"goal (batch 1): {_goal(report)}{state}", ""]
     return "\n".join(lines)
 
 

@@ -16,11 +16,11 @@ Usage: python benchmarks/bench_kernels.py [--dtype bf16] [--json out.json] [--sm
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
 
+from rissole_trt.bench.rows import RowWriter
 from rissole_trt.platform import resolve_device
 from rissole_trt.timing import time_calls
 from rissole_trt.diffusion import NoiseSchedule, make_sampler
@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", choices=DTYPES, default="bf16")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
-    ap.add_argument("--json", help="write the rows as JSON")
+    ap.add_argument("--json", help="write the rows as JSON (rewritten after every row)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (a check that the script runs)")
     args = ap.parse_args()
     device = resolve_device("auto")
@@ -74,38 +74,37 @@ def main() -> None:
                    k_pos=rand(bs * bs, heads, dh), v_pos=rand(bs * bs, heads, dh))
     es = torch.finfo(dtype).bits // 8
     attention_flops = 4 * rows * heads * lq * tokens * dh
-    out = []
+    # Each row lands in the JSON as soon as it is measured: a stage stopped by its limit keeps them.
+    writer = RowWriter(args.json, {"device": name, "dtype": args.dtype, "torch": torch.__version__,
+                                   "nominal_peak": peak})
+    print(f"{name}, {args.dtype}, torch {torch.__version__}; rows {rows}, Lq {lq}, heads {heads}x{dh}, "
+          f"tokens {tokens} (k {k}, bs {bs}), codebook {n_codes}, D {d}")
+    print("| kernel | kernel ms | torch reference ms | speed-up | GB/s | TFLOP/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+
+    def add(row: dict) -> None:
+        writer.add(row)
+        tflops = "—" if row["TFLOP/s"] is None else f"{row['TFLOP/s']:.2f}"
+        print(f"| {row['kernel']} | {row['kernel_ms']:.3f} | {row['reference_ms']:.3f} | {row['speedup']:.1f}x | "
+              f"{row['GB/s']:.0f} | {tflops} |")
+
     kernel = _time(lambda: gather_xattn(**problem), device, args.min_time)
     reference = _time(lambda: gather_xattn_reference(**problem), device, args.min_time)
     moved = 2 * rows * lq * heads * dh * es + rows * heads * tokens * 2 + 2 * (n_codes + bs * bs) * heads * dh * es
-    out.append(_row("gather_xattn", kernel, reference, moved, attention_flops, peak))
+    add(_row("gather_xattn", kernel, reference, moved, attention_flops, peak))
 
     ctx = dict(q=problem["q"], ctx=rand(rows, tokens, d), w_k=rand(d, heads * dh), w_v=rand(d, heads * dh))
     kernel = _time(lambda: context_xattn(**ctx), device, args.min_time)
     reference = _time(lambda: context_xattn_reference(**ctx), device, args.min_time)
     moved = 2 * rows * lq * heads * dh * es + rows * heads * tokens * d * es + 2 * d * heads * dh * es
-    out.append(_row("context_xattn", kernel, reference, moved, attention_flops + 4 * rows * tokens * d * heads * dh,
-                    peak))
+    add(_row("context_xattn", kernel, reference, moved, attention_flops + 4 * rows * tokens * d * heads * dh, peak))
 
     step = make_sampler("dpmpp_2m", NoiseSchedule(), 20).linear_step(5)  # second order: all four inputs
     x, eps, noise, prev = (torch.randn(rows, 10, bs, bs, generator=g).to(device) for _ in range(4))
     kernel = _time(lambda: sampler_step(x, eps, noise, prev, step), device, args.min_time)
     reference = _time(lambda: sampler_step_reference(x, eps, noise, prev, step), device, args.min_time)
-    out.append(_row("sampler_step (fp32)", kernel, reference, 6 * x.numel() * 4, 0, peak))
-
-    print(f"{name}, {args.dtype}, torch {torch.__version__}; rows {rows}, Lq {lq}, heads {heads}x{dh}, "
-          f"tokens {tokens} (k {k}, bs {bs}), codebook {n_codes}, D {d}")
-    print("| kernel | kernel ms | torch reference ms | speed-up | GB/s | TFLOP/s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in out:
-        tflops = "—" if r["TFLOP/s"] is None else f"{r['TFLOP/s']:.2f}"
-        print(f"| {r['kernel']} | {r['kernel_ms']:.3f} | {r['reference_ms']:.3f} | {r['speedup']:.1f}x | "
-              f"{r['GB/s']:.0f} | {tflops} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "dtype": args.dtype, "torch": torch.__version__, "nominal_peak": peak,
-                       "rows": out}, f, indent=2)
-
+    add(_row("sampler_step (fp32)", kernel, reference, 6 * x.numel() * 4, 0, peak))
+    writer.finish()
 
 if __name__ == "__main__":
     main()

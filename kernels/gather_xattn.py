@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import code_indices
 from ._attention import masked_attention_reference, tl, triton
 
 if triton is not None:
@@ -97,11 +98,11 @@ def gather_xattn_reference(q, ids, row_image, row_block, codes, k_codes, v_codes
     neighbours = ids.long()[row_image.long()]  # [R, k]
     valid = neighbours >= 0
     if sources is None:
-        tokens = codes[row_block.long()[:, None], neighbours.clamp(min=0)]  # [R, k, bs, bs]
+        tokens = code_indices(codes, row_block.long()[:, None], neighbours.clamp(min=0))  # [R, k, bs, bs]
     else:  # window w's token (j, s): position pos[w, s] of block block[w, s] of neighbour j
         block, at = (t.long()[row_block.long()][:, None, :] for t in sources)  # [R, 1, bs²]
-        tokens = codes.flatten(2)[block, neighbours.clamp(min=0)[:, :, None], at]  # [R, k, bs²]
-    tokens = tokens.reshape(rows, -1).to(torch.int64)  # [R, k*bs²], neighbour-major
+        tokens = code_indices(codes.flatten(2), block, neighbours.clamp(min=0)[:, :, None], at)  # [R, k, bs²]
+    tokens = tokens.reshape(rows, -1)  # [R, k*bs²], neighbour-major
     pos = torch.arange(positions, device=q.device).repeat(neighbours.shape[1])  # in-block position of each token
     keys = k_codes.to(dtype)[tokens] + k_pos.to(dtype)[pos]  # [R, T, H, dh]
     values = v_codes.to(dtype)[tokens] + v_pos.to(dtype)[pos]

@@ -1,48 +1,103 @@
 #!/usr/bin/env bash
-# GPU check for the H200 machine (torch 2.11 + CUDA 13, Triton 3.6, no internet): build the
-# extension with its CUDA kernels, run the tests that use the GPU, print the build report, run the
-# Triton kernels' tests and benchmark, then eager vs CUDA graphs (per step, whole loop) vs a
-# CUDA-graph engine built here on celeba64 at 1 and 256 images (JSON and tables under $OUT).
-# Each stage has its own time limit, so a stuck one cannot eat the window of the ones after it.
-# A failing stage is reported and the next one still runs (a GPU window is short: every number it
-# can give counts); the script exits non-zero if any stage failed and lists them at the end.
-# Usage, from the repository root: bash scripts/gpu_check.sh   (log also lands in $OUT when set)
+# The GPU check, one command on a lent GPU (torch 2.11 + CUDA 13, Triton 3.6, Python 3.12, no
+# network): build the extension with its CUDA kernels (or install the wheel built elsewhere by
+# scripts/build_gpu_wheel.sh when that fails), then the GPU tests, the Triton kernels' tests and
+# benchmark, and eager vs CUDA graphs vs a built engine (scripts/gpu_stages.py: the stages and their
+# time limits, one table). The whole log is teed to OUT/gpu_check.log; every stage's result lands in
+# OUT/stages.json as it ends, the benchmarks' rows in OUT as they are measured; a summary table
+# (stage, status, seconds, headline) is printed last, and the exit status is non-zero when a stage
+# failed, the failed ones listed.
+# Usage, from anywhere:  bash scripts/gpu_check.sh OUT              the whole check
+#                        bash scripts/gpu_check.sh --dry-run OUT    the preflight and the plan only
+#                        bash scripts/gpu_check.sh --build          preflight and build (the first stage)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-/tmp}"
-log="$out/gpu_check.log"
-export PYTHONUNBUFFERED=1
-failed=()
-stage() {  # stage NAME SECONDS COMMAND...: run it for at most SECONDS, remember a failure, go on
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name (at most ${limit} s)"
-  timeout --kill-after=10 "$limit" "$@"
-  local rc=$?
-  ((rc == 124 || rc == 137)) && echo "!! stage ran past ${limit} s and was stopped: $name"
-  ((rc == 0)) || { echo "!! stage failed: $name"; failed+=("$name"); }
-}
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+py="${PYTHON:-python3}"
+wheels=dist/gpu-wheel
+# The build's own limit, set by scripts/gpu_stages.py below the build stage's (the rest is the fallback's).
+build_limit_s="${RISSOLE_BUILD_LIMIT_S:-600}"
 
-  export RISSOLE_CUDA=ON
-  stage "build (RISSOLE_CUDA=ON)" 240 python3 -m pip install -q --no-build-isolation --no-deps --no-index .
-  stage "build report" 60 python3 -c "import rissole_trt; print(rissole_trt.info(as_text=True))"
-  stage "GPU tests" 240 env RISSOLE_EXPECT_CUDA=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider
-  stage "build tests" 120 env RISSOLE_EXPECT_CUDA=1 python3 -m pytest -q tests/test_build.py -p no:cacheprovider
-  stage "Triton kernels on the GPU (the interpreter's tests, plus bf16)" 150 \
-      python3 -m pytest -q tests/test_kernels.py -p no:cacheprovider
-  for dtype in bf16 fp16; do
-    stage "kernel benchmark ($dtype): kernels vs their torch references" 90 \
-        python3 benchmarks/bench_kernels.py --dtype "$dtype" --json "$out/bench_kernels_$dtype.json"
-  done
-  stage "eager vs CUDA graphs vs a built engine (celeba64, 1 and 256 images)" 300 \
-      python3 benchmarks/bench_gpu.py --out "$out" --preset celeba64 --images 1 256 \
-      --samplers dpmpp_2m:20 ddim:50 --repeats 3
-  if ((${#failed[@]})); then
-    printf '!! failed stages: %s\n' "${failed[*]}"
-    exit 1
+source scripts/gpu_common.sh
+
+nvcc_release() { "$nvcc" --version | grep -o 'release [0-9.]*' | head -1; }
+
+has_version() {  # has_version DIST MIN: the distribution is installed at MIN or newer
+  "$py" - "$1" "$2" <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+def parts(v):
+    return tuple(int(p) for p in (v.split("+")[0].split(".") + ["0", "0"])[:2] if p.isdigit())
+try:
+    have = version(sys.argv[1])
+except PackageNotFoundError:
+    sys.exit(f"   {sys.argv[1]}: not installed (>= {sys.argv[2]} needed)")
+print(f"   {sys.argv[1]} {have}")
+sys.exit(0 if parts(have) >= parts(sys.argv[2]) else f"   {sys.argv[1]} {have} is older than {sys.argv[2]}")
+EOF
+}
+
+site_writable() {
+  "$py" -c 'import os, sysconfig, sys; sys.exit(not os.access(sysconfig.get_paths()["purelib"], os.W_OK))'
+}
+
+preflight() {  # prints what it finds; sets nvcc and can_build
+  echo "== preflight"
+  "$py" -c 'import sys; print("   python", sys.version.split()[0], sys.executable)'
+  can_build=1
+  if nvcc=$(find_nvcc); then echo "   nvcc $nvcc: $(nvcc_release)"; else
+    echo "   nvcc: not found (CUDACXX, PATH, /usr/local/cuda*/bin)"; can_build=0; fi
+  has_version scikit-build-core 0.10 || can_build=0
+  has_version pybind11 2.12 || can_build=0
+  command -v cmake >/dev/null || has_version cmake 3.18 || can_build=0
+  if site_writable; then echo "   site-packages writable"; else
+    echo "   site-packages not writable: installing with --user (PYTHONUSERBASE=${PYTHONUSERBASE:-unset})"; fi
+  "$py" - <<'EOF'
+import importlib.util
+missing = [m for m in ("numpy", "torch", "safetensors", "tqdm", "PIL", "yaml", "pytest", "triton")
+           if importlib.util.find_spec(m) is None]
+print("   runtime modules: " + ("all present" if not missing else "MISSING " + " ".join(missing)))
+EOF
+}
+
+build() {  # build here with the CUDA kernels; else install the fallback wheel for this Python
+  preflight
+  local user=() tag wheel
+  site_writable || user=(--user)
+  export PIP_BREAK_SYSTEM_PACKAGES=1  # a distribution's Python refuses pip installs otherwise
+  if ((can_build)); then
+    # Bounded below the stage's limit, so that a slow build still leaves time for the fallback.
+    echo "== building with RISSOLE_CUDA=ON (at most ${build_limit_s} s)"
+    RISSOLE_CUDA=ON CUDACXX="$nvcc" timeout --kill-after=3 "$build_limit_s" "$py" -m pip install -q \
+      --no-build-isolation --no-deps --no-index "${user[@]}" . \
+      && { echo "installed: built here (nvcc $(nvcc_release))"; return 0; }
+    echo "!! the build failed or ran past ${build_limit_s} s"
   fi
-  echo "== all stages passed"
-} 2>&1 | tee "$log"
+  tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  wheel=$(ls "$wheels"/rissole_trt-*-"$tag"-*.whl 2>/dev/null | head -1)
+  [[ -n $wheel ]] || { echo "!! no fallback wheel for $tag in $wheels (scripts/build_gpu_wheel.sh builds it)"; return 1; }
+  local fresh="its sources"
+  [[ $(cat "$wheels/SOURCES" 2>/dev/null) == $(sources_digest) ]] || fresh="OTHER SOURCES than these (stale)"
+  echo "== installing the fallback wheel $wheel, built from $fresh"
+  "$py" -m pip install -q --no-deps --no-index --force-reinstall "${user[@]}" "$wheel" \
+    && echo "installed: fallback wheel $(basename "$wheel"), built from $fresh"
+}
+
+case "${1:-}" in
+  --build) build; exit ;;
+  --dry-run) dry=(--dry-run); shift ;;
+  ""|-*) sed -n '2,12p' "$0"; exit 2 ;;
+  *) dry=() ;;
+esac
+out="${1:?usage: bash scripts/gpu_check.sh [--dry-run] OUT}"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"
+# A read-only environment installs into a user base under OUT (later stages inherit the variable).
+site_writable || export PYTHONUSERBASE="$out/pyuser"
+export PYTHONUNBUFFERED=1
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+  ((${#dry[@]})) && preflight
+  "$py" scripts/gpu_stages.py --out "$out" "${dry[@]}"
+} 2>&1 | tee "$out/gpu_check.log"
+exit "${PIPESTATUS[0]}"

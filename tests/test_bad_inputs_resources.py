@@ -61,7 +61,7 @@ def earlier(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("earlier")
     model = RissoleModel.load(assets[0])
     model.save(root / "model")
-    db = build_database(model, smooth_images(12), root / "db", progress=False)
+    build_database(model, smooth_images(12), root / "db", progress=False)
     np.savez(root / "images.npz", images=smooth_images(12))
     return root, {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 

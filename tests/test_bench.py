@@ -267,3 +267,22 @@ def test_bench_cli_writes_a_complete_report(tmp_path, capsys):
     r = report["retrieval"]
     assert r["queries_per_s"] > 0 and r["gather_gbps"] > 0 and r["database_entries"] == 64
     assert np.isfinite(report["wall_s"])
+
+
+def test_the_row_writer_saves_every_row_as_it_comes(tmp_path):
+    """A benchmark stopped by its stage's time limit keeps the rows it measured (issue #27)."""
+    from rissole_trt.bench.rows import RowWriter
+
+    path, md = tmp_path / "out" / "report.json", tmp_path / "out" / "report.md"
+    writer = RowWriter(path, {"device": "cpu"}, markdown_path=md,
+                       render=lambda report: "\n".join(f"- {row['what']}" for row in report["rows"]))
+    assert json.loads(path.read_text()) == {"device": "cpu", "rows": [], "complete": False}
+    for n, what in enumerate(("first", "second"), start=1):
+        writer.add({"what": what, "ms": float("inf") if n == 2 else 1.5})
+        saved = json.loads(path.read_text())
+        assert [row["what"] for row in saved["rows"]] == ["first", "second"][:n] and not saved["complete"]
+        assert md.read_text().splitlines()[-1] == f"- {what}"
+    assert saved["rows"][1]["ms"] == "inf"  # JSON has no infinity: written as the report module does
+    writer.finish(goal="met")
+    assert json.loads(path.read_text())["complete"] and json.loads(path.read_text())["goal"] == "met"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json", "report.md"]  # no temporary files

@@ -112,3 +112,23 @@ def test_console_entry_point_runs_in_a_fresh_process():
     )
     assert result.returncode == 0, result.stderr
     assert "backends:" in result.stdout and "Traceback" not in result.stderr
+
+
+THREADED_COMMANDS = [  # every command with --threads, with the arguments it needs to get that far
+    ["generate", "-n", "1", "-o", "grid.png"],
+    ["build-engine", "-o", "engine_dir"],
+    ["eval", "--real", "real.npz", "-o", "report.json"],
+    ["train-autoencoder", "--images", "data.npz", "--steps", "1", "-o", "run"],
+    ["train", "--images", "data.npz", "--steps", "1", "--autoencoder", "ae", "-o", "run"],
+    ["bench", "--preset", "tiny"],
+]
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+@pytest.mark.parametrize("argv", THREADED_COMMANDS, ids=[a[0] for a in THREADED_COMMANDS])
+def test_every_command_refuses_a_bad_thread_count_before_work(argv, threads, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*argv, "--threads", threads]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # eval warns about the inputs first
+    assert last.startswith("rissole-trt: error: ") and f"threads must be a positive integer, got {threads}" in last
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything

@@ -232,6 +232,7 @@ def test_too_few_entries_leave_nothing(tmp_path: Path) -> None:
     assert siblings(tmp_path / "db") == []
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_database_and_its_leftovers_are_cleaned(tmp_path: Path) -> None:
     """A process killed mid-build (no Python cleanup runs) leaves only its temporary directory,
     which the next build of the same database removes."""

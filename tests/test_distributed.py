@@ -80,6 +80,7 @@ def _read(out_dir, n, shard_size, fmt) -> tuple[np.ndarray, list[int]]:
     return np.stack(images), ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,workers", [("npz", 2), ("png", 1), ("webdataset", 2)])
 def test_the_same_images_as_one_process_whatever_the_workers(cluster, assets, tmp_path, fmt, workers):
     n, shard = 7, 2  # the last shard is short
@@ -92,6 +93,7 @@ def test_the_same_images_as_one_process_whatever_the_workers(cluster, assets, tm
     assert manifest["last_run"]["workers"] == workers and manifest["last_run"]["images"] == n
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_every_image_exactly_once(cluster, assets, tmp_path):
     n, shard, out = 12, 2, tmp_path / "out"
     slow = dict(PLAN, sampler="ddpm", steps=None)  # all 1000 steps: a shard takes long enough to kill between
@@ -122,6 +124,7 @@ def test_a_killed_run_resumes_with_every_image_exactly_once(cluster, assets, tmp
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_to_do_writes_nothing(cluster, assets, tmp_path, capsys):
     out = tmp_path / "out"
     kwargs = dict(model=assets[0], database=assets[1], shard_size=2, format="png", progress=True, **PLAN)
@@ -132,6 +135,7 @@ def test_a_rerun_with_nothing_to_do_writes_nothing(cluster, assets, tmp_path, ca
     assert "nothing to do" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_overlap_is_part_of_the_run(cluster, assets, tmp_path):
     out = tmp_path / "out"
     kwargs = dict(model=assets[0], database=assets[1], shard_size=2, format="npz", progress=False, **PLAN)
@@ -177,6 +181,7 @@ def _worker_pids() -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_by_ray_and_every_image_is_written_once(cluster, assets, tmp_path):
     """SIGKILL the actor mid-shard: Ray Data restarts it and retries its shard (at-least-once), the
     atomic shard writes make the retry harmless, and the run finishes by itself; a rerun then has

@@ -76,6 +76,30 @@ def test_plan_is_small_and_any_split_of_it_is_bitwise_the_full_run(engine):
         engine.generate_batch(plan, 5, 3)
 
 
+def test_progress_bar_counts_whole_images(engine, monkeypatch):
+    import io
+
+    from tqdm.auto import tqdm
+
+    import rissole_trt.engine as engine_module
+
+    shown = []
+
+    class RecordingBar(tqdm):  # the real bar, drawn into a buffer, remembering every count it shows
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": io.StringIO(), "disable": False, "mininterval": 0})
+
+        def refresh(self, *args, **kwargs):
+            shown.append(self.n)
+            return super().refresh(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "tqdm", RecordingBar)
+    # 3 steps per batch of 2: a fractional bar would show 0.667, 1.333, ...
+    engine.generate(5, seed=0, sampler="ddim", steps=3, batch_size=2, progress=True)
+    assert shown and all(isinstance(n, int) for n in shown), shown
+    assert shown == sorted(shown) and shown[-1] == 5 and len(set(shown)) > 3  # moves within batches too
+
+
 def test_generate_refuses_an_output_larger_than_memory_before_any_work(engine, monkeypatch):
     monkeypatch.setattr(engine, "_denoiser", lambda *a: pytest.fail("work started"))
     with pytest.raises(MemoryError, match="GiB"):

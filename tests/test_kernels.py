@@ -12,11 +12,14 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1 (conftest.py sets it)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from cuda_guards import NoUnsignedIndexing  # noqa: E402
 from rissole_trt.kernels.gather_xattn import gather_xattn, gather_xattn_reference  # noqa: E402
 from rissole_trt.tolerances import KERNEL_ERROR_FACTOR, TOLERANCES  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Under the CPU interpreter every kernel launch runs in Python: the slow tier. On a GPU they are quick.
+pytestmark = [] if DEVICE == "cuda" else [pytest.mark.slow]
 
 
 def _problem(rows, lq, heads, dh, k, bs, entries=9, blocks=4, n_codes=40, images=3, dtype=torch.float32, seed=0):
@@ -57,6 +60,19 @@ def test_fp16_kernel_meets_flash_attentions_error_rule(shape):
     assert kernel_error <= KERNEL_ERROR_FACTOR * reference_error + TOLERANCES["kernel_lowp_floor"].atol
 
 
+def test_codes_above_int16s_range_read_the_same_rows_in_the_kernel_and_the_reference():
+    """The reference indexes the codes through an int16 view (CUDA cannot index uint16) and widens
+    them; a code of 32768 or more read sign-extended would pick another table row."""
+    problem = _problem(5, 20, 2, 16, 3, 4, n_codes=40000)
+    codes = problem["codes"].cpu()  # written on the CPU: CUDA's uint16 support is copies and views
+    codes[0, 0, 0, 0] = 39999
+    problem["codes"] = codes.to(DEVICE)
+    assert int(problem["codes"].view(torch.int16).min()) < 0  # some codes are negative as int16
+    with NoUnsignedIndexing():
+        reference = gather_xattn_reference(**problem)
+    assert_close(gather_xattn(**problem), reference, "kernel_fp32")
+
+
 def test_masked_neighbours_are_left_out_and_a_fully_masked_row_is_zero():
     problem = _problem(4, 20, 2, 16, 3, 5, images=2)
     problem["ids"][1] = -1  # image 1 has no neighbours at all: rows 1 and 3
@@ -94,12 +110,15 @@ def test_fp32_kernel_reads_shifted_windows_as_its_reference_does(bf, bs):
 
     windows = ShiftedWindows(bf, bs)
     count, images = len(windows.offsets), 2
-    problem = _problem(images * count, 12, 2, 16, 3, bs, blocks=bf * bf, images=images)
+    # Codes above int16's range too: the windows' lookup reads them through the int16 view as well.
+    problem = _problem(images * count, 12, 2, 16, 3, bs, blocks=bf * bf, images=images, n_codes=40000)
     problem["row_image"] = torch.arange(images).repeat_interleave(count).to(DEVICE)
     problem["row_block"] = torch.arange(count).repeat(images).to(DEVICE)  # the window
     sources = windows.token_sources(DEVICE)
     got = gather_xattn(**problem, sources=sources)
-    assert_close(got, gather_xattn_reference(**problem, sources=sources), "kernel_fp32")
+    with NoUnsignedIndexing():
+        reference = gather_xattn_reference(**problem, sources=sources)
+    assert_close(got, reference, "kernel_fp32")
     aligned = [i for i, (y, x) in enumerate(windows.offsets) if y % bs == 0 and x % bs == 0]
     rows = [b * count + w for b in range(images) for w in aligned]  # aligned windows are their blocks
     blocks = dict(problem, q=problem["q"][rows], row_image=problem["row_image"][rows],
@@ -290,6 +309,7 @@ def test_the_engine_takes_the_code_path_with_overlap_and_says_when_it_cannot_cap
     assert len(calls) == 2 and all(w is not None and len(w.offsets) == 9 for w in calls)  # one per batch
     loops = LoopGraphs(eager_capture)
     monkeypatch.setattr(fused.runtime, "loop_sampler", lambda rows: loops.sample, raising=False)
+    monkeypatch.setattr(type(fused.runtime), "captures_loop", True)  # as a backend that declared both would
     with pytest.warns(UserWarning, match=r"triton backend reads the neighbours' codes.*overlap='half'") as record:
         assert_close(fused.generate(2, **settings), expected, "images_uint8")
     assert len(calls) == 4 and len(loops) == 0  # the code path, stepped in Python
@@ -385,6 +405,8 @@ def test_the_kernel_benchmark_script_runs(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(script), "--smoke", "--dtype", "fp32", "--json", str(out)], check=True,
                    capture_output=True, env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0")})
-    rows = json.loads(out.read_text())["rows"]
+    saved = json.loads(out.read_text())
+    assert saved["complete"]  # rewritten after every row, marked complete at the end
+    rows = saved["rows"]
     assert [r["kernel"] for r in rows] == ["gather_xattn", "context_xattn", "sampler_step (fp32)"]
     assert all(r["kernel_ms"] > 0 and r["reference_ms"] > 0 for r in rows)

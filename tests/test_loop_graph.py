@@ -6,6 +6,10 @@ per batch, the noise staged per image in the eager loop's order, the clip, the E
 what a CUDA replay runs. The CUDA recording itself is tested by the `gpu` tests at the end."""
 from __future__ import annotations
 
+import gc
+import json
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +22,8 @@ from rissole_trt.diffusion import clip_x0, make_sampler, sample
 from rissole_trt.engine import Engine
 from rissole_trt.errors import InvalidArgumentError, NonFiniteError
 from rissole_trt.models import RissoleModel
+from rissole_trt.runtime.built_engine import _bucket_inputs
+from rissole_trt.runtime.cuda_graph_backend import StepGraphs
 from rissole_trt.runtime.loop_graph import LoopGraphs, eager_capture
 from rissole_trt.windows import ShiftedWindows, WindowedDenoiser
 
@@ -109,6 +115,47 @@ def test_loops_are_keyed_by_shape_and_sampler_and_refuse_what_they_do_not_captur
             loop(model.denoiser(_cond(model, 2, 0)), _generators(0, 2))
 
 
+def test_a_clipped_loop_holds_the_bounds_its_replays_read(model):
+    """A CUDA graph keeps only addresses: the loop must own every tensor it reads (issue #27)."""
+    c = model.config
+    shape = (1, c.n_blocks, c.autoencoder.latent_dim, c.block_size, c.block_size)
+    sampler = make_sampler("dpmpp_2m", model.schedule, 4)
+    loops = LoopGraphs(eager_capture)
+    low, high = _clip(model)
+    with torch.no_grad():
+        loops.sample(model.denoiser(_cond(model, 1, 0)), sampler, shape, _generators(0, 1), clip=(low, high))
+        callers = weakref.ref(low), weakref.ref(high)
+        del low, high
+        gc.collect()
+        assert callers[0]() is None and callers[1]() is None  # the capture kept no reference to them
+        loop = next(iter(loops._loops.values()))
+        narrow = tuple(0.5 * bound for bound in _clip(model))  # other bounds, copied into the held ones
+        denoiser = model.denoiser(_cond(model, 1, 1))
+        got = loops.sample(denoiser, sampler, shape, _generators(0, 1), clip=narrow)
+        assert all(torch.equal(held, bound) for held, bound in zip(loop.clip, narrow))
+        want = sample(clip_x0(denoiser, model.schedule, *narrow), shape, model.schedule, sampler,
+                      generator=_generators(0, 1))
+        assert_close(got, want, "bitwise")  # the replay read the held bounds
+        with pytest.raises(InvalidArgumentError, match="captured with a clip"):
+            loop(denoiser, _generators(0, 1))
+
+
+def test_the_per_step_graph_is_captured_once_per_shape_whatever_the_arity():
+    """``forward_hoisted(x, c, t)`` and ``(x, c, t, None)`` are one call: one graph, not two."""
+    plain = RissoleModel.from_reference(**paths("ref_add_")).eval()  # no position embedding
+    assert plain.unet.pos_embed is None
+    graphs = StepGraphs(plain.unet.forward_hoisted, eager_capture)
+    with torch.no_grad():
+        for seed, extra in ((0, ()), (1, (None,)), (2, ())):
+            inputs = _bucket_inputs(plain, 4, seed=seed)
+            assert len(inputs) == 3
+            got = graphs(*inputs, *extra)
+            assert_close(got, plain.unet.forward_hoisted(*inputs), "bitwise")  # the replay read these inputs
+        assert list(graphs.graphs) == [tuple(tuple(t.shape) for t in inputs)]
+        held = graphs.graphs[next(iter(graphs.graphs))].static
+        assert all(torch.equal(buffer, value) for buffer, value in zip(held, inputs))  # refreshed in place
+
+
 def _with_loop_sampler(engine: Engine, monkeypatch) -> LoopGraphs:
     """Give the engine's runtime a whole-loop sampler over the CPU twin, as the cuda_graph backend has."""
     loops = LoopGraphs(eager_capture)
@@ -165,11 +212,13 @@ def test_the_gpu_benchmark_script_runs_and_says_what_it_skipped(tmp_path):
     from conftest import REPO_ROOT
 
     script = runpy.run_path(str(REPO_ROOT / "benchmarks" / "bench_gpu.py"))
-    report = script["main"](["--smoke", "--out", str(tmp_path)])
-    assert (tmp_path / "bench_gpu.json").is_file() and (tmp_path / "bench_gpu.md").is_file()
+    report = script["main"](["--smoke", "--out", str(tmp_path), "--repeats-for", "1:2"])
+    assert json.loads((tmp_path / "bench_gpu.json").read_text())["complete"]  # rewritten after every row
+    assert (tmp_path / "bench_gpu.md").is_file()
     whats = [row["what"] for row in report["rows"]]
     assert whats == ["per-step call", "denoising loop dpmpp_2m:3", "end to end dpmpp_2m:3"]
     assert all(value > 0 for row in report["rows"] for value in row.get("ms", row.get("images/s")).values())
+    assert all(row["repeats"] == 2 for row in report["rows"])  # --repeats-for overrides one batch size
     if not torch.cuda.is_available():
         assert set(report["skipped"]) == {"cuda_graph", "tensorrt", "engine"}
         assert report["goal_batch1"].startswith("not measured")

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from cuda_guards import NoUnsignedIndexing
 from rissole_trt import ops
 from rissole_trt.ops import (
+    code_indices,
     gather_blocks,
     gather_blocks_reference,
     gather_code_blocks,
@@ -228,9 +230,23 @@ def test_gather_code_blocks_uint16_tensor():
     codebook = random_bits((40000, 2), torch.float16, seed=2)
     ids = torch.tensor([[5, 1]])
     codes_u16 = torch.from_numpy(codes.view(np.int16)).view(torch.uint16)
-    assert_bitwise_equal(
-        gather_code_blocks(codes_u16, codebook, ids), gather_code_blocks_reference(codes_u16, codebook, ids)
-    )
+    with NoUnsignedIndexing():  # the reference's path is one a CUDA device can run
+        reference = gather_code_blocks_reference(codes_u16, codebook, ids)
+    assert_bitwise_equal(gather_code_blocks(codes_u16, codebook, ids), reference)
+
+
+@pytest.mark.parametrize("as_int16_view", [False, True])
+def test_code_indices_widen_codes_above_int16s_range(as_int16_view):
+    codes = random_codes((2, 5, 3, 3), 65536, seed=4)
+    codes[0, 0, 0, 0], codes[1, 4, 2, 2] = 65535, 32768  # the int16 view's -1 and minimum
+    tensor = torch.from_numpy(codes.view(np.int16))
+    tensor = tensor if as_int16_view else tensor.view(torch.uint16)
+    rows = torch.tensor([[0], [1]])
+    ids = torch.tensor([[0, 4], [4, 2]])
+    with NoUnsignedIndexing():
+        got = code_indices(tensor, rows, ids)
+    assert got.dtype == torch.int64
+    assert np.array_equal(got.numpy(), codes[rows.numpy(), ids.numpy()].astype(np.int64))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,13 +1,17 @@
-"""Every Python and shell example in the README runs, so the README cannot drift from the code.
+"""Every Python and shell example in the README and in docs/*.md runs, so the documentation cannot
+drift from the code.
 
 The examples run in a scratch folder holding what they name: ``model_dir`` and ``db_dir`` (the
 authors' fixture model and a database of smooth images), ``best_model.pt`` and the YAML configs
 (the fixture checkpoint), ``data.npz`` (images, ``train_idx``, ``test_idx``, ``categories``),
 ``images/`` (PNG files), and for Python the variables the examples use (``my_images``,
-``ids_of_one_category``, ``x_t``, ``cond``, ...). Python blocks run in order in one namespace, like
-one Python session reading the README from the top. To keep the suite fast, image counts and step
-counts in shell commands are cut down (``--steps 2``, ``-n 2``); nothing else is changed. A block
-right after a line ``<!-- readme-test: skip REASON -->`` is skipped with that reason.
+``ids_of_one_category``, ``x_t``, ``cond``, ...). The Python blocks of one file run in order in one
+namespace, like one Python session reading that page from the top. To keep the suite fast, image
+counts and step counts in shell commands are cut down (``--steps 2``, ``-n 2``); nothing else is
+changed. Shell blocks are the slow tier (each starts a process). A line right before a block,
+``<!-- readme-test: KIND REASON -->``, changes what runs: ``skip`` skips it, ``slow`` puts a Python
+block in the slow tier (it needs what a shell block made), ``last-command`` runs only the command
+after its last ``&&`` (the set-up lines: installing is what .ci/run does).
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ import torch
 from reference_fixtures import paths
 from synthetic import smooth_images
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s+(.*?)\s*-->")
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|slow|last-command)\s+(.*?)\s*-->")
 FAST = [  # (pattern, replacement) applied to shell blocks only
     (re.compile(r"--steps \d+"), "--steps 2"),
     (re.compile(r"(?<=\s)-n \d+"), "-n 2"),
@@ -35,20 +41,20 @@ FAST = [  # (pattern, replacement) applied to shell blocks only
 ]
 
 
-def readme_blocks() -> list[tuple[str, str, str | None, int]]:
-    """(language, code, skip reason or None, line number) of every python / bash block."""
-    blocks, lines = [], README.read_text().splitlines()
+def doc_blocks(path: Path) -> list[tuple[str, str, str | None, str | None, int]]:
+    """(language, code, marker kind or None, its reason, line number) of every python / bash block."""
+    blocks, lines = [], path.read_text().splitlines()
     i = 0
     while i < len(lines):
         match = re.match(r"^\s*```(python|bash)\s*$", lines[i])
         if not match:
             i += 1
             continue
-        skip = None
+        kind = reason = None
         for back in range(i - 1, max(i - 3, -1), -1):
-            found = SKIP.search(lines[back])
+            found = MARKER.search(lines[back])
             if found:
-                skip = found.group(1)
+                kind, reason = found.groups()
                 break
         start = i + 1
         end = start
@@ -56,18 +62,29 @@ def readme_blocks() -> list[tuple[str, str, str | None, int]]:
             end += 1
         indent = len(lines[i]) - len(lines[i].lstrip())
         code = "\n".join(line[indent:] for line in lines[start:end])
-        blocks.append((match.group(1), code, skip, i + 1))
+        blocks.append((match.group(1), code, kind, reason, i + 1))
         i = end + 1
     return blocks
 
 
-BLOCKS = readme_blocks()
+def _cases() -> list:
+    cases = []
+    for path in DOCS:
+        name = path.relative_to(ROOT).as_posix()
+        for language, code, kind, reason, line in doc_blocks(path):
+            marks = [pytest.mark.slow] if language == "bash" or kind == "slow" else []
+            cases.append(pytest.param(name, language, code, kind, reason, line, marks=marks,
+                                      id=f"{name}:{line}-{language}"))
+    return cases
+
+
+CASES = _cases()
 
 
 @pytest.fixture(scope="module")
-def session(scratch) -> dict:
-    """The namespace shared by the README's Python blocks."""
-    return _namespace(scratch)
+def sessions(scratch) -> dict:
+    """One namespace per documentation file, shared by that file's Python blocks."""
+    return {path.relative_to(ROOT).as_posix(): _namespace(scratch) for path in DOCS}
 
 
 @pytest.fixture(scope="module")
@@ -116,22 +133,27 @@ def _namespace(root: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("language,code,skip,line", BLOCKS, ids=[f"line{b[3]}-{b[0]}" for b in BLOCKS])
-def test_readme_example_runs(scratch, session, language, code, skip, line, monkeypatch):
-    if skip:
-        pytest.skip(skip)
+@pytest.mark.parametrize("doc,language,code,kind,reason,line", CASES)
+def test_documented_example_runs(scratch, sessions, doc, language, code, kind, reason, line, monkeypatch):
+    if kind == "skip":
+        pytest.skip(reason)
     monkeypatch.chdir(scratch)
     if language == "python":
-        exec(compile(code, f"README.md:{line}", "exec"), session)
+        exec(compile(code, f"{doc}:{line}", "exec"), sessions[doc])
         return
+    if kind == "last-command":
+        code = code.rsplit("&&", 1)[-1].strip()
     for pattern, replacement in FAST:
         code = pattern.sub(replacement, code)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=scratch, env=env,
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"README.md:{line} failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.returncode == 0, f"{doc}:{line} failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
-def test_the_readme_has_examples_and_states_the_test_command():
-    assert sum(1 for b in BLOCKS if b[2] is None) >= 8
-    assert "pytest -q tests" in README.read_text()
+def test_the_documentation_has_examples_and_the_readme_states_the_commands():
+    runnable = [case for case in CASES if case.values[3] != "skip"]
+    assert len(runnable) >= 8
+    assert any(case.values[0] == "README.md" and case.values[1] == "python" for case in runnable)
+    text = README.read_text()
+    assert "pytest -q tests" in text and "rissole-trt generate -n 16 -o grid.png" in text

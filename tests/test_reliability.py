@@ -140,6 +140,7 @@ def test_the_same_command_trains_the_same_weights(tiny_ae, tmp_path):
     assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tiny_ae, tmp_path):
     npz, ae = tiny_ae
     steps = 60

@@ -41,6 +41,7 @@ def _assert_bitwise_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_autoencoder_resume_is_bitwise_exact(images, tmp_path):
     # Dead-code restarts (every 2 steps) and the data generator are part of what must resume exactly.
     cfg = dict(batch_size=4, checkpoint_every=100, restart_dead_codes_every=2)
@@ -72,6 +73,7 @@ def test_autoencoder_learns_and_round_trips(tmp_path):
         load_autoencoder(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retrieval", ["exclude-self", "include-self", "none"])
 def test_denoiser_resume_is_bitwise_exact(images, tmp_path, retrieval):
     def run(steps: int, directory) -> dict:
@@ -127,6 +129,7 @@ def test_cli_trains_both_stages_and_writes_a_loadable_model(images, tmp_path):
                      "--k", "10", "-o", str(tmp_path / "run2")]) == 2
 
 
+@pytest.mark.slow
 def test_channels_last_training_resumes_exactly_and_the_layout_may_change_on_resume(images, tmp_path):
     def run(steps: int, directory, channels_last: bool) -> dict:
         torch.manual_seed(123)

@@ -17,6 +17,7 @@ P blocks of all images in the batch.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -69,10 +70,16 @@ def _image_seed(seed: int, image: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, image, stream]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _advance(bar: tqdm, amount: float, ceiling: int) -> None:
-    """Move the bar by a fraction of a batch, never past the batch's end (float sums overshoot)."""
-    bar.n = min(bar.n + amount, ceiling)
-    bar.update(0)
+def _step_progress(bar: tqdm, first: int, size: int, num_steps: int) -> Callable[[], None]:
+    """The per-step callback of one batch: the bar shows whole images, the batch's share of the
+    sampler steps done so far (a float share would print counts like ``2.4000000000000004/36``)."""
+    steps = itertools.count(1)
+
+    def on_step() -> None:
+        bar.n = first + size * min(next(steps), num_steps) // num_steps
+        bar.refresh()
+
+    return on_step
 
 
 @dataclass(frozen=True)
@@ -480,8 +487,7 @@ class Engine:
         with tqdm(total=plan.n, disable=not progress, unit="img", desc="generating", dynamic_ncols=True) as bar:
             done = 0
             for first, size in plan.batches():
-                # The bar moves by fractions of the batch at each sampler step.
-                on_step = (lambda: _advance(bar, size / num_steps, first + size)) if progress else None
+                on_step = _step_progress(bar, first, size, num_steps) if progress else None
                 with self._batch_memory(plan, size):
                     images = self._run_batch(plan, first, size, on_step)
                 done += size

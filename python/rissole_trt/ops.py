@@ -31,6 +31,7 @@ __all__ = [
     "merge_blocks_reference",
     "gather_blocks_reference",
     "gather_code_blocks_reference",
+    "code_indices",
     "cuda_kernels_available",
 ]
 
@@ -206,11 +207,19 @@ def gather_code_blocks_reference(codes: torch.Tensor, codebook: torch.Tensor, id
     p, _, bh, bw = codes.shape
     b, k = ids.shape
     c = codebook.shape[1]
-    idx = codes.to(torch.int32)
-    if codes.dtype == torch.int16:
-        idx = idx & 0xFFFF  # int16 view of uint16 codes
-    vectors = codebook[idx[:, ids].long()]  # [P, B, k, bh, bw, C]
+    vectors = codebook[code_indices(codes, slice(None), ids.long())]  # [P, B, k, bh, bw, C]
     return vectors.permute(1, 0, 2, 5, 3, 4).reshape(b, p, k * c, bh, bw)
+
+
+def code_indices(codes: torch.Tensor, *index: Any) -> torch.Tensor:
+    """``codes[index]`` as int64 codebook indices, for torch uint16 codes or an int16 view of them.
+
+    Indexed through the int16 view and widened with ``& 0xFFFF``: torch's CUDA index kernels do not
+    cover unsigned types ("index_cuda" not implemented for 'UInt16') while the CPU's do, so indexing
+    the uint16 tensor itself would pass on a CPU and fail on a GPU; this path is the same on both.
+    """
+    view = codes.view(torch.int16) if codes.dtype == torch.uint16 else codes
+    return view[index].to(torch.int64) & 0xFFFF
 
 
 def _codes_view(codes: Any) -> tuple[torch.Tensor | np.ndarray, tuple[int, ...]]:

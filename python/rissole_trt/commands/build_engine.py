@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import DEFAULT_BATCH_SIZES, PRECISIONS
-from ..errors import InvalidArgumentError
+from . import set_threads
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -42,8 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..disk import translate_disk_full
     from ..engine import default_asset_paths
     from ..memory import largest_bucket, translate_oom
@@ -52,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.built_engine import build_engine
     from ..windows import rows_per_image
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgumentError(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     source = None if args.preset else (args.model or default_asset_paths()[0])
     model = make_preset_model(args.preset, seed=0) if args.preset else RissoleModel.load(source)
     per_image = rows_per_image(model.config.unet.block_factor, model.config.block_size, model.default_overlap)

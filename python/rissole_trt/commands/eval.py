@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import set_threads
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -38,9 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-
-    import torch
-
     from pathlib import Path
 
     from ..outputs import check_output
@@ -64,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if path and str(path).endswith(".npz") and split is None:
             print(f"warning: {flag} {path} is used whole (no {flag}-split): held-out and training images "
                   "alike", file=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     engine = Engine(args.model, args.db, device=args.device)
     size = engine.model.config.image_size
     real = load_images(args.real, size, indices_key=args.real_split)

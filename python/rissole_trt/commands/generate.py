@@ -7,6 +7,7 @@ import os
 import re
 
 from ..errors import InvalidArgumentError, OutOfSpaceError
+from . import set_threads
 
 #: Names of the images that ``--save-dir`` writes; a folder holding only such files is a previous run's.
 SAVED_IMAGE = re.compile(r"^\d{4,}\.(png|jpg|jpeg|webp|bmp)$")
@@ -95,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
-    import torch
 
     from ..atomic import atomic_directory
     from ..disk import translate_disk_full
@@ -111,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_dir:
         check_output(args.save_dir, overwrite=args.overwrite, kind="folder of generated images", inputs=inputs,
                      recognise=_is_saved_images)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgumentError(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     engine = Engine(args.model, args.db, device=args.device, backend=args.backend, precision=args.precision,
                     engine=args.engine)

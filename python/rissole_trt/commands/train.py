@@ -5,6 +5,7 @@ import argparse
 
 from ..defaults import (AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR, DENOISER_BATCH_SIZE, DENOISER_LR, XATTN_HEAD_DIM,
                         XATTN_HEADS)
+from . import set_threads
 
 
 def _common(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
@@ -74,14 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace):
-    import torch
-
     from ..images import load_images
-
     from ..train.loop import resolve_training_precision
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.precision = resolve_training_precision(args.precision)
     print(f"training precision: {args.precision}")
     return load_images(args.images, args.image_size, indices_key=args.split)
@@ -105,6 +101,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
     from ..config import AutoencoderConfig
     from ..train import AutoencoderTrainConfig, save_autoencoder, train_autoencoder
 
+    set_threads(args.threads)  # an argument: refused before the run folder is probed
     _check_run_folder(args.output, (args.images,))
     images = _setup(args)
     config = AutoencoderConfig(channels=tuple(args.channels), latent_dim=args.latent_dim, n_embeddings=args.codebook_size)
@@ -131,6 +128,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
     from ..outputs import MODEL, check_output
     from ..train import DenoiserTrainConfig, load_autoencoder, train_denoiser
 
+    set_threads(args.threads)  # an argument: refused before the run folder is probed
     _check_run_folder(args.output, (args.images, args.autoencoder))
     check_output(Path(args.output) / "model", kind=MODEL, overwrite=True, flag=None)  # rewritten at checkpoints
     images = _setup(args)

@@ -7,7 +7,7 @@ The feature network (:class:`FeatureNet`, ~0.58 M parameters, shipped in
 ``rissole_trt/assets/fid``) is trained on the training split to predict each image's category and
 its own identity under augmentation (shifts, flips, brightness): features that separate emoji and
 are stable under small nuisances. :func:`train_feature_net` makes it;
-``scripts/train_fid_net.py`` is the command that made the shipped one.
+``scripts/experiments/train_fid_net.py`` is the command that made the shipped one.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def load_feature_net(directory: str | os.PathLike | None = None) -> FeatureNet:
 
     directory = Path(directory) if directory is not None else ASSET_DIR
     if not (directory / WEIGHTS).is_file():
-        raise MissingFileError(f"no domain-FID feature network in {directory} (make one with scripts/train_fid_net.py)")
+        raise MissingFileError(f"no domain-FID feature network in {directory} (make one with scripts/experiments/train_fid_net.py)")
     config = json.loads((directory / CONFIG).read_text())
     net = FeatureNet(width=config["width"])
     net.body.load_state_dict(load_file(str(directory / WEIGHTS)))

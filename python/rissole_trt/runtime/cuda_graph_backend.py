@@ -20,31 +20,47 @@ from ..models.rissole import RissoleModel
 from ..windows import WindowedDenoiser
 from .base import PerStepBackend
 from .backend import Capabilities
-from .loop_graph import LoopDenoiser, LoopGraphs, cuda_capture
+from .loop_graph import Capture, LoopDenoiser, LoopGraphs, cuda_capture
 from .torch_backend import PRECISIONS
 
-_WARMUP_CALLS = 3  # on a side stream before capture, as torch's CUDA-graph notes require
+
+def normalised(inputs: tuple) -> tuple:
+    """``inputs`` without trailing Nones: ``(x, c, t)`` and ``(x, c, t, None)`` are one call of
+    ``forward_hoisted``, so they must find one graph, not capture a second one."""
+    end = len(inputs)
+    while end and inputs[end - 1] is None:
+        end -= 1
+    return tuple(inputs[:end])
 
 
 class _Captured:
-    def __init__(self, unet: torch.nn.Module, inputs: tuple) -> None:
+    """One input shape's graph: it reads ``static`` (copies of the first inputs, refreshed per call)."""
+
+    def __init__(self, forward, inputs: tuple, capture: Capture) -> None:
         self.static = tuple(None if t is None else t.clone() for t in inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(_WARMUP_CALLS):
-                unet.forward_hoisted(*self.static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = unet.forward_hoisted(*self.static)
+        self.replay, self.output = capture(lambda: forward(*self.static))
 
     def __call__(self, inputs: tuple) -> torch.Tensor:
         for buffer, value in zip(self.static, inputs):
             if buffer is not None:
                 buffer.copy_(value)
-        self.graph.replay()
+        self.replay()
         return self.output.clone()
+
+
+class StepGraphs:
+    """``forward(*inputs)`` recorded by ``capture`` once per input shape, then replayed."""
+
+    def __init__(self, forward, capture: Capture = cuda_capture) -> None:
+        self.forward, self.capture = forward, capture
+        self.graphs: dict[tuple, _Captured] = {}
+
+    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        inputs = normalised(inputs)
+        key = tuple(None if t is None else tuple(t.shape) for t in inputs)
+        if key not in self.graphs:
+            self.graphs[key] = _Captured(self.forward, inputs, self.capture)
+        return self.graphs[key](inputs)
 
 
 class CudaGraphBackend(PerStepBackend):
@@ -65,16 +81,12 @@ class CudaGraphBackend(PerStepBackend):
         if self.device.type != "cuda":
             raise BackendUnavailableError("the cuda_graph backend needs the model on a CUDA device")
         self.unet = self.private_unet()
-        self._graphs: dict[tuple, _Captured] = {}
+        self.steps = StepGraphs(self.unet.forward_hoisted)
         self.loops = LoopGraphs(cuda_capture)
 
     @torch.no_grad()
     def forward_hoisted(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        inputs = self.cast(inputs)
-        key = tuple(None if t is None else tuple(t.shape) for t in inputs)
-        if key not in self._graphs:
-            self._graphs[key] = _Captured(self.unet, inputs)
-        return self._graphs[key](inputs).float()
+        return self.steps(*self.cast(inputs)).float()
 
     def _uncaptured(self, *inputs: torch.Tensor | None) -> torch.Tensor:
         """The per-step network itself: what a whole-loop capture records (graphs do not nest)."""

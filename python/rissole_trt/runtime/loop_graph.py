@@ -11,7 +11,7 @@ static buffers that a replay reads:
   image's own generator in the order the eager loop (:func:`rissole_trt.diffusion.sample`) draws
   them, so a seed gives the same images either way;
 * the denoiser's hoisted tensors (neighbour features, position rows), copied in from the batch's
-  :class:`BlockDenoiser`.
+  :class:`BlockDenoiser`, and the codebook clip's bounds (held by the loop, as a graph needs).
 
 With ``overlap="half"`` the denoiser is a :class:`~rissole_trt.windows.WindowedDenoiser`: its
 window crop and blend are fixed data movement and arithmetic, so they are captured inside every step
@@ -109,9 +109,12 @@ class CapturedLoop:
         self.x_T = torch.zeros(self.shape, device=device)
         self.step_noise = torch.zeros((len(self.noisy_steps),) + self.shape, device=device)
         self.denoiser = _static_copy(denoiser)
+        # Held here, like every buffer a replay reads: a graph keeps only the addresses it recorded,
+        # so bounds freed after capture would be read as whatever memory reuses them.
+        self.clip = None if clip is None else tuple(bound.clone() for bound in clip)
         eps_fn = self.denoiser
-        if clip is not None:
-            eps_fn = clip_x0(eps_fn, sampler.schedule, *clip)
+        if self.clip is not None:
+            eps_fn = clip_x0(eps_fn, sampler.schedule, *self.clip)
         slot = {step: j for j, step in enumerate(self.noisy_steps)}
 
         def run() -> torch.Tensor:
@@ -120,14 +123,21 @@ class CapturedLoop:
 
         self.replay, self.output = capture(run)
 
-    def __call__(self, denoiser: LoopDenoiser, generator) -> torch.Tensor:
+    def __call__(self, denoiser: LoopDenoiser, generator,
+                 clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The sample for ``denoiser``'s neighbours with noise from ``generator`` (as
-        :func:`rissole_trt.diffusion.sample` takes it); a new tensor."""
+        :func:`rissole_trt.diffusion.sample` takes it) and x0 clamped to ``clip`` if the loop was
+        captured with one; a new tensor."""
         if isinstance(denoiser, WindowedDenoiser) != isinstance(self.denoiser, WindowedDenoiser):
             raise InvalidArgumentError("this loop was captured for another overlap (windows or aligned blocks)")
         static, denoiser = _rows(self.denoiser), _rows(denoiser)
         if denoiser.rows != static.rows or (denoiser.pos_bias is None) != (static.pos_bias is None):
             raise InvalidArgumentError(f"this loop was captured for {static.rows} rows, got {denoiser.rows}")
+        if (clip is None) != (self.clip is None):
+            raise InvalidArgumentError("this loop was captured " + ("without" if clip is not None else "with")
+                                       + " a clip of x0")
+        for buffer, bound in zip(self.clip or (), clip or ()):
+            buffer.copy_(bound)
         static.cond_feat.copy_(denoiser.cond_feat)
         if static.pos_bias is not None:
             static.pos_bias.copy_(denoiser.pos_bias)
@@ -158,4 +168,4 @@ class LoopGraphs:
         loop = self._loops.get(key)
         if loop is None:
             loop = self._loops[key] = CapturedLoop(denoiser, sampler, shape, clip=clip, capture=self.capture)
-        return loop(denoiser, generator)
+        return loop(denoiser, generator, clip)
