@@ -248,27 +248,42 @@ def test_workers_beyond_memory_are_refused_before_ray(assets, tmp_path, monkeypa
 
 
 @pytest.fixture(scope="module")
+def others(assets, tmp_path_factory):
+    """Inputs a resume could be given instead: another database, another model (the same autoencoder,
+    so that the database fits it), an engine."""
+    from rissole_trt.runtime.built_engine import build_engine
+
+    root = tmp_path_factory.mktemp("others")
+    model = RissoleModel.load(assets[0])
+    build_engine(model, root / "engine", batch_sizes=[2], candidates=("eager",), budget_s=0.2, log=lambda line: None)
+    other_db = build_database(model, smooth_images(12)[::-1].copy(), root / "db_b", progress=False).path
+    with torch.no_grad():
+        next(model.unet.parameters()).add_(1e-3)
+    return {"database": other_db, "model": model.save(root / "model_b"), "engine": root / "engine"}
+
+
+@pytest.fixture(scope="module")
+def started(assets, tmp_path_factory):
+    """A run interrupted (Ctrl-C) as Ray was starting: what it recorded is what a resume is checked against."""
+    out = tmp_path_factory.mktemp("started") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("rissole_trt.distributed._run_on_ray", _raise(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            generate_dataset(out_dir=out, model=assets[0], database=assets[1], **RUN)
+    return out
+
+
+@pytest.fixture(scope="module")
 def interrupted(cluster, assets, tmp_path_factory):
-    """An interrupted run (its last two shards never finished), another database and model, an engine."""
-    root = tmp_path_factory.mktemp("interrupted")
-    out = root / "run"
+    """A run on Ray whose last two shards never finished."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
     generate_dataset(out_dir=out, model=assets[0], database=assets[1], **RUN)
     manifest = json.loads((out / MANIFEST).read_text())
     for shard in (2, 3):  # what a kill leaves: the shard's output never renamed in, no record
         (out / shard_name(shard, "npz")).unlink()
         del manifest["shards"][str(shard)]
     (out / MANIFEST).write_text(json.dumps(manifest))
-    model = RissoleModel.load(assets[0])
-    other_db = build_database(model, smooth_images(12)[::-1].copy(), root / "db_b", progress=False).path
-    with torch.no_grad():
-        next(model.unet.parameters()).add_(1e-3)  # another denoiser, the same autoencoder: the database fits
-    other_model = model.save(root / "model_b")
-    from rissole_trt.runtime.built_engine import build_engine
-
-    engine = root / "engine"
-    build_engine(RissoleModel.load(assets[0]), engine, batch_sizes=[2], candidates=("eager",), budget_s=0.2,
-                 log=lambda line: None)
-    return out, {"database": other_db, "model": other_model, "engine": engine}
+    return out
 
 
 @pytest.mark.parametrize("change,named", [
@@ -277,20 +292,20 @@ def interrupted(cluster, assets, tmp_path_factory):
     (dict(seed=4), "seed"), (dict(shard_size=4), "shard_size"), (dict(batch_size=1), "batch_size"),
     (dict(format="png"), "format"),
 ])
-def test_a_resume_with_anything_changed_is_refused_naming_it(interrupted, assets, monkeypatch, change, named):
-    out, others = interrupted
+def test_a_resume_with_anything_changed_is_refused_naming_it(started, others, assets, monkeypatch, change, named):
     run = dict(RUN, model=assets[0], database=assets[1])
     run.update(change if isinstance(change, dict) else {change: others[change]})
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in started.iterdir()}
     _no_ray(monkeypatch)
     with pytest.raises(OutputExistsError, match=rf"holds another run \(its .*{named}.* differ"):
-        generate_dataset(out_dir=out, **run)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        generate_dataset(out_dir=started, **run)
+    assert {p.name: p.read_bytes() for p in started.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_an_unchanged_resume_redoes_a_flipped_shard_and_equals_an_uninterrupted_run(interrupted, assets, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(interrupted[0], out)
+    shutil.copytree(interrupted, out)
     flipped = out / shard_name(1, "npz")
     data = bytearray(flipped.read_bytes())
     data[-100] ^= 1  # one byte of the recorded shard
@@ -302,6 +317,7 @@ def test_an_unchanged_resume_redoes_a_flipped_shard_and_equals_an_uninterrupted_
     np.testing.assert_array_equal(images, _single_process(assets, 8, **PLAN))
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_mid_run_stops_at_a_shard_and_the_same_command_resumes(cluster, assets, tmp_path):
     """A real full disk: a tmpfs with room for about two of four shards (12 KiB each, 16 KiB in pages),
     then enlarged (root only). The worker writing a shard or the driver writing the manifest meets it."""
