@@ -197,6 +197,24 @@ def test_the_memory_estimate_is_the_measured_one():
     assert 0.5 < step / memory.STEP_PEAK_PER_ROW < 2, out
 
 
+def test_a_workers_full_disk_keeps_its_line_through_rays_task_error():
+    """Ray Data raises a UserCodeException from a RayTaskError that carries the worker's traceback as text."""
+    import traceback
+
+    line = "/out/shard-000001: no space left on device (ENOSPC) while writing"
+    try:
+        raise OutOfSpaceError(errno.ENOSPC, line)
+    except OutOfSpaceError as error:
+        task_error = ray.exceptions.RayTaskError("submit", traceback.format_exc(), error)
+    with pytest.raises(OutOfSpaceError) as caught:
+        with disk.translate_disk_full("/out"):
+            try:
+                raise task_error
+            except ray.exceptions.RayTaskError as cause:
+                raise ray.exceptions.UserCodeException("UDF failed to process a data block.") from cause
+    assert str(caught.value) == f"[Errno 28] {line}"
+
+
 def test_disk_full_is_recognised_through_every_wrapper():
     from safetensors import SafetensorError
 
