@@ -31,15 +31,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rissole_trt.bench.hardware import machine_info
 from rissole_trt.bench.rows import RowWriter
-from rissole_trt.timing import interleaved_medians
 from rissole_trt.builder import build_database
 from rissole_trt.diffusion import make_sampler, sample
 from rissole_trt.engine import Engine
 from rissole_trt.presets import make_preset_model
 from rissole_trt.runtime import registry
 from rissole_trt.runtime.base import exact_fp32
-from rissole_trt.runtime.built_engine import build_engine, _bucket_inputs
+from rissole_trt.runtime.built_engine import _bucket_inputs, build_engine
 from rissole_trt.runtime.loop_graph import LOOP_SAMPLERS
+from rissole_trt.timing import interleaved_medians
 
 GOAL_BATCH1_SPEEDUP = 5.0  # issue #11: the CUDA-graph engine >= 5x eager images/s at batch 1
 

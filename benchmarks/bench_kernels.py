@@ -21,12 +21,12 @@ import statistics
 import torch
 
 from rissole_trt.bench.rows import RowWriter
-from rissole_trt.platform import resolve_device
-from rissole_trt.timing import time_calls
 from rissole_trt.diffusion import NoiseSchedule, make_sampler
 from rissole_trt.kernels.context_xattn import context_xattn, context_xattn_reference
 from rissole_trt.kernels.gather_xattn import gather_xattn, gather_xattn_reference
 from rissole_trt.kernels.sampler_step import sampler_step, sampler_step_reference
+from rissole_trt.platform import resolve_device
+from rissole_trt.timing import time_calls
 
 NOMINAL = {"NVIDIA H200": {"GB/s": 4800.0, "TFLOP/s": 790.0}}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

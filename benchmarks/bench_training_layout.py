@@ -15,9 +15,9 @@ import json
 import torch
 
 from rissole_trt.bench.hardware import machine_info
-from rissole_trt.timing import interleaved_medians
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
 from rissole_trt.models import RissoleModel
+from rissole_trt.timing import interleaved_medians
 
 
 def _step_fn(unet: torch.nn.Module, batch: tuple, channels_last: bool):

@@ -22,18 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference_fixtures import paths
-from synthetic import smooth_images
 from rissole_trt import cli
 from rissole_trt.atomic import _HOST, reap_temporaries
 from rissole_trt.builder import build_database
 from rissole_trt.distributed import RUN_FILE, _run_settings, generate_dataset
 from rissole_trt.engine import Engine
-from rissole_trt.evaluation.fid import FeatureNet, save_feature_net
 from rissole_trt.errors import InvalidTypeError, OutputExistsError
+from rissole_trt.evaluation.fid import FeatureNet, save_feature_net
 from rissole_trt.models import RissoleModel
 from rissole_trt.outputs import DATABASE, DATASET_RUN, ENGINE, KINDS, MODEL, kind_of
 from rissole_trt.runtime.built_engine import build_engine
+
+from reference_fixtures import paths
+from synthetic import smooth_images
 
 BUILD = dict(batch_sizes=(1,), budget_s=0.5, candidates=("tuned", "eager", "onnxruntime"), log=lambda _: None)
 

@@ -20,16 +20,22 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import paths
-from synthetic import smooth_images
-from test_distributed import PLAN, _read, _single_process, assets, cluster  # noqa: F401 - pytest fixtures
 from rissole_trt import cli, disk, memory
 from rissole_trt.builder import build_database
 from rissole_trt.distributed import MANIFEST, generate_dataset, shard_name
 from rissole_trt.engine import Engine
-from rissole_trt.errors import BackendUnavailableError, InvalidArgumentError, OutOfMemoryError, OutOfSpaceError, \
-    OutputExistsError
+from rissole_trt.errors import (
+    BackendUnavailableError,
+    InvalidArgumentError,
+    OutOfMemoryError,
+    OutOfSpaceError,
+    OutputExistsError,
+)
 from rissole_trt.models import RissoleModel
+from test_distributed import PLAN, _read, _single_process, assets, cluster  # noqa: F401 - pytest fixtures
+
+from reference_fixtures import paths
+from synthetic import smooth_images
 
 ray = pytest.importorskip("ray")
 

@@ -11,8 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from reference_fixtures import paths
-from tolerances import TOLERANCES, assert_close
 from rissole_trt import cli
 from rissole_trt.bench import GOALS, BenchOptions, evaluate_goals, parse_sampler
 from rissole_trt.bench.baseline import reference_sample
@@ -21,6 +19,9 @@ from rissole_trt.diffusion import sample
 from rissole_trt.models import RissoleModel
 from rissole_trt.presets import PRESETS, make_preset_model, preset_config
 from rissole_trt.runtime.torch_backend import TorchBackend
+
+from reference_fixtures import paths
+from tolerances import TOLERANCES, assert_close
 
 
 @pytest.fixture(autouse=True, scope="module")

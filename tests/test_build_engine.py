@@ -12,20 +12,21 @@ import pytest
 import torch
 from torch import nn
 
-from reference_fixtures import paths
-from synthetic import smooth_images
-from tolerances import assert_close
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.errors import BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError
 from rissole_trt.models import RissoleModel
-from rissole_trt.runtime import built_engine
-from rissole_trt.runtime.built_engine import build_engine, load_engine, read_manifest
 from rissole_trt.presets import make_preset_model
+from rissole_trt.runtime import built_engine
 from rissole_trt.runtime.backend import Artifacts
-from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
+from rissole_trt.runtime.built_engine import build_engine, load_engine, read_manifest
 from rissole_trt.runtime.tactics import TacticTable, TunedBackend, _DenseMapConv, apply_tactics, tune
+from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
+
+from reference_fixtures import paths
+from synthetic import smooth_images
+from tolerances import assert_close
 
 # Fast candidates only (torch.compile compiles for tens of seconds per shape: tested once, below).
 FAST = ("tuned", "torch", "eager")

@@ -9,11 +9,20 @@ from torch import nn
 from rissole_trt.errors import InvalidArgumentError
 from rissole_trt.models.layers import Attention, UNetResBlock
 from rissole_trt.presets import make_preset_model
-from rissole_trt.runtime.cpu_kernels import (conv_transpose_columns, fused_group_norm, fused_group_norm_reference,
-                                             gemm_conv_transpose2d, gemm_conv_transpose_applies, pixel_attention,
-                                             pixel_attention_reference, winograd_applies, winograd_conv3x3,
-                                             winograd_weights)
+from rissole_trt.runtime.cpu_kernels import (
+    conv_transpose_columns,
+    fused_group_norm,
+    fused_group_norm_reference,
+    gemm_conv_transpose2d,
+    gemm_conv_transpose_applies,
+    pixel_attention,
+    pixel_attention_reference,
+    winograd_applies,
+    winograd_conv3x3,
+    winograd_weights,
+)
 from rissole_trt.runtime.tactics import _FusedAttention, _FusedNormResBlock, _WinogradConv, tune
+
 from tolerances import assert_close
 
 _CL = torch.channels_last

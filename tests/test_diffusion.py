@@ -17,10 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from tolerances import assert_close
-
-from rissole_trt.errors import OutOfRangeError
-
 from rissole_trt.diffusion import (
     SAMPLERS,
     SCHEDULES,
@@ -33,6 +29,9 @@ from rissole_trt.diffusion import (
     sample,
     timesteps_for,
 )
+from rissole_trt.errors import OutOfRangeError
+
+from tolerances import assert_close
 
 REFERENCE_IO = Path(__file__).resolve().parent / "fixtures" / "reference" / "ref_add_io.npz"
 
@@ -462,6 +461,7 @@ def test_sampling_errors():
 
 def test_clip_x0_keeps_the_implied_clean_sample_in_range_and_changes_nothing_inside():
     from rissole_trt.diffusion import clip_x0
+
     from tolerances import TOLERANCES
 
     sched = NoiseSchedule("linear", 100, 1e-4, 0.1)

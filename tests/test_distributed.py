@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import paths
-from synthetic import smooth_images
 from rissole_trt.builder import build_database
 from rissole_trt.distributed import generate_dataset, shard_name
 from rissole_trt.engine import Engine
 from rissole_trt.errors import InvalidArgumentError, OutputExistsError, RissoleError
 from rissole_trt.models import RissoleModel
+
+from reference_fixtures import paths
+from synthetic import smooth_images
 
 ray = pytest.importorskip("ray")
 

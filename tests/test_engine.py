@@ -1,20 +1,21 @@
 """Engine end to end on the reference fixture model and a small database built on the fly."""
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
-import pickle
-
-from reference_fixtures import paths
-from synthetic import smooth_images
-from tolerances import assert_close
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.errors import RissoleError
 from rissole_trt.models import RissoleModel
 from rissole_trt.retrieval.database import FingerprintMismatchError
+
+from reference_fixtures import paths
+from synthetic import smooth_images
+from tolerances import assert_close
 
 
 @pytest.fixture(scope="module")

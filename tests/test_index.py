@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from rissole_trt.errors import RissoleError
-from rissole_trt.retrieval import index as index_mod
 from rissole_trt.retrieval import (
     CuvsBruteForceIndex,
     CuvsCagraIndex,
@@ -17,6 +16,7 @@ from rissole_trt.retrieval import (
     make_index,
     resolve_index_kind,
 )
+from rissole_trt.retrieval import index as index_mod
 
 TIE_TOL = 1e-5  # float32 inner products of unit vectors agree to ~1e-7; ties are exact duplicates here
 

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 from cuda_guards import NoUnsignedIndexing  # noqa: E402
 from rissole_trt.kernels.gather_xattn import gather_xattn, gather_xattn_reference  # noqa: E402
 from rissole_trt.tolerances import KERNEL_ERROR_FACTOR, TOLERANCES  # noqa: E402
+
 from tolerances import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,10 +129,11 @@ def test_fp32_kernel_reads_shifted_windows_as_its_reference_does(bf, bs):
 
 def test_kernel_on_an_xattn_models_tables_matches_its_layer(tmp_path):
     """End to end on real weights: the kernel reads the database's codes through the model's tables."""
-    from test_xattn import XATTN, _rows_of
-    from synthetic import smooth_images
     from rissole_trt.builder import build_database
     from rissole_trt.models import RissoleModel
+    from test_xattn import XATTN, _rows_of
+
+    from synthetic import smooth_images
 
     torch.manual_seed(0)
     model = RissoleModel(XATTN).eval()
@@ -223,11 +225,12 @@ def test_a_whole_fused_sampling_loop_gives_the_unfused_samples(name, steps, eta)
 @pytest.fixture(scope="module")
 def xattn(tmp_path_factory):
     """An xattn model whose cross-attention layers matter, on DEVICE, with its database and Triton backend."""
-    from test_xattn import XATTN
-    from synthetic import smooth_images
     from rissole_trt.builder import build_database
     from rissole_trt.models import RissoleModel
     from rissole_trt.runtime.triton_backend import TritonBackend
+    from test_xattn import XATTN
+
+    from synthetic import smooth_images
 
     torch.manual_seed(0)
     model = RissoleModel(XATTN).eval()
@@ -364,8 +367,8 @@ def test_context_kernel_masks_tokens_and_a_fully_masked_row_is_zero():
 
 
 def test_context_kernel_is_an_xattn_layer_over_its_embedded_context():
-    from test_xattn import XATTN
     from rissole_trt.models import RissoleModel
+    from test_xattn import XATTN
 
     torch.manual_seed(0)
     unet = RissoleModel(XATTN).unet

@@ -14,9 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import paths
-from synthetic import smooth_images
-from tolerances import assert_close
 from rissole_trt.builder import build_database
 from rissole_trt.diffusion import clip_x0, make_sampler, sample
 from rissole_trt.engine import Engine
@@ -26,6 +23,10 @@ from rissole_trt.runtime.built_engine import _bucket_inputs
 from rissole_trt.runtime.cuda_graph_backend import StepGraphs
 from rissole_trt.runtime.loop_graph import LoopGraphs, eager_capture
 from rissole_trt.windows import ShiftedWindows, WindowedDenoiser
+
+from reference_fixtures import paths
+from synthetic import smooth_images
+from tolerances import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,7 @@ def test_the_gpu_benchmark_script_runs_and_says_what_it_skipped(tmp_path):
     """benchmarks/bench_gpu.py (what scripts/gpu_check.sh runs) in its smoke mode: on a machine
     without a GPU the CUDA rows are skipped with the reason and the goal is not claimed."""
     import runpy
+
     from conftest import REPO_ROOT
 
     script = runpy.run_path(str(REPO_ROOT / "benchmarks" / "bench_gpu.py"))

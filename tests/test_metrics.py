@@ -3,8 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import smooth_images
-
 from rissole_trt.evaluation.metrics import (
     block_seam_ratio,
     laplacian_pyramid,
@@ -13,6 +11,8 @@ from rissole_trt.evaluation.metrics import (
     psnr,
     sliced_wasserstein,
 )
+
+from synthetic import smooth_images
 
 
 def test_seam_ratio_of_seamless_images_is_about_one():

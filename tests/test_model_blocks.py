@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_fixtures import load_io, paths
-from tolerances import assert_close
 from rissole_trt.diffusion import sample
 from rissole_trt.models import RissoleModel
+
+from reference_fixtures import load_io, paths
+from tolerances import assert_close
 
 
 @pytest.fixture(scope="module")

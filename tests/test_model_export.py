@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import load_io, paths
 from rissole_trt.models import RissoleModel
+
+from reference_fixtures import load_io, paths
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from reference_fixtures import paths
 from rissole_trt.config import ModelConfig
 from rissole_trt.models import RissoleModel, RissoleModelError
 from rissole_trt.models.rissole import CONFIG_FILE, WEIGHTS_FILE
+
+from reference_fixtures import paths
 
 
 @pytest.fixture(scope="module")

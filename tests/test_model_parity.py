@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_fixtures import VARIANTS, assert_matches_reference, load_io, paths, max_errors
 from rissole_trt.models import RissoleModel, RissoleModelError
+
+from reference_fixtures import VARIANTS, assert_matches_reference, load_io, max_errors, paths
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

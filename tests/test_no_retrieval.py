@@ -11,8 +11,6 @@ import json
 import pytest
 import torch
 
-from synthetic import cli_train_tiny, smooth_images
-from tolerances import assert_close
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
@@ -21,6 +19,9 @@ from rissole_trt.errors import RissoleError
 from rissole_trt.evaluation.metrics import block_seam_ratio
 from rissole_trt.models import RissoleModel
 from rissole_trt.runtime.torch_backend import TorchBackend
+
+from synthetic import cli_train_tiny, smooth_images
+from tolerances import assert_close
 
 AE = AutoencoderConfig(channels=(8, 16), latent_dim=4, n_embeddings=32, n_heads=2, dim_keys=8, n_groups=4)
 WITH = ModelConfig(

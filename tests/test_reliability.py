@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import paths
-from synthetic import smooth_images
 from rissole_trt import cli
 from rissole_trt.builder import build_database
 from rissole_trt.models import RissoleModel
+
+from reference_fixtures import paths
+from synthetic import smooth_images
 
 #: A location no process can create files in, even as root: sysfs refuses new files.
 READ_ONLY = Path("/sys/kernel")

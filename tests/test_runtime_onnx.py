@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from reference_fixtures import load_io, paths
-from synthetic import smooth_images
-from tolerances import assert_close
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
 from rissole_trt.models import RissoleModel
+
+from reference_fixtures import load_io, paths
+from synthetic import smooth_images
+from tolerances import assert_close
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

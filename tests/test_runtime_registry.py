@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import load_io, paths
-from synthetic import smooth_images
-from tolerances import assert_close
 import rissole_trt
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
@@ -22,6 +19,10 @@ from rissole_trt.errors import BackendUnavailableError, NonFiniteError, RissoleE
 from rissole_trt.models import RissoleModel
 from rissole_trt.runtime import Backend, Capabilities, registry
 from rissole_trt.runtime.spec import step_spec
+
+from reference_fixtures import load_io, paths
+from synthetic import smooth_images
+from tolerances import assert_close
 
 PACKAGE = Path(rissole_trt.__file__).resolve().parent
 

@@ -7,15 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import cli_train_tiny, smooth_images
-
 from rissole_trt import cli
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
 from rissole_trt.models import RissoleModel
 from rissole_trt.train import (
-    AutoencoderTrainConfig, DenoiserTrainConfig, load_autoencoder, save_autoencoder, train_autoencoder, train_denoiser,
+    AutoencoderTrainConfig,
+    DenoiserTrainConfig,
+    load_autoencoder,
+    save_autoencoder,
+    train_autoencoder,
+    train_denoiser,
 )
 from rissole_trt.train.loop import TrainingDiverged
+
+from synthetic import cli_train_tiny, smooth_images
 
 AE = AutoencoderConfig(channels=(8, 16), latent_dim=4, n_embeddings=32, n_heads=2, dim_keys=8, n_groups=4)
 MODEL = ModelConfig(

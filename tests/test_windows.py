@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fixtures import paths
-from synthetic import smooth_images
-from tolerances import assert_close
 from rissole_trt import cli, ops
 from rissole_trt.builder import build_database
 from rissole_trt.engine import Engine
-from rissole_trt.evaluation.report import evaluate
 from rissole_trt.errors import InvalidArgumentError
+from rissole_trt.evaluation.report import evaluate
 from rissole_trt.models import RissoleModel
 from rissole_trt.windows import ShiftedWindows
+
+from reference_fixtures import paths
+from synthetic import smooth_images
+from tolerances import assert_close
 
 
 @pytest.fixture(scope="module")

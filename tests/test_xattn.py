@@ -12,8 +12,6 @@ import dataclasses
 import pytest
 import torch
 
-from synthetic import cli_train_tiny, smooth_images
-from tolerances import assert_close
 from rissole_trt import cli, ops
 from rissole_trt.builder import build_database
 from rissole_trt.config import AutoencoderConfig, DiffusionConfig, ModelConfig, UNetConfig
@@ -24,6 +22,9 @@ from rissole_trt.ops import gather_code_blocks
 from rissole_trt.runtime.spec import step_spec
 from rissole_trt.runtime.torch_backend import TorchBackend
 from rissole_trt.windows import ShiftedWindows
+
+from synthetic import cli_train_tiny, smooth_images
+from tolerances import assert_close
 
 AE = AutoencoderConfig(channels=(8, 16), latent_dim=4, n_embeddings=32, n_heads=2, dim_keys=8, n_groups=4)
 XATTN = ModelConfig(

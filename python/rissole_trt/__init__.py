@@ -12,7 +12,8 @@ where optional backends are missing.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version as _dist_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -22,9 +23,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # rissole_trt.info is a light module (torch and _C load inside info()). Importing it here, then
 # binding the function, keeps `rissole_trt.info` the function even after `import rissole_trt.info`.
-from rissole_trt.info import info  # noqa: E402
 from rissole_trt.errors import *  # noqa: E402,F401,F403  (light: no imports of its own)
 from rissole_trt.errors import __all__ as _ERRORS  # noqa: E402
+from rissole_trt.info import info  # noqa: E402
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first use
     from rissole_trt.builder import build_database

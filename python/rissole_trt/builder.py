@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import InvalidArgumentError
 from .images import to_model_input
 from .models.autoencoder import VQAutoencoder
 from .models.rissole import RissoleModel
 from .retrieval.database import Database, DatabaseWriter
-from .errors import InvalidArgumentError
 
 
 def _fingerprint(config_json: str, module: torch.nn.Module) -> str:

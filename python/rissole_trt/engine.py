@@ -32,8 +32,15 @@ from . import memory, ops
 from .builder import autoencoder_fingerprint
 from .defaults import PRECISIONS
 from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
-from .errors import (DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError,
-                     MissingFileError, NonFiniteError, OutOfRangeError)
+from .errors import (
+    DatabaseError,
+    FingerprintMismatchError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    MissingFileError,
+    NonFiniteError,
+    OutOfRangeError,
+)
 from .images import from_model_output, to_model_input
 from .models.rissole import RissoleModel
 from .platform import resolve_device

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .errors import InvalidArgumentError, MissingFileError, OutOfRangeError
+
 from .atomic import atomic_file
 from .disk import translate_disk_full
+from .errors import InvalidArgumentError, MissingFileError, OutOfRangeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

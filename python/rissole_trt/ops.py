@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from .errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
 
 __all__ = [

@@ -24,8 +24,8 @@ from typing import Callable
 
 import torch
 
-from ..timing import Timer
 from ..errors import InvalidArgumentError
+from ..timing import Timer
 
 __all__ = ["ReferenceCoefficients", "ReferenceChain", "reference_sample"]
 

@@ -16,8 +16,17 @@ import sys
 import torch
 from torch import nn
 
-from ..platform import (ISA_FLAGS, bf16_native, cpu_model, cpuinfo, dist_version, isa_flags, onednn_version,
-                        precision_dtype, usable_cpus)
+from ..platform import (
+    ISA_FLAGS,
+    bf16_native,
+    cpu_model,
+    cpuinfo,
+    dist_version,
+    isa_flags,
+    onednn_version,
+    precision_dtype,
+    usable_cpus,
+)
 from ..timing import median, time_calls
 
 __all__ = ["machine_info", "measure_peak", "ISA_FLAGS", "usable_cpus"]

@@ -42,16 +42,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..images import from_model_output
+from ..defaults import PRECISIONS
 from ..diffusion import SAMPLERS, draw_noise, make_sampler, timesteps_for
+from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..images import from_model_output
+from ..platform import precision_native, resolve_device, usable_cpus
 from ..runtime import registry
+from ..timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
 from .baseline import ReferenceChain
 from .flops import model_flops
 from .hardware import machine_info, measure_peak
-from ..defaults import PRECISIONS
-from ..platform import precision_native, resolve_device, usable_cpus
-from ..timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
-from ..errors import BackendUnavailableError, InvalidArgumentError
 
 __all__ = ["BenchOptions", "run_bench", "parse_sampler", "SCHEMA"]
 

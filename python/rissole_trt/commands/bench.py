@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..outputs import check_output
     from ..bench import BenchOptions, format_report, run_bench, write_json, write_plot
+    from ..outputs import check_output
 
     for path, suffix in ((args.output, ".json"), (args.plot, ".png")):
         if path:  # before minutes of timing, not after

@@ -42,11 +42,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..outputs import check_output
     from ..engine import Engine
     from ..errors import InvalidArgumentError
     from ..evaluation.report import evaluate, write_report
     from ..images import load_images
+    from ..outputs import check_output
 
     output = Path(args.output)
     if output.suffix != ".json":

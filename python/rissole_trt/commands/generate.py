@@ -99,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..atomic import atomic_directory
     from ..disk import translate_disk_full
-    from ..outputs import check_output
     from ..engine import Engine
     from ..images import image_format, load_images, make_grid, save_image
+    from ..outputs import check_output
 
     # Outputs first: a wrong location must not cost a whole generation.
     image_format(args.output)

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..defaults import (AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR, DENOISER_BATCH_SIZE, DENOISER_LR, XATTN_HEAD_DIM,
-                        XATTN_HEADS)
+from ..defaults import (
+    AUTOENCODER_BATCH_SIZE,
+    AUTOENCODER_LR,
+    DENOISER_BATCH_SIZE,
+    DENOISER_LR,
+    XATTN_HEAD_DIM,
+    XATTN_HEADS,
+)
 from . import set_threads
 
 

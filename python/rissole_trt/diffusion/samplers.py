@@ -19,8 +19,8 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from .schedules import NoiseSchedule, as_int
 from ..errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
+from .schedules import NoiseSchedule, as_int
 
 __all__ = [
     "SAMPLERS",

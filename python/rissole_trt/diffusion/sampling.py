@@ -7,9 +7,9 @@ from typing import Callable, Sequence, Union
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from .samplers import DEFAULT_SPACING, Sampler, make_sampler
 from .schedules import NoiseSchedule, as_int
-from ..errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["EpsFn", "GeneratorArg", "draw_noise", "sample", "clip_x0"]
 

@@ -18,6 +18,7 @@ import numbers
 import operator
 
 import torch
+
 from ..errors import InvalidArgumentError, OutOfRangeError
 
 __all__ = ["SCHEDULES", "make_betas", "NoiseSchedule"]

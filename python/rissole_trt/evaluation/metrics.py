@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from ..errors import InvalidArgumentError
 
 __all__ = [

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_text
 from ..engine import Engine
 from ..images import from_model_output, make_grid, save_image, to_model_input
 from .fid import features, frechet_distance, load_feature_net
 from .metrics import block_seam_ratio, memorisation_rate, psnr, sliced_wasserstein
-from ..atomic import write_text
 
 
 @torch.no_grad()

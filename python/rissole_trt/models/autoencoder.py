@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
-from .layers import Attention, ResBlock
 from ..errors import InvalidArgumentError
+from .layers import Attention, ResBlock
 
 __all__ = ["VQAutoencoder", "Encoder", "Decoder", "VectorQuantizer"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from ..errors import InvalidArgumentError
 
 __all__ = ["sinusoid_table", "SinusoidEmbedding", "Attention", "ContextEmbedding", "CrossAttention", "ResBlock",

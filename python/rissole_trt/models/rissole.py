@@ -11,15 +11,15 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from ..atomic import atomic_directory
 from ..config import ModelConfig
 from ..diffusion.schedules import NoiseSchedule, as_int
-from .autoencoder import VQAutoencoder
 from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, RissoleModelError
-from .reference import PathOrDict, ReferenceImport, import_reference
-from .unet import BlockUNet
-from ..atomic import atomic_directory
 from ..outputs import MODEL, check_output
 from ..windows import check_overlap
+from .autoencoder import VQAutoencoder
+from .reference import PathOrDict, ReferenceImport, import_reference
+from .unet import BlockUNet
 
 __all__ = ["RissoleModel", "BlockDenoiser", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
 

@@ -36,12 +36,11 @@ projections of the embeddings, concatenated) are computed once per generation; t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import SINUSOID_ROWS, UNetConfig
-from .layers import Attention, ContextEmbedding, CrossAttention, SinusoidEmbedding, UNetResBlock
 from ..errors import InvalidArgumentError
+from .layers import Attention, ContextEmbedding, CrossAttention, SinusoidEmbedding, UNetResBlock
 
 __all__ = ["BlockUNet"]
 

@@ -39,10 +39,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from rissole_trt.retrieval.index import HNSWIndex, SearchIndex, check_keys, make_index, resolve_index_kind
+
 from ..atomic import AtomicDirectory
 from ..disk import check_free_space, translate_disk_full
+from ..errors import (
+    DatabaseError,
+    FingerprintMismatchError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    MissingFileError,
+    OutOfRangeError,
+)
 from ..outputs import DATABASE, check_output
-from ..errors import DatabaseError, FingerprintMismatchError, InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError
 
 __all__ = [
     "FORMAT_VERSION",

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidArgumentError, MissingFileError
 from ..atomic import atomic_file
+from ..errors import BackendUnavailableError, InvalidArgumentError, MissingFileError
 
 __all__ = [
     "INDEX_KINDS",

@@ -48,8 +48,7 @@ from ..atomic import atomic_directory, write_text
 from ..builder import model_fingerprint
 from ..defaults import DEFAULT_BATCH_SIZES
 from ..defaults import PRECISIONS as ENGINE_PRECISIONS
-from ..errors import (BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError,
-                      RissoleError)
+from ..errors import BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError, RissoleError
 from ..models.rissole import BlockDenoiser, RissoleModel, file_sha256
 from ..outputs import ENGINE, check_output, kind_of
 from ..platform import device_fingerprint, versions

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..models.rissole import RissoleModel
-from .base import PerStepBackend
 from .backend import Capabilities
+from .base import PerStepBackend
 from .torch_backend import PRECISIONS
 
 

@@ -18,8 +18,8 @@ import torch
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
 from ..windows import WindowedDenoiser
-from .base import PerStepBackend
 from .backend import Capabilities
+from .base import PerStepBackend
 from .loop_graph import Capture, LoopDenoiser, LoopGraphs, cuda_capture
 from .torch_backend import PRECISIONS
 

@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..diffusion.sampling import clip_x0, draw_noise, sample
 from ..diffusion.samplers import Sampler
+from ..diffusion.sampling import clip_x0, draw_noise, sample
 from ..errors import InvalidArgumentError
 from ..models.rissole import BlockDenoiser
 from ..windows import WindowedDenoiser

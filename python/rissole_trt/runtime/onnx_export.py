@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_file
 from ..errors import InvalidArgumentError
 from ..models.layers import Attention, CrossAttention
 from ..models.rissole import RissoleModel
 from ..models.unet import BlockUNet
 from .spec import step_spec
-from ..atomic import atomic_file
 
 OPSET = 17
 #: Precisions of the exported graph, and their torch dtypes.

@@ -10,9 +10,9 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
+from .backend import Capabilities
 from .base import OnnxGraphBackend
 from .onnx_export import export_denoiser_onnx
-from .backend import Capabilities
 from .spec import step_spec
 
 

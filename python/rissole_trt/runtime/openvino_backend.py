@@ -16,8 +16,8 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.rissole import RissoleModel
-from .base import OnnxGraphBackend
 from .backend import Capabilities
+from .base import OnnxGraphBackend
 from .spec import step_spec
 from .torch_backend import PRECISIONS
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.rissole import RissoleModel
 from ..errors import InvalidArgumentError
+from ..models.rissole import RissoleModel
 
 __all__ = ["TensorSpec", "StepSpec", "step_spec"]
 

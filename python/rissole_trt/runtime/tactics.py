@@ -59,8 +59,16 @@ from ..platform import precision_dtype
 from ..tolerances import excess
 from .backend import Artifacts, Capabilities
 from .base import PerStepBackend
-from .cpu_kernels import (conv_transpose_columns, fused_group_norm, gemm_conv_transpose2d, gemm_conv_transpose_applies,
-                          pixel_attention, winograd_applies, winograd_conv3x3, winograd_weights)
+from .cpu_kernels import (
+    conv_transpose_columns,
+    fused_group_norm,
+    gemm_conv_transpose2d,
+    gemm_conv_transpose_applies,
+    pixel_attention,
+    winograd_applies,
+    winograd_conv3x3,
+    winograd_weights,
+)
 from .torch_backend import PRECISIONS, PreparedConv, SubPixelConvTranspose, _pair, packs_for_onednn
 
 __all__ = ["TacticTable", "tune", "apply_tactics", "TunedBackend", "layer_tolerance"]

@@ -26,10 +26,9 @@ from ..defaults import DEFAULT_BATCH_SIZES
 from ..errors import BackendUnavailableError, MissingFileError
 from ..models.rissole import RissoleModel
 from ..windows import rows_per_image
-from .base import PerStepBackend, run_in_buckets
 from .backend import TRT_CACHE, TRT_PLAN, Artifacts, Capabilities
+from .base import PerStepBackend, run_in_buckets
 from .spec import step_spec
-
 
 #: Plan precisions (strongly typed: from the exported graph's types).
 PRECISIONS = ("fp32", "fp16")

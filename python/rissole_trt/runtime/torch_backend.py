@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..platform import bf16_native, precision_dtype, precision_native
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..models.unet import BlockUNet
+from ..platform import bf16_native, precision_dtype, precision_native
 from .backend import Backend, Capabilities
 
 __all__ = ["PRECISIONS", "precision_dtype", "bf16_native", "precision_native", "packs_for_onednn", "PreparedConv",

@@ -21,8 +21,8 @@ import torch
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..models.rissole import BlockDenoiser, RissoleModel
 from ..windows import ShiftedWindows, WindowedDenoiser
-from .base import PerStepBackend
 from .backend import Capabilities
+from .base import PerStepBackend
 from .torch_backend import PRECISIONS
 
 

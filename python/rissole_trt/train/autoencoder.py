@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_file, write_text
 from ..config import AutoencoderConfig
 from ..defaults import AUTOENCODER_BATCH_SIZE, AUTOENCODER_LR
+from ..disk import translate_disk_full
+from ..errors import InvalidArgumentError, MissingFileError
 from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from .loop import RESUMABLE_CHANGES, TrainState, data_fingerprint, draw_batch, load_checkpoint, train_loop
-from ..errors import InvalidArgumentError, MissingFileError
-from ..atomic import atomic_file, write_text
-from ..disk import translate_disk_full
 
 
 @dataclass(frozen=True)

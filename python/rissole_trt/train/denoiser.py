@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from .. import ops
 from ..config import ModelConfig
 from ..defaults import DENOISER_BATCH_SIZE, DENOISER_LR
+from ..errors import InvalidArgumentError
 from ..images import to_model_input
 from ..models.autoencoder import VQAutoencoder
 from ..models.rissole import RissoleModel
 from ..retrieval.database import compute_keys
 from ..retrieval.index import make_index
 from .loop import RESUMABLE_CHANGES, TrainState, data_fingerprint, draw_batch, load_checkpoint, make_ema, train_loop
-from ..errors import InvalidArgumentError
 
 #: How neighbours are chosen in training: ``exclude-self`` (ours), ``include-self`` (the reference,
 #: where an image is usually its own nearest neighbour), ``none`` (the ablation:

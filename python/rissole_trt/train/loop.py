@@ -16,9 +16,10 @@ from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
-from ..errors import InvalidArgumentError, TrainingDiverged
+
 from ..atomic import atomic_file
 from ..disk import translate_disk_full
+from ..errors import InvalidArgumentError, TrainingDiverged
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Training settings a resume may change: the budget, the checkpoint interval, the precision and the
