@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -15,13 +15,14 @@ from ..atomic import atomic_directory
 from ..config import ModelConfig
 from ..diffusion.schedules import NoiseSchedule, as_int
 from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, RissoleModelError
+from ..formats import Manifest
 from ..outputs import MODEL, check_output
 from ..windows import check_overlap
 from .autoencoder import VQAutoencoder
 from .reference import PathOrDict, ReferenceImport, import_reference
 from .unet import BlockUNet
 
-__all__ = ["RissoleModel", "BlockDenoiser", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["RissoleModel", "BlockDenoiser", "ModelFile", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "FORMAT_VERSION"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -284,9 +285,9 @@ class RissoleModel(nn.Module):
         check_free_space(path, needed, "the model")
         with translate_disk_full(path, needed), atomic_directory(path, replace=overwrite) as tmp:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-            doc = {"kind": MODEL, "format": FORMAT, "version": FORMAT_VERSION, "config": self.config.to_dict(),
-                   "sampling": {"overlap": self.default_overlap}, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
-            (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+            doc = ModelFile(config=self.config.to_dict(), sampling={"overlap": self.default_overlap},
+                            weights_sha256=file_sha256(tmp / WEIGHTS_FILE))
+            (tmp / CONFIG_FILE).write_text(doc.to_json() + "\n")
         return path
 
     @classmethod
@@ -307,9 +308,9 @@ class RissoleModel(nn.Module):
         for file in (config_path, weights_path):
             if not file.is_file():
                 raise MissingFileError(f"{path} is not a saved model: {file.name} is missing")
-        doc = _read_model_doc(config_path)
+        doc = ModelFile.read(config_path)
         config = _config_of(doc, config_path)
-        expected = doc.get("weights_sha256")
+        expected = doc.weights_sha256
         if verify and expected is not None and file_sha256(weights_path) != expected:
             raise RissoleModelError(f"{weights_path} does not match the sha256 recorded in {config_path.name}: "
                                     "the file is corrupt or was changed (verify=False loads it anyway)")
@@ -331,32 +332,50 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_model_doc(file: Path) -> dict:
-    try:
-        doc: Any = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RissoleModelError(f"{file}: invalid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RissoleModelError(f"{file}: not a rissole_trt model config (no \"format\": \"{FORMAT}\")")
-    return doc
+@dataclass(frozen=True, kw_only=True)
+class ModelFile(Manifest):
+    """A saved model's ``config.json``. Its version is recorded as ``"version"`` (the other manifests
+    say ``"format_version"``; kept so that every saved model reads as before). ``kind`` was added
+    without a version change, ``sampling`` and ``weights_sha256`` too: files without them load
+    (the reference's sampling, no checksum to verify)."""
+
+    KIND: ClassVar[str] = MODEL
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+    VERSION_KEY: ClassVar[str] = "version"
+    ERROR: ClassVar[type[Exception]] = RissoleModelError
+    INDENT: ClassVar[int] = 2
+    UNREADABLE: ClassVar[str] = "{where}: invalid JSON ({error})"
+
+    kind: str = MODEL
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+    config: dict
+    sampling: dict = field(default_factory=dict)
+    weights_sha256: str | None = None
+
+    @classmethod
+    def refusal(cls, where: object, version: object) -> Exception:
+        return RissoleModelError(f"{where}: format version {version!r} is not supported (this is version "
+                                 f"{FORMAT_VERSION})")
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: object = CONFIG_FILE) -> "ModelFile":
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise RissoleModelError(f"{where}: not a rissole_trt model config (no \"format\": \"{FORMAT}\")")
+        return super().from_dict(doc, where)
 
 
-def _config_of(doc: dict, file: Path) -> ModelConfig:
-    version = doc.get("version")
-    if version != FORMAT_VERSION:
-        raise RissoleModelError(f"{file}: format version {version!r} is not supported (this is version {FORMAT_VERSION})")
-    if "config" not in doc:
-        raise RissoleModelError(f"{file}: no \"config\" entry")
+def _config_of(doc: ModelFile, file: Path) -> ModelConfig:
     try:
-        return ModelConfig.from_dict(doc["config"])
+        return ModelConfig.from_dict(doc.config)
     except (ValueError, TypeError) as exc:
         raise RissoleModelError(f"{file}: invalid model config: {exc}") from exc
 
 
-def _apply_sampling(model: RissoleModel, doc: dict, file: Path) -> None:
+def _apply_sampling(model: RissoleModel, doc: ModelFile, file: Path) -> None:
     """The optional ``"sampling"`` entry: the model's default sampling settings (models saved
     before it existed sample as the reference does)."""
-    sampling = doc.get("sampling", {})
+    sampling = doc.sampling
     if not isinstance(sampling, dict) or set(sampling) - {"overlap"}:
         raise RissoleModelError(f"{file}: \"sampling\" must be an object with at most an \"overlap\" entry, "
                                 f"got {sampling!r}")
