@@ -37,7 +37,8 @@ from rissole_trt.engine import Engine
 from rissole_trt.presets import make_preset_model
 from rissole_trt.runtime import registry
 from rissole_trt.runtime.base import exact_fp32
-from rissole_trt.runtime.built_engine import _bucket_inputs, build_engine
+from rissole_trt.runtime.engine_build import build_engine
+from rissole_trt.runtime.engine_build.candidates import bucket_inputs
 from rissole_trt.runtime.loop_graph import LOOP_SAMPLERS
 from rissole_trt.timing import interleaved_medians
 
@@ -111,7 +112,7 @@ def _measure(writer: RowWriter, model, db, device, n_images: int, repeats: int, 
     P = config.n_blocks
     rows = n_images * P
     graph = backends["cuda_graph"]
-    inputs = tuple(None if t is None else t.to(device) for t in _bucket_inputs(model, rows, seed=0))
+    inputs = tuple(None if t is None else t.to(device) for t in bucket_inputs(model, rows, seed=0))
     step = {"eager": lambda: model.unet.forward_hoisted(*inputs)}
     step.update({name: (lambda b=b: b.forward_hoisted(*inputs)) for name, b in backends.items() if b is not None})
     if "flops_per_row" not in writer.report:

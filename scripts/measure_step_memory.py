@@ -10,7 +10,7 @@ import sys
 CHILD = r"""
 import sys, torch
 from rissole_trt import Engine
-from rissole_trt.runtime.built_engine import _bucket_inputs
+from rissole_trt.runtime.engine_build.candidates import bucket_inputs
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -22,7 +22,7 @@ if mode == "generate":
     engine.generate(b, sampler="ddim", steps=1, batch_size=b, progress=False)
 else:  # one step of the per-step network over b rows, its inputs and output kept (as build-engine does)
     with torch.no_grad():
-        inputs = _bucket_inputs(engine.model, b, 0)
+        inputs = bucket_inputs(engine.model, b, 0)
         out = engine.model.unet.forward_hoisted(*inputs)
 print(status("VmRSS:"), status("VmHWM:"))
 """

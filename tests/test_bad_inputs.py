@@ -31,7 +31,7 @@ from rissole_trt.errors import InvalidTypeError, OutputExistsError
 from rissole_trt.evaluation.fid import FeatureNet, save_feature_net
 from rissole_trt.models import RissoleModel
 from rissole_trt.outputs import DATABASE, DATASET_RUN, ENGINE, KINDS, MODEL, kind_of
-from rissole_trt.runtime.built_engine import build_engine
+from rissole_trt.runtime.engine_build import build_engine
 
 from reference_fixtures import paths
 from synthetic import smooth_images

@@ -130,9 +130,9 @@ def test_a_fault_is_one_line_and_nothing_is_lost(case, argv, fault, expected, ab
     fill = dict(root=root, model=root / "model", tmp=tmp_path)
     faults = {"numpy": lambda: monkeypatch.setattr(np, "save", _raise(OSError(NUMPY_SHORT_WRITE))),
               "disk": lambda: _full_disk(monkeypatch), "memory": lambda: _little_memory(monkeypatch),
-              "engine": lambda: monkeypatch.setattr("rissole_trt.runtime.built_engine.write_text", _raise(ENOSPC)),
+              "engine": lambda: monkeypatch.setattr("rissole_trt.formats.write_text", _raise(ENOSPC)),
               "safetensors": lambda: _patch_safetensors(monkeypatch),
-              "alloc": lambda: monkeypatch.setattr("rissole_trt.runtime.built_engine._bucket_inputs",
+              "alloc": lambda: monkeypatch.setattr("rissole_trt.runtime.engine_build.candidates.bucket_inputs",
                                                    _raise(RuntimeError(CPU_ALLOCATOR))),
               None: lambda: None}
     faults[fault]()
@@ -275,7 +275,7 @@ def test_workers_beyond_memory_are_refused_before_ray(assets, tmp_path, monkeypa
 def others(assets, tmp_path_factory):
     """Inputs a resume could be given instead: another database, another model (the same autoencoder,
     so that the database fits it), an engine."""
-    from rissole_trt.runtime.built_engine import build_engine
+    from rissole_trt.runtime.engine_build import build_engine
 
     root = tmp_path_factory.mktemp("others")
     model = RissoleModel.load(assets[0])

@@ -13,14 +13,20 @@ import torch
 from torch import nn
 
 from rissole_trt import cli
-from rissole_trt.builder import build_database
+from rissole_trt.builder import build_database, model_fingerprint
 from rissole_trt.engine import Engine
 from rissole_trt.errors import BackendUnavailableError, EngineMismatchError, InvalidArgumentError, MissingFileError
 from rissole_trt.models import RissoleModel
 from rissole_trt.presets import make_preset_model
-from rissole_trt.runtime import built_engine
 from rissole_trt.runtime.backend import Artifacts
-from rissole_trt.runtime.built_engine import build_engine, load_engine, read_manifest
+from rissole_trt.runtime.engine_build import (
+    EngineManifest,
+    build_engine,
+    candidates,
+    check_machine,
+    load_engine,
+    read_manifest,
+)
 from rissole_trt.runtime.tactics import TacticTable, TunedBackend, _DenseMapConv, apply_tactics, tune
 from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
 
@@ -51,14 +57,14 @@ def db(model, tmp_path_factory):
 
 
 def _step_inputs(model, rows, seed=0):
-    return built_engine._bucket_inputs(model, rows, seed)
+    return candidates.bucket_inputs(model, rows, seed)
 
 
 def test_manifest_records_the_model_the_machine_and_every_candidate(built, model):
     path, manifest = built
     on_disk = read_manifest(path)
     assert on_disk == json.loads(json.dumps(manifest))
-    assert manifest["model_fingerprint"] == built_engine.model_fingerprint(model)
+    assert manifest["model_fingerprint"] == model_fingerprint(model)
     assert manifest["device"]["type"] == "cpu" and manifest["device"]["threads"] == torch.get_num_threads()
     assert set(manifest["versions"]) >= {"torch", "onednn", "cuda", "tensorrt", "onnxruntime", "openvino"}
     assert [b["batch_size"] for b in manifest["buckets"]] == [1, 2]
@@ -220,15 +226,18 @@ def test_another_cpu_warns_and_another_format_is_refused(built, model, tmp_path)
         load_engine(copy, model)
 
 
-def _manifest_on(device: dict, chosen: str = "tuned", **versions) -> dict:
+def _manifest_on(device: dict, chosen: str = "tuned", **versions) -> EngineManifest:
+    """A manifest of an engine built on ``device`` whose one bucket runs ``chosen`` (what the load rules read)."""
     base = {"torch": "2.13.0", "onednn": "3.7", "cuda": "13.0", "tensorrt": "10.13", "onnxruntime": "1.23",
             "openvino": "2025.3"}
-    return {"device": device, "versions": dict(base, **versions), "buckets": [{"chosen": chosen}]}
+    return EngineManifest(model_fingerprint="0" * 64, model_config={}, device=device, versions=dict(base, **versions),
+                          precision="fp32", batch_sizes=[1], block_positions=4, overlap="none", rows_per_image=4,
+                          candidates_requested=[chosen], tolerance="engine_fp32", buckets=[{"chosen": chosen}])
 
 
 CPU = {"type": "cpu", "cpu_model": "AMD EPYC", "isa_flags": ["avx2", "fma"], "threads": 2}
 H200 = {"type": "cuda", "name": "NVIDIA H200", "capability": "9.0", "driver": 13000}
-NOW = _manifest_on(CPU)["versions"]
+NOW = _manifest_on(CPU).versions
 
 
 @pytest.mark.parametrize("built_on,here,versions,message", [
@@ -241,7 +250,7 @@ NOW = _manifest_on(CPU)["versions"]
 ])
 def test_another_device_gpu_or_tensorrt_version_is_refused_with_the_reason(built_on, here, versions, message):
     with pytest.raises(EngineMismatchError, match=message):
-        built_engine.check_machine(built_on, here, versions)
+        check_machine(built_on, here, versions)
 
 
 @pytest.mark.parametrize("built_on,here,versions,expected", [
@@ -260,7 +269,7 @@ def test_another_device_gpu_or_tensorrt_version_is_refused_with_the_reason(built
      ["driver 13000 -> 13010", "cuda 13.0 -> 13.1"]),
 ])
 def test_what_differs_but_runs_is_returned_for_the_warning(built_on, here, versions, expected):
-    assert built_engine.check_machine(built_on, here, versions) == expected
+    assert check_machine(built_on, here, versions) == expected
 
 
 def test_loading_on_another_thread_count_or_torch_warns(built, model, tmp_path, monkeypatch):
@@ -311,7 +320,7 @@ def test_rebuild_replaces_and_a_killed_build_leaves_nothing(model, tmp_path, mon
         raise KeyboardInterrupt
 
     fresh = tmp_path / "fresh"
-    monkeypatch.setattr(built_engine, "interleaved_within", killed)
+    monkeypatch.setattr(candidates, "interleaved_within", killed)
     with pytest.raises(KeyboardInterrupt):
         build_engine(model, fresh, **BUILD)
     with pytest.raises(KeyboardInterrupt):

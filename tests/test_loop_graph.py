@@ -19,8 +19,8 @@ from rissole_trt.diffusion import clip_x0, make_sampler, sample
 from rissole_trt.engine import Engine
 from rissole_trt.errors import InvalidArgumentError, NonFiniteError
 from rissole_trt.models import RissoleModel
-from rissole_trt.runtime.built_engine import _bucket_inputs
 from rissole_trt.runtime.cuda_graph_backend import StepGraphs
+from rissole_trt.runtime.engine_build.candidates import bucket_inputs
 from rissole_trt.runtime.loop_graph import LoopGraphs, eager_capture
 from rissole_trt.windows import ShiftedWindows, WindowedDenoiser
 
@@ -148,7 +148,7 @@ def test_the_per_step_graph_is_captured_once_per_shape_whatever_the_arity():
     graphs = StepGraphs(plain.unet.forward_hoisted, eager_capture)
     with torch.no_grad():
         for seed, extra in ((0, ()), (1, (None,)), (2, ())):
-            inputs = _bucket_inputs(plain, 4, seed=seed)
+            inputs = bucket_inputs(plain, 4, seed=seed)
             assert len(inputs) == 3
             got = graphs(*inputs, *extra)
             assert_close(got, plain.unet.forward_hoisted(*inputs), "bitwise")  # the replay read these inputs

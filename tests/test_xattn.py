@@ -181,7 +181,7 @@ def test_cli_trains_saves_and_generates_an_xattn_model(tmp_path):
 
 
 def test_build_engine_tunes_an_xattn_model_and_its_engine_generates(model, database, tmp_path):
-    from rissole_trt.runtime.built_engine import build_engine
+    from rissole_trt.runtime.engine_build import build_engine
 
     manifest = build_engine(model, tmp_path / "engine", batch_sizes=(1, 2), budget_s=2.0,
                             candidates=("tuned", "torch", "eager", "onnxruntime"), log=lambda _: None)

@@ -166,7 +166,7 @@ def _fingerprints(probe, engine) -> dict:
     """What, besides the settings, shapes a run's images: the model, the database, the built engine."""
     from .builder import model_fingerprint
     from .models.rissole import file_sha256
-    from .runtime.built_engine import MANIFEST as ENGINE_MANIFEST
+    from .runtime.engine_build import MANIFEST as ENGINE_MANIFEST
 
     files = None if probe.database is None else probe.database.manifest["files"]  # each file's sha256
     return {"model_fingerprint": model_fingerprint(probe.model),
