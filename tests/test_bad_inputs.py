@@ -25,7 +25,7 @@ import pytest
 from rissole_trt import cli
 from rissole_trt.atomic import _HOST, reap_temporaries
 from rissole_trt.builder import build_database
-from rissole_trt.distributed import RUN_FILE, _run_settings, generate_dataset
+from rissole_trt.distributed import RUN_FILE, DatasetRun, generate_dataset
 from rissole_trt.engine import Engine
 from rissole_trt.errors import InvalidTypeError, OutputExistsError
 from rissole_trt.evaluation.fid import FeatureNet, save_feature_net
@@ -54,7 +54,8 @@ def originals(model, tmp_path_factory) -> dict[str, Path]:
     build_database(model, images, root / "db", progress=False)
     build_engine(model, root / "engine", **BUILD)
     (root / "run").mkdir()  # a run as generate-dataset leaves it before its first shard
-    (root / "run" / RUN_FILE).write_text(json.dumps(_run_settings(4, 2, 2, 0, "ddim", 4, "none", "png", "f")))
+    DatasetRun(n=4, shard_size=2, batch_size=2, seed=0, sampler="ddim", steps=4, overlap="none", format="png",
+               model_fingerprint="f").write(root / "run" / RUN_FILE)
     (root / "folder").mkdir()
     (root / "folder" / "thesis.txt").write_text("years of work")
     (root / "file.txt").write_text("a file")

@@ -40,24 +40,81 @@ import json
 import os
 import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from . import memory
-from .atomic import atomic_directory, atomic_file, write_text
+from .atomic import atomic_directory, atomic_file
 from .disk import check_free_space, translate_disk_full
 from .errors import BackendUnavailableError, InvalidArgumentError, OutputExistsError
+from .formats import Manifest
 from .outputs import DATASET_RUN, check_output
 from .windows import rows_per_image
 
-__all__ = ["FORMATS", "generate_dataset", "shard_ranges"]
+__all__ = ["FORMATS", "DatasetRun", "DatasetShards", "generate_dataset", "shard_ranges"]
 
 FORMATS = ("png", "npz", "webdataset")
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: the database's and the engine's fingerprints are part of the run
+_UNREADABLE = "{where} cannot be read ({error}); remove the folder or choose another"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetRun(Manifest):
+    """``run.json``: the settings and inputs of a run, written when it starts. A run resumes only with
+    all of them equal: a run of an older version is not migrated (its inputs' fingerprints are
+    unknown) but refused as another run (:meth:`changed`)."""
+
+    KIND: ClassVar[str] = DATASET_RUN
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+    ERROR: ClassVar[type[Exception]] = InvalidArgumentError
+    UNREADABLE: ClassVar[str] = _UNREADABLE
+
+    format_version: int = FORMAT_VERSION
+    n: int
+    shard_size: int
+    batch_size: int
+    seed: int
+    sampler: str
+    steps: int | None
+    overlap: str
+    format: str
+    model_fingerprint: str
+    database_fingerprint: str | None = None
+    engine_fingerprint: str | None = None
+
+    def changed(self, previous: dict) -> list[str] | None:
+        """None when ``previous`` (a ``run.json`` as read, of any version) is this run; else the
+        settings that differ."""
+        mine = self.to_dict()
+        return None if previous == mine else sorted(k for k in mine if previous.get(k) != mine[k])
+
+
+def _no_version(doc: dict) -> dict:
+    """Version 1 is the manifest written before it recorded its version."""
+    return dict(doc, format_version=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetShards(Manifest):
+    """``manifest.json``: the shards finished whole (first id, count, sha256, seconds), rewritten
+    after each one, and what the last run did."""
+
+    KIND: ClassVar[str] = DATASET_RUN
+    FORMAT_VERSION: ClassVar[int] = 1
+    ERROR: ClassVar[type[Exception]] = InvalidArgumentError
+    UNREADABLE: ClassVar[str] = _UNREADABLE
+    MIGRATIONS: ClassVar[dict] = {None: _no_version}
+
+    kind: str = DATASET_RUN
+    format_version: int = 1
+    shards: dict = field(default_factory=dict)  # str(shard) -> {"first", "count", "sha256", "seconds"}
+    updated: str | None = None
+    last_run: dict | None = None
 
 
 def _ray():
@@ -168,19 +225,11 @@ def _fingerprints(probe, engine) -> dict:
     from .models.rissole import file_sha256
     from .runtime.engine_build import MANIFEST as ENGINE_MANIFEST
 
-    files = None if probe.database is None else probe.database.manifest["files"]  # each file's sha256
+    files = None if probe.database is None else probe.database.on_disk.files  # each file's sha256
     return {"model_fingerprint": model_fingerprint(probe.model),
             "database_fingerprint": None if files is None else
             hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
             "engine_fingerprint": None if engine is None else file_sha256(Path(engine) / ENGINE_MANIFEST)}
-
-
-def _run_settings(n, shard_size, batch_size, seed, sampler, steps, overlap, fmt, model_fingerprint,
-                  database_fingerprint=None, engine_fingerprint=None) -> dict:
-    return {"format_version": FORMAT_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
-            "seed": seed, "sampler": sampler, "steps": steps, "overlap": overlap, "format": fmt,
-            "model_fingerprint": model_fingerprint, "database_fingerprint": database_fingerprint,
-            "engine_fingerprint": engine_fingerprint}
 
 
 def _shard_digest(path: Path, fmt: str) -> str | None:
@@ -201,9 +250,9 @@ def _shard_digest(path: Path, fmt: str) -> str | None:
     return digest.hexdigest()
 
 
-def _kept_shards(out_dir: Path, manifest: dict, shards: list, fmt: str) -> set[int]:
+def _kept_shards(out_dir: Path, manifest: DatasetShards, shards: list, fmt: str) -> set[int]:
     """The recorded shards whose output is still there, whole and unchanged (sha256); the rest are redone."""
-    return {int(s) for s, record in manifest["shards"].items()
+    return {int(s) for s, record in manifest.shards.items()
             if record["count"] == shards[int(s)][1]
             and _shard_digest(out_dir / shard_name(int(s), fmt), fmt) == record["sha256"]}
 
@@ -239,7 +288,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise InvalidArgumentError(f"{path} cannot be read ({error}); remove the folder or choose another") from error
+        raise InvalidArgumentError(_UNREADABLE.format(where=path, error=error)) from error
 
 
 def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
@@ -276,8 +325,8 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     here = resolve_device(device, auto="cpu")  # "auto" runs on CPUs unless GPUs per worker are asked for
     probe = Engine(model, database, engine=engine, device=here)
     plan = probe.plan(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, overlap=overlap)
-    settings = _run_settings(n, shard_size, batch_size, seed, sampler, steps, plan.overlap, format,
-                             **_fingerprints(probe, engine))
+    settings = DatasetRun(n=n, shard_size=shard_size, batch_size=batch_size, seed=seed, sampler=sampler,
+                          steps=steps, overlap=plan.overlap, format=format, **_fingerprints(probe, engine))
     config = probe.model.config
     rows = rows_per_image(config.unet.block_factor, config.block_size, plan.overlap)
     del probe
@@ -288,24 +337,24 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
     if not pending:
         if progress:
             print(f"{out_dir}: all {len(shards)} shards ({n} images) are done; nothing to do")
-        return manifest
+        return manifest.to_dict()
     check_free_space(out_dir, shards[pending[0]][1] * memory.image_bytes(config), "the next shard")
     if ray_address is None and not ray.is_initialized():  # a local cluster: this machine's CPUs, GPUs, memory
         local = _check_resources(_local_resources(), "this machine", workers, threads_per_worker, gpus_per_worker,
                                  len(pending))
         memory.check_workers(config, local, batch_size, shard_size, rows)
-    worker_settings = dict(settings, model=None if model is None else str(Path(model).resolve()),
+    worker_settings = dict(settings.to_dict(), model=None if model is None else str(Path(model).resolve()),
                            database=None if database is None else str(Path(database).resolve()),
                            engine=None if engine is None else str(Path(engine).resolve()),
                            out_dir=str(out_dir.resolve()), threads=threads_per_worker,
                            device="cuda" if gpus_per_worker else str(here))
-    workers, elapsed = _run_on_ray(ray, ray_address, worker_settings, manifest, shards, pending, workers,
-                                   gpus_per_worker, progress)
+    manifest, workers, elapsed = _run_on_ray(ray, ray_address, worker_settings, manifest, shards, pending, workers,
+                                             gpus_per_worker, progress)
     new_images = sum(shards[s][1] for s in pending)
-    manifest["last_run"] = {"workers": workers, "shards": len(pending), "images": new_images, "seconds": elapsed,
-                            "images_per_s": new_images / elapsed if elapsed else None}
-    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
-    return manifest
+    manifest = manifest.replace(last_run={"workers": workers, "shards": len(pending), "images": new_images,
+                                          "seconds": elapsed, "images_per_s": new_images / elapsed if elapsed else None})
+    manifest.write(out_dir / MANIFEST)
+    return manifest.to_dict()
 
 
 def _check_sizes(n, shard_size, batch_size, threads_per_worker, workers, fmt, gpus_per_worker) -> tuple:
@@ -324,35 +373,33 @@ def _check_sizes(n, shard_size, batch_size, threads_per_worker, workers, fmt, gp
     return n, shard_size, batch_size, threads_per_worker, workers
 
 
-def _open_run(out_dir: Path, settings: dict) -> None:
+def _open_run(out_dir: Path, settings: DatasetRun) -> None:
     """Start the run in ``out_dir``, or resume the one there when its settings are these."""
     run_file = out_dir / RUN_FILE
     if run_file.is_file():
-        previous = _read_json(run_file)
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        changed = settings.changed(_read_json(run_file))
+        if changed is not None:
             raise OutputExistsError(f"{out_dir} holds another run (its {', '.join(changed)} differ); "
                                     "choose another folder or rerun with that run's settings and inputs to resume it")
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise OutputExistsError(f"{out_dir} is not empty and holds no generate-dataset run; choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not run_file.is_file():
-        write_text(run_file, json.dumps(settings, indent=1))
+        settings.write(run_file)
 
 
-def _done_shards(out_dir: Path, shards: list[tuple[int, int]], fmt: str) -> tuple[dict, set[int]]:
+def _done_shards(out_dir: Path, shards: list[tuple[int, int]], fmt: str) -> tuple[DatasetShards, set[int]]:
     """The manifest of the shards already written whole and unchanged (sha256), and their numbers."""
     manifest_file = out_dir / MANIFEST
-    manifest = _read_json(manifest_file) if manifest_file.is_file() else {"kind": DATASET_RUN, "shards": {}}
+    manifest = DatasetShards.read(manifest_file) if manifest_file.is_file() else DatasetShards()
     done = _kept_shards(out_dir, manifest, shards, fmt)
-    manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in sorted(done)}
-    return manifest, done
+    return manifest.replace(shards={str(s): manifest.shards[str(s)] for s in sorted(done)}), done
 
 
-def _run_on_ray(ray, ray_address, settings: dict, manifest: dict, shards, pending: list[int], workers: int | None,
-                gpus_per_worker: float, progress: bool) -> tuple[int, float]:
-    """Generate the ``pending`` shards on Ray's workers, recording each in ``manifest`` as it lands;
-    returns the number of workers and the seconds it took."""
+def _run_on_ray(ray, ray_address, settings: dict, manifest: DatasetShards, shards, pending: list[int],
+                workers: int | None, gpus_per_worker: float, progress: bool) -> tuple[DatasetShards, int, float]:
+    """Generate the ``pending`` shards on Ray's workers, recording each in the manifest as it lands;
+    returns the manifest, the number of workers and the seconds it took."""
     _quiet(ray)
     started_ray = False
     if not ray.is_initialized():
@@ -371,21 +418,22 @@ def _run_on_ray(ray, ray_address, settings: dict, manifest: dict, shards, pendin
         from tqdm.auto import tqdm
 
         manifest_file = Path(settings["out_dir"]) / MANIFEST
-        done = sum(r["count"] for r in manifest["shards"].values())
+        done = sum(r["count"] for r in manifest.shards.values())
         bar = tqdm(total=settings["n"], initial=done, unit="img", disable=not progress,
                    desc=f"{len(pending)} shards on {workers} worker(s)")
         t0 = time.perf_counter()
         with translate_disk_full(manifest_file.parent):  # a worker's full disk arrives wrapped in Ray's task error
             for row in results.iter_rows():
                 shard = int(row["shard"])
-                manifest["shards"][str(shard)] = {"first": shards[shard][0], "count": int(row["count"]),
-                                                  "sha256": str(row["sha256"]), "seconds": float(row["seconds"])}
-                manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                write_text(manifest_file, json.dumps(manifest, indent=1))
+                record = {"first": shards[shard][0], "count": int(row["count"]), "sha256": str(row["sha256"]),
+                          "seconds": float(row["seconds"])}
+                manifest = manifest.replace(shards={**manifest.shards, str(shard): record},
+                                            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                manifest.write(manifest_file)
                 bar.update(int(row["count"]))
-                bar.set_postfix(shards=f"{len(manifest['shards'])}/{len(shards)}")
+                bar.set_postfix(shards=f"{len(manifest.shards)}/{len(shards)}")
         bar.close()
-        return workers, time.perf_counter() - t0
+        return manifest, workers, time.perf_counter() - t0
     finally:
         if started_ray:
             ray.shutdown()
