@@ -13,7 +13,7 @@ PACKAGES = {"rissole_trt": ROOT / "python" / "rissole_trt", "rissole_trt.kernels
 #: here takes its top-level package's layer (``rissole_trt.bench.run`` -> ``rissole_trt.bench``).
 LAYERS = (
     ("rissole_trt.errors", "rissole_trt.atomic", "rissole_trt.outputs", "rissole_trt.tolerances", "rissole_trt.defaults",
-     "rissole_trt.platform", "rissole_trt.timing", "rissole_trt._C"),
+     "rissole_trt.platform", "rissole_trt.timing", "rissole_trt._C", "rissole_trt.disk", "rissole_trt.memory"),
     ("rissole_trt.ops", "rissole_trt.windows", "rissole_trt.images", "rissole_trt.kernels"),
     ("rissole_trt.config", "rissole_trt.presets", "rissole_trt.models", "rissole_trt.diffusion"),
     ("rissole_trt.retrieval", "rissole_trt.builder"),
