@@ -50,7 +50,15 @@ from ..runtime import registry
 from ..runtime.base import exact_fp32
 from ..runtime.loop_graph import LOOP_SAMPLERS
 from ..windows import ShiftedWindows, rows_per_image
-from .plan import DEFAULT_SAMPLER, GenerationPlan, check_query_pool, check_sampling, image_seed, positive_int
+from .plan import (
+    DEFAULT_SAMPLER,
+    GenerationPlan,
+    check_query_pool,
+    check_sampling,
+    image_generators,
+    positive_int,
+    query_draws,
+)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -286,8 +294,7 @@ class Engine:
             scores, ids = self.index.search(keys, plan.k)
         else:
             size = database.count if plan.query_pool is None else len(plan.query_pool)
-            draws = np.array([np.random.default_rng(image_seed(plan.seed, int(i), 1)).integers(size)
-                              for i in images], dtype=np.int64)
+            draws = query_draws(plan.seed, images, size)
             chosen = draws if plan.query_pool is None else plan.query_pool[draws]
             scores, ids = self.index.search(database.keys[chosen], plan.k,
                                             exclude=chosen if plan.exclude_self else None)
@@ -305,11 +312,7 @@ class Engine:
         latents = ops.merge_blocks(blocks, config.unet.block_factor) / config.diffusion.latent_scale
         return torch.cat([self.model.decode(latents[i:i + 1]) for i in range(len(latents))])
 
-    @staticmethod
-    def image_generators(seed: int, first: int, count: int, device: torch.device) -> list[torch.Generator]:
-        """One noise generator per image, seeded by (seed, image number): batch-independent noise."""
-        return [torch.Generator(device=device).manual_seed(image_seed(seed, i, 0))
-                for i in range(first, first + count)]
+    image_generators = staticmethod(image_generators)
 
     @staticmethod
     def _check_finite(values: torch.Tensor, first: int, where: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..diffusion import SAMPLERS, make_sampler
 from ..diffusion.schedules import NoiseSchedule
@@ -28,6 +29,18 @@ def positive_int(value: object, name: str) -> int:
 def image_seed(seed: int, image: int, stream: int) -> int:
     """A 63-bit seed for one image's stream (0: noise, 1: query) from (seed, image number)."""
     return int(np.random.SeedSequence([seed, image, stream]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def image_generators(seed: int, first: int, count: int, device: torch.device) -> list[torch.Generator]:
+    """One noise generator per image, seeded by (seed, image number): batch-independent noise."""
+    return [torch.Generator(device=device).manual_seed(image_seed(seed, i, 0))
+            for i in range(first, first + count)]
+
+
+def query_draws(seed: int, images: np.ndarray, size: int) -> np.ndarray:
+    """Per image number, its query's position in a pool of ``size`` entries, drawn from (seed, image)."""
+    return np.array([np.random.default_rng(image_seed(seed, int(i), 1)).integers(size) for i in images],
+                    dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
