@@ -9,10 +9,11 @@ import torch
 
 from ...errors import InvalidArgumentError
 from ...models.rissole import RissoleModel
+from ...models.unet import BlockUNet
 from ...platform import precision_dtype
 from ...timing import median, time_calls
 from ...tolerances import excess
-from .rewriter import convert_inputs, in_calls, tunable_unet
+from .rewriter import Tunable, convert_inputs, in_calls, tunable_unet
 from .table import TacticTable
 
 
@@ -41,40 +42,58 @@ def tune(model: RissoleModel, precision: str, inputs_per_bucket: dict[int, tuple
     table = TacticTable(precision)
     reference_unet = copy.deepcopy(model.unet).float().eval()  # the plain float32 layers
     for rows, inputs in inputs_per_bucket.items():
-        for tunable in tunables.values():
-            tunable.capture = {}
-        unet.forward_hoisted(*convert_inputs(inputs, dtype))
-        captured = {name: tunable.capture[rows] for name, tunable in tunables.items()}
-        for tunable in tunables.values():
-            tunable.capture = None
+        captured = _capture(unet, tunables, convert_inputs(inputs, dtype), rows)
         for name, tunable in tunables.items():  # inner layers first (see tunable_unet)
-            args = captured[name]
-            expected = reference_unet.get_submodule(name)(*(None if a is None else a.float() for a in args))
-            record: dict = {"candidates": {}}
-            for candidate, module in tunable.candidates.items():
-                if hasattr(module, "applies_to") and not module.applies_to(*args):
-                    continue  # e.g. the dense-map convolution on a large map
-                out = module(*args)
-                err = excess(out.float(), expected, kind)
-                seconds = _median_seconds(lambda: module(*args), seconds_per_candidate)
-                record["candidates"][candidate] = {"ms": seconds * 1e3, "excess": err}
-            ok = {c: r for c, r in record["candidates"].items() if r["excess"] <= 1.0}
-            if not ok:
+            expected = reference_unet.get_submodule(name)(*(None if a is None else a.float() for a in captured[name]))
+            record = _time_candidates(tunable, captured[name], expected, kind, seconds_per_candidate)
+            if "chosen" not in record:
                 raise InvalidArgumentError(f"no candidate of layer {name} at {rows} rows is within tolerance")
-            record["chosen"] = min(ok, key=lambda c: ok[c]["ms"])
             tunable.choice[rows] = record["chosen"]  # layers around this one are timed with it
             table.layers.setdefault(name, {})[str(rows)] = record
         log(f"tactics at {rows} rows: " + ", ".join(f"{c} x{n}" for c, n in _count(table, rows).items()))
-    for rows, inputs in inputs_per_bucket.items():  # every bucket's layers are tuned: now the splits
+    # Every bucket's layers are tuned: now the splits.
+    _tune_rows_per_call(unet, inputs_per_bucket, dtype, seconds_per_candidate, table, log)
+    return table
+
+
+def _capture(unet: BlockUNet, tunables: dict[str, Tunable], inputs: tuple, rows: int) -> dict[str, tuple]:
+    """Per tunable layer, its real input when ``unet`` runs on ``inputs`` (``rows`` rows)."""
+    for tunable in tunables.values():
+        tunable.capture = {}
+    unet.forward_hoisted(*inputs)
+    captured = {name: tunable.capture[rows] for name, tunable in tunables.items()}
+    for tunable in tunables.values():
+        tunable.capture = None
+    return captured
+
+
+def _time_candidates(tunable: Tunable, args: tuple, expected: torch.Tensor, kind: str, seconds: float) -> dict:
+    """Every candidate of one layer that applies, timed on ``args`` and compared with the float32
+    layer's ``expected``; ``chosen``: the fastest within tolerance (none there: no ``chosen``)."""
+    record: dict = {"candidates": {}}
+    for candidate, module in tunable.candidates.items():
+        if hasattr(module, "applies_to") and not module.applies_to(*args):
+            continue  # e.g. the dense-map convolution on a large map
+        err = excess(module(*args).float(), expected, kind)
+        record["candidates"][candidate] = {"ms": _median_seconds(lambda: module(*args), seconds) * 1e3, "excess": err}
+    ok = {c: r for c, r in record["candidates"].items() if r["excess"] <= 1.0}
+    if ok:
+        record["chosen"] = min(ok, key=lambda c: ok[c]["ms"])
+    return record
+
+
+def _tune_rows_per_call(unet: BlockUNet, inputs_per_bucket: dict[int, tuple], dtype: torch.dtype, seconds: float,
+                        table: TacticTable, log: Callable[[str], None]) -> None:
+    """Per bucket, the whole network timed as one call and as calls of each smaller bucket's rows;
+    the fastest split goes into ``table.calls``."""
+    for rows, inputs in inputs_per_bucket.items():
         converted = convert_inputs(inputs, dtype)
         splits = [rows] + sorted((r for r in inputs_per_bucket if r < rows), reverse=True)
-        ms = {str(r): 1e3 * _median_seconds(lambda: in_calls(unet, converted, r), seconds_per_candidate)
-              for r in splits}
+        ms = {str(r): 1e3 * _median_seconds(lambda: in_calls(unet, converted, r), seconds) for r in splits}
         chosen = min(splits, key=lambda r: ms[str(r)])
         table.calls[str(rows)] = {"chosen": chosen, "ms": ms}
         if chosen != rows:
             log(f"{rows} rows run as calls of {chosen} rows")
-    return table
 
 
 def _count(table: TacticTable, rows: int) -> dict[str, int]:
