@@ -27,7 +27,8 @@ from rissole_trt.runtime.engine_build import (
     load_engine,
     read_manifest,
 )
-from rissole_trt.runtime.tactics import TacticTable, TunedBackend, _DenseMapConv, apply_tactics, tune
+from rissole_trt.runtime.tactics import TacticTable, TunedBackend, apply_tactics, tune
+from rissole_trt.runtime.tactics.candidates import DenseMapConv
 from rissole_trt.runtime.tensorrt_backend import TensorRTBackend
 
 from reference_fixtures import paths
@@ -406,7 +407,7 @@ def test_every_chosen_tactic_is_within_tolerance_and_the_network_matches(model, 
 def test_the_dense_map_convolution_matches_the_layer_and_refuses_large_maps(conv, size, dtype):
     torch.manual_seed(0)
     x = torch.randn(5, 12, size, size).contiguous(memory_format=torch.channels_last)
-    dense = _DenseMapConv(conv, dtype)
+    dense = DenseMapConv(conv, dtype)
     assert dense.applies_to(x)
     out = dense(x.to(dtype))
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)

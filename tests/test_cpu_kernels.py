@@ -21,7 +21,8 @@ from rissole_trt.runtime.cpu_kernels import (
     winograd_conv3x3,
     winograd_weights,
 )
-from rissole_trt.runtime.tactics import _FusedAttention, _FusedNormResBlock, _WinogradConv, tune
+from rissole_trt.runtime.tactics import tune
+from rissole_trt.runtime.tactics.candidates import FusedAttention, FusedNormResBlock, WinogradConv
 
 from tolerances import assert_close
 
@@ -119,7 +120,7 @@ def test_fused_attention_matches_the_attention_layer():
     layer = Attention(48, 64, 4).eval()
     x = _map(8, 48, 4, 4, scale=1.0, shift=0.0)
     with torch.no_grad():
-        assert_close(_FusedAttention(layer, layer.qkv, layer.out)(x), layer(x), "tactic_fp32")
+        assert_close(FusedAttention(layer, layer.qkv, layer.out)(x), layer(x), "tactic_fp32")
 
 
 @pytest.mark.parametrize("n,c,h,w,_", SHAPES)
@@ -213,9 +214,9 @@ def test_fused_norm_block_matches_the_residual_block(position):
         time_bias = torch.randn(1, cout)
         pos_bias = torch.randn(8, cout) if position else None
         with torch.no_grad():
-            assert_close(_FusedNormResBlock(block)(x, time_bias, pos_bias), block(x, time_bias, pos_bias),
+            assert_close(FusedNormResBlock(block)(x, time_bias, pos_bias), block(x, time_bias, pos_bias),
                          "tactic_fp32")
-            winograd = _WinogradConv(block.conv1, torch.float32)
+            winograd = WinogradConv(block.conv1, torch.float32)
             assert_close(winograd(x), block.conv1(x), "tactic_fp32")
 
 

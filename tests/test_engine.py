@@ -82,7 +82,7 @@ def test_progress_bar_counts_whole_images(engine, monkeypatch):
 
     from tqdm.auto import tqdm
 
-    import rissole_trt.engine as engine_module
+    import rissole_trt.engine.pipeline as engine_module
 
     shown = []
 

@@ -42,7 +42,7 @@ def test_public_api_imports_lazily_as_users_write_it():
             "assert set(names) <= set(rissole_trt.__all__)\n"
             "print(rissole_trt.Engine.__module__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "rissole_trt.engine"
+    assert out.stdout.strip() == "rissole_trt.engine.pipeline"
 
 
 def test_generate_takes_its_options_by_keyword():

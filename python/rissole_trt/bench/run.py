@@ -556,7 +556,7 @@ def _backend_variants(bench: _Bench, options: BenchOptions, precisions: list[str
     variants, conditioning = [], bench.model.config.unet.conditioning
     bench.backends = {}
     if options.engine:
-        from ..runtime.built_engine import load_engine
+        from ..runtime.engine_build import load_engine
 
         t = time.perf_counter()
         built = load_engine(options.engine, bench.model)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..memory import largest_bucket, translate_oom
     from ..models.rissole import RissoleModel
     from ..presets import make_preset_model
-    from ..runtime.built_engine import build_engine
+    from ..runtime.engine_build import build_engine
     from ..windows import rows_per_image
 
     set_threads(args.threads)

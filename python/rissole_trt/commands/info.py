@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from rissole_trt.info import format_engine, format_info, info
 
     if args.engine:
-        from rissole_trt.runtime.built_engine import read_manifest
+        from rissole_trt.runtime.engine_build import read_manifest
 
         manifest = read_manifest(args.engine)
         print(json.dumps(manifest, indent=2) if args.json else format_engine(manifest))

@@ -51,6 +51,41 @@ def draw_noise(
     return torch.stack(rows)
 
 
+def _ready_sampler(sampler: str | Sampler, schedule: NoiseSchedule, steps: int | None, eta: float | None,
+                   spacing: str) -> Sampler:
+    """``sampler`` made from its name, or a ready one checked against the settings and the schedule."""
+    if isinstance(sampler, Sampler):
+        if steps is not None or eta is not None or spacing != DEFAULT_SPACING:
+            raise InvalidArgumentError("steps, eta and spacing are fixed by a ready Sampler; pass them to make_sampler instead")
+        if sampler.schedule != schedule:
+            raise InvalidArgumentError(f"the sampler was built for {sampler.schedule!r}, not {schedule!r}")
+        return sampler
+    return make_sampler(sampler, schedule, steps, eta=eta, spacing=spacing)
+
+
+def _initial_noise(noise: torch.Tensor | None, shape: tuple[int, ...], generator: GeneratorArg,
+                   dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    """x_T: the given ``noise`` (checked against ``shape``) or drawn from ``generator``."""
+    if noise is None:
+        return draw_noise(shape, generator, dtype=dtype, device=device)
+    if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise InvalidArgumentError(f"initial noise has shape {got}, expected {shape}")
+    return noise
+
+
+def _step_noise(i: int, x: torch.Tensor, noise_fn: Callable[[int], torch.Tensor] | None,
+                generator: GeneratorArg) -> torch.Tensor:
+    """Step i's noise, shaped like ``x``: from ``noise_fn`` (checked) or drawn from ``generator``."""
+    if noise_fn is None:
+        return draw_noise(tuple(x.shape), generator, dtype=x.dtype, device=x.device)
+    step_noise = noise_fn(i)
+    if not isinstance(step_noise, torch.Tensor) or step_noise.shape != x.shape:
+        got = tuple(step_noise.shape) if isinstance(step_noise, torch.Tensor) else type(step_noise).__name__
+        raise InvalidArgumentError(f"noise_fn({i}) returned {got}, expected a tensor of shape {tuple(x.shape)}")
+    return step_noise.to(device=x.device, dtype=x.dtype)
+
+
 def sample(
     eps_fn: EpsFn,
     shape: Sequence[int],
@@ -93,24 +128,11 @@ def sample(
             CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) instead of torch ops. The
             noise is drawn the same way, so the result is the same up to float32 rounding.
     """
-    if isinstance(sampler, Sampler):
-        if steps is not None or eta is not None or spacing != DEFAULT_SPACING:
-            raise InvalidArgumentError("steps, eta and spacing are fixed by a ready Sampler; pass them to make_sampler instead")
-        if sampler.schedule != schedule:
-            raise InvalidArgumentError(f"the sampler was built for {sampler.schedule!r}, not {schedule!r}")
-    else:
-        sampler = make_sampler(sampler, schedule, steps, eta=eta, spacing=spacing)
+    sampler = _ready_sampler(sampler, schedule, steps, eta, spacing)
     shape = tuple(as_int(s, "shape entry") for s in shape)
     if not shape or any(s <= 0 for s in shape):
         raise InvalidArgumentError(f"shape must be non-empty with positive sizes, got {shape}")
-
-    if noise is not None:
-        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
-            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise InvalidArgumentError(f"initial noise has shape {got}, expected {shape}")
-        x = noise
-    else:
-        x = draw_noise(shape, generator, dtype=dtype, device=device)
+    x = _initial_noise(noise, shape, generator, dtype, device)
 
     n = sampler.num_steps
     update = sampler.step
@@ -120,16 +142,7 @@ def sample(
         update = FusedSteps(sampler)
     for i, t in enumerate(sampler.timesteps):
         eps = eps_fn(x, t)
-        step_noise = None
-        if sampler.needs_noise(i):
-            if noise_fn is not None:
-                step_noise = noise_fn(i)
-                if not isinstance(step_noise, torch.Tensor) or step_noise.shape != x.shape:
-                    got = tuple(step_noise.shape) if isinstance(step_noise, torch.Tensor) else type(step_noise).__name__
-                    raise InvalidArgumentError(f"noise_fn({i}) returned {got}, expected a tensor of shape {tuple(x.shape)}")
-                step_noise = step_noise.to(device=x.device, dtype=x.dtype)
-            else:
-                step_noise = draw_noise(shape, generator, dtype=x.dtype, device=x.device)
+        step_noise = _step_noise(i, x, noise_fn, generator) if sampler.needs_noise(i) else None
         x = update(i, x, eps, step_noise)
         if progress is not None:
             progress(i + 1, n)

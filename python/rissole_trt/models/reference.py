@@ -407,6 +407,62 @@ def _read_part(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _read_checkpoints(checkpoint: str | os.PathLike | None, vqgan_checkpoint: str | os.PathLike | None,
+                      unet_checkpoint: str | os.PathLike | None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[str, str], tuple[str, str]]:
+    """The UNet's and the VQ-GAN's reference state dicts, from one DDPM checkpoint or one file each;
+    with the reference key prefixes and the two sources' names (for error messages)."""
+    if checkpoint is not None:
+        if vqgan_checkpoint is not None or unet_checkpoint is not None:
+            raise InvalidArgumentError("pass either checkpoint (a whole DDPM checkpoint) or vqgan_checkpoint and unet_checkpoint, not both")
+        unet_state, ae_state = _split_ddpm_checkpoint(read_reference_checkpoint(checkpoint), Path(checkpoint))
+        ref_prefix_unet, ref_prefix_ae = _PREFIX_UNET, _PREFIX_AE
+        unet_what = ae_what = f"checkpoint {checkpoint}"
+    else:
+        if vqgan_checkpoint is None or unet_checkpoint is None:
+            raise InvalidArgumentError("pass checkpoint (a whole DDPM checkpoint) or both vqgan_checkpoint and unet_checkpoint")
+        unet_state = _read_part(unet_checkpoint, "UNet")
+        ae_state = _read_part(vqgan_checkpoint, "VQ-GAN")
+        ref_prefix_unet = ref_prefix_ae = ""
+        unet_what, ae_what = f"UNet checkpoint {unet_checkpoint}", f"VQ-GAN checkpoint {vqgan_checkpoint}"
+    return unet_state, ae_state, (ref_prefix_unet, ref_prefix_ae), (unet_what, ae_what)
+
+
+def _variant(unet_state: dict[str, torch.Tensor], position_embedding: bool | None, unet_what: str) -> tuple[str, bool]:
+    """The UNet variant and whether it uses the position embedding."""
+    if uses_position_projections(unet_state):
+        variant = VARIANT_ALT
+        use_pos = True if position_embedding is None else bool(position_embedding)
+    else:
+        variant = VARIANT_MAIN
+        if position_embedding:
+            raise RissoleModelError(
+                f"{unet_what}: position_embedding=True, but its residual blocks have no position projections "
+                "(a rissole_main checkpoint, whose position embedding is never used)"
+            )
+        use_pos = False
+    return variant, use_pos
+
+
+def _neighbour_count(unet_state: dict[str, torch.Tensor], unet_yaml: dict, k: int | None, unet_what: str,
+                     ref_prefix_unet: str) -> int:
+    """k from the neighbour conv: its input is k stacked latent blocks (checked against a given ``k``)."""
+    if "cond_conv.weight" not in unet_state:
+        raise RissoleModelError(f"{unet_what}: missing key {ref_prefix_unet}cond_conv.weight (the neighbour conv)")
+    cond_in = unet_state["cond_conv.weight"].shape[1]
+    latent = unet_yaml.get("in_channels")
+    if not isinstance(latent, int) or latent < 1:
+        raise RissoleModelError(f"UNet config: in_channels must be a positive integer, got {latent!r}")
+    if cond_in % latent:
+        raise RissoleModelError(
+            f"{unet_what}: the neighbour conv takes {cond_in} channels, not a multiple of the latent channels ({latent})"
+        )
+    k_found = cond_in // latent
+    if k is not None and k != k_found:
+        raise RissoleModelError(f"k={k} was given, but the weights of {unet_what} are for k={k_found} neighbours")
+    return k_found
+
+
 def import_reference(
     checkpoint: str | os.PathLike | None = None,
     unet_config: PathOrDict | None = None,
@@ -430,52 +486,14 @@ def import_reference(
     for name, value in (("unet_config", unet_config), ("vqgan_config", vqgan_config), ("ddpm_config", ddpm_config)):
         if value is None:
             raise InvalidArgumentError(f"{name} is required (the authors' YAML file or its parsed dict)")
-    if checkpoint is not None:
-        if vqgan_checkpoint is not None or unet_checkpoint is not None:
-            raise InvalidArgumentError("pass either checkpoint (a whole DDPM checkpoint) or vqgan_checkpoint and unet_checkpoint, not both")
-        unet_state, ae_state = _split_ddpm_checkpoint(read_reference_checkpoint(checkpoint), Path(checkpoint))
-        ref_prefix_unet, ref_prefix_ae = _PREFIX_UNET, _PREFIX_AE
-        unet_what = ae_what = f"checkpoint {checkpoint}"
-    else:
-        if vqgan_checkpoint is None or unet_checkpoint is None:
-            raise InvalidArgumentError("pass checkpoint (a whole DDPM checkpoint) or both vqgan_checkpoint and unet_checkpoint")
-        unet_state = _read_part(unet_checkpoint, "UNet")
-        ae_state = _read_part(vqgan_checkpoint, "VQ-GAN")
-        ref_prefix_unet = ref_prefix_ae = ""
-        unet_what, ae_what = f"UNet checkpoint {unet_checkpoint}", f"VQ-GAN checkpoint {vqgan_checkpoint}"
-
+    unet_state, ae_state, (ref_prefix_unet, ref_prefix_ae), (unet_what, ae_what) = _read_checkpoints(
+        checkpoint, vqgan_checkpoint, unet_checkpoint)
     unet_yaml = load_yaml(unet_config, "UNet config")
     ae_cfg = autoencoder_config_from_reference(load_yaml(vqgan_config, "VQ-GAN config"))
     diffusion_cfg = diffusion_config_from_reference(load_yaml(ddpm_config, "DDPM config"))
 
-    # The variant and the position embedding.
-    if uses_position_projections(unet_state):
-        variant = VARIANT_ALT
-        use_pos = True if position_embedding is None else bool(position_embedding)
-    else:
-        variant = VARIANT_MAIN
-        if position_embedding:
-            raise RissoleModelError(
-                f"{unet_what}: position_embedding=True, but its residual blocks have no position projections "
-                "(a rissole_main checkpoint, whose position embedding is never used)"
-            )
-        use_pos = False
-
-    # k from the neighbour conv: its input is k stacked latent blocks.
-    if "cond_conv.weight" not in unet_state:
-        raise RissoleModelError(f"{unet_what}: missing key {ref_prefix_unet}cond_conv.weight (the neighbour conv)")
-    cond_in = unet_state["cond_conv.weight"].shape[1]
-    latent = unet_yaml.get("in_channels")
-    if not isinstance(latent, int) or latent < 1:
-        raise RissoleModelError(f"UNet config: in_channels must be a positive integer, got {latent!r}")
-    if cond_in % latent:
-        raise RissoleModelError(
-            f"{unet_what}: the neighbour conv takes {cond_in} channels, not a multiple of the latent channels ({latent})"
-        )
-    k_found = cond_in // latent
-    if k is not None and k != k_found:
-        raise RissoleModelError(f"k={k} was given, but the weights of {unet_what} are for k={k_found} neighbours")
-
+    variant, use_pos = _variant(unet_state, position_embedding, unet_what)
+    k_found = _neighbour_count(unet_state, unet_yaml, k, unet_what, ref_prefix_unet)
     unet_cfg = unet_config_from_reference(unet_yaml, variant=variant, k=k_found, block_factor=block_factor,
                                           position_embedding=use_pos)
     try:

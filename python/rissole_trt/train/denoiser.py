@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -75,6 +76,43 @@ def neighbour_ids(query_latents: torch.Tensor, db_latents: torch.Tensor, k: int,
     return ids
 
 
+def _training_data(images: np.ndarray, model: RissoleModel, train: DenoiserTrainConfig
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor] | None]:
+    """Per view (the images, and with ``train.flip`` their mirror images): the diffused targets
+    ``[N, P, C, bs, bs]`` and the neighbour ids (None without retrieval); and the database blocks."""
+    config: ModelConfig = model.config
+    bf = config.unet.block_factor
+    latents = encode_all(model.autoencoder, images)
+    views = [latents]
+    if train.flip:
+        views.append(encode_all(model.autoencoder, images[:, :, ::-1]))
+    # Database blocks in gather layout [P, N, C, bs, bs].
+    db_blocks = ops.split_blocks(latents, bf).transpose(0, 1).contiguous()
+    own = np.arange(len(images), dtype=np.int64)
+    if train.retrieval == "none":
+        ids = None
+    else:
+        exclude = own if train.retrieval == "exclude-self" else None
+        ids = [torch.from_numpy(neighbour_ids(v, latents, config.unet.k, train.key_kind, bf, exclude)) for v in views]
+    # The diffused variable: the scaled latent (the neighbours stay unscaled, as the database stores them).
+    targets = [ops.split_blocks(v, bf) * config.diffusion.latent_scale for v in views]  # [N, P, C, bs, bs]
+    return targets, db_blocks, ids
+
+
+def _exporter(model: RissoleModel, ema: torch.nn.Module, model_dir: str | Path | None) -> Callable[[TrainState], None]:
+    """The checkpoint hook: with ``model_dir``, the model with the EMA UNet weights saved there."""
+    def export(_: TrainState) -> None:
+        if model_dir is not None:
+            # Building a model draws its initial weights from the global RNG, which the training
+            # continues from: draw them from a fork, so that a checkpoint leaves the run unchanged.
+            with torch.random.fork_rng():
+                snapshot = RissoleModel(model.config)
+            snapshot.autoencoder.load_state_dict(model.autoencoder.state_dict())
+            snapshot.unet.load_state_dict(ema.state_dict())
+            snapshot.save(model_dir, overwrite=True)
+    return export
+
+
 def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrainConfig, directory: str | Path,
                    *, max_minutes: float | None = None, progress: bool = True,
                    model_dir: str | Path | None = None) -> RissoleModel:
@@ -85,28 +123,15 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
     """
     directory = Path(directory)
     config: ModelConfig = model.config
-    bf, k, p = config.unet.block_factor, config.unet.k, config.n_blocks
+    p = config.n_blocks
     if (train.retrieval == "none") == config.unet.uses_retrieval:
         raise InvalidArgumentError(f"retrieval {train.retrieval!r} needs a model with "
                          f"{'conditioning none' if train.retrieval == 'none' else 'neighbour conditioning'}, "
                          f"this one has conditioning {config.unet.conditioning!r}")
     torch.manual_seed(train.seed)
 
-    latents = encode_all(model.autoencoder, images)
-    views = [latents]
-    if train.flip:
-        views.append(encode_all(model.autoencoder, images[:, :, ::-1]))
-    # Database blocks in gather layout [P, N, C, bs, bs].
-    db_blocks = ops.split_blocks(latents, bf).transpose(0, 1).contiguous()
+    targets, db_blocks, ids = _training_data(images, model, train)
     n = len(images)
-    own = np.arange(n, dtype=np.int64)
-    if train.retrieval == "none":
-        ids = None
-    else:
-        exclude = own if train.retrieval == "exclude-self" else None
-        ids = [torch.from_numpy(neighbour_ids(v, latents, k, train.key_kind, bf, exclude)) for v in views]
-    # The diffused variable: the scaled latent (the neighbours stay unscaled, as the database stores them).
-    targets = [ops.split_blocks(v, bf) * config.diffusion.latent_scale for v in views]  # [N, P, C, bs, bs]
 
     unet = model.unet.train()
     layout = torch.channels_last if train.channels_last else torch.contiguous_format
@@ -127,7 +152,7 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         rows = draw_batch(n, train.batch_size, generator)
-        view = int(torch.randint(0, len(views), (1,), generator=generator)) if train.flip else 0
+        view = int(torch.randint(0, len(targets), (1,), generator=generator)) if train.flip else 0
         x0 = targets[view][rows].flatten(0, 1)  # [B*P, C, bs, bs]
         if ids is None:
             cond = no_neighbours
@@ -141,19 +166,9 @@ def train_denoiser(images: np.ndarray, model: RissoleModel, train: DenoiserTrain
         loss = F.mse_loss(eps.float(), noise)
         return {"loss": loss}
 
-    def export(_: TrainState) -> None:
-        if model_dir is not None:
-            # Building a model draws its initial weights from the global RNG, which the training
-            # continues from: draw them from a fork, so that a checkpoint leaves the run unchanged.
-            with torch.random.fork_rng():
-                snapshot = RissoleModel(config)
-            snapshot.autoencoder.load_state_dict(model.autoencoder.state_dict())
-            snapshot.unet.load_state_dict(ema.state_dict())
-            snapshot.save(model_dir, overwrite=True)
-
     train_loop(state, step_fn, total_steps=train.steps, directory=directory, max_minutes=max_minutes,
                checkpoint_every=train.checkpoint_every, ema_decay=train.ema_decay, grad_clip=train.grad_clip,
-               extra=extra, progress=progress, on_checkpoint=export, precision=train.precision)
+               extra=extra, progress=progress, on_checkpoint=_exporter(model, ema, model_dir), precision=train.precision)
     unet.load_state_dict(ema.state_dict())
     unet.to(memory_format=torch.contiguous_format)
     return model.eval()

@@ -1,5 +1,7 @@
 """The Engine: query -> retrieve -> gather neighbour blocks -> denoise all blocks -> decode.
 
+The plan (what decides the images) is :mod:`.plan`; this module runs one.
+
     engine = rissole_trt.Engine("model_dir", "db_dir")
     images = engine.generate(16, seed=0)                      # uint8 [16, H, W, 3]
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -28,53 +30,43 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import memory, ops
-from .builder import autoencoder_fingerprint
-from .defaults import PRECISIONS
-from .diffusion import SAMPLERS, clip_x0, make_sampler, sample
-from .errors import (
+from .. import memory, ops
+from ..builder import autoencoder_fingerprint
+from ..defaults import PRECISIONS
+from ..diffusion import clip_x0, make_sampler, sample
+from ..errors import (
     DatabaseError,
     FingerprintMismatchError,
     InvalidArgumentError,
     InvalidTypeError,
     MissingFileError,
     NonFiniteError,
-    OutOfRangeError,
 )
-from .images import from_model_output, to_model_input
-from .models.rissole import RissoleModel
-from .platform import resolve_device
-from .retrieval.database import Database, compute_keys
-from .runtime import registry
-from .runtime.base import exact_fp32
-from .runtime.loop_graph import LOOP_SAMPLERS
-from .windows import ShiftedWindows, check_overlap, rows_per_image
-
-#: ``clip``: ``none`` (the reference) or ``codebook`` (each step's implied clean latent clamped to the
-#: per-channel range of the codebook rows, i.e. of every latent the decoder can see).
-CLIPS = ("none", "codebook")
-#: The sampler a user gets without asking: DPM-Solver++(2M) with 20 steps gave the best SWD per
-#: second of compute on the built-in model (README, "Quality"); ``ddpm`` is the exact one.
-DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20
+from ..images import from_model_output, to_model_input
+from ..models.rissole import RissoleModel
+from ..platform import resolve_device
+from ..retrieval.database import Database, compute_keys
+from ..runtime import registry
+from ..runtime.base import exact_fp32
+from ..runtime.loop_graph import LOOP_SAMPLERS
+from ..windows import ShiftedWindows, rows_per_image
+from .plan import (
+    DEFAULT_SAMPLER,
+    GenerationPlan,
+    check_query_pool,
+    check_sampling,
+    image_generators,
+    positive_int,
+    query_draws,
+)
 
 ProgressCallback = Callable[[int, int], None]
 
 
 def default_asset_paths() -> tuple[Path, Path]:
     """Where the built-in default model and its database live inside the package."""
-    root = Path(__file__).resolve().parent / "assets" / "default"
+    root = Path(__file__).resolve().parents[1] / "assets" / "default"
     return root / "model", root / "db"
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _image_seed(seed: int, image: int, stream: int) -> int:
-    """A 63-bit seed for one image's stream (0: noise, 1: query) from (seed, image number)."""
-    return int(np.random.SeedSequence([seed, image, stream]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _step_progress(bar: tqdm, first: int, size: int, num_steps: int) -> Callable[[], None]:
@@ -97,40 +89,6 @@ class Retrieval:
     query_ids: np.ndarray  # int64 [n]
     neighbour_ids: np.ndarray  # int64 [n, k]
     scores: np.ndarray  # float32 [n, k]
-
-
-@dataclass(frozen=True, eq=False)
-class GenerationPlan:
-    """Everything that decides the images of one run; small and picklable, whatever ``n``.
-
-    Image i's query and noise follow from (``seed``, i) alone. ``query_pool`` holds the database
-    ids queries are drawn from (None: the whole database), ``query_keys`` the retrieval keys of
-    user query images (image i uses row i mod m). Make one with :meth:`Engine.plan`.
-    """
-
-    n: int
-    seed: int
-    sampler: str
-    steps: int | None
-    eta: float | None
-    batch_size: int
-    k: int | None
-    exclude_self: bool
-    clip: str = "none"
-    overlap: str = "none"
-    query_pool: np.ndarray | None = field(default=None, repr=False)
-    query_keys: np.ndarray | None = field(default=None, repr=False)
-
-    def batches(self, start: int = 0, count: int | None = None) -> list[tuple[int, int]]:
-        """``(first, count)`` of the aligned batches that images ``start .. start+count-1`` lie in."""
-        count = self.n - start if count is None else count
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-            raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
-        _positive_int(count, "count")
-        if start + count > self.n:
-            raise OutOfRangeError(f"images {start}..{start + count - 1} lie outside the plan's {self.n} images")
-        first = start - start % self.batch_size
-        return [(b, min(self.batch_size, self.n - b)) for b in range(first, start + count, self.batch_size)]
 
 
 def _check_path_type(name: str, value: object, *objects: type) -> None:
@@ -172,7 +130,7 @@ class Engine:
         _check_path_type("engine", engine)
         manifest = None
         if engine is not None:  # a built engine decides the backend and the precision
-            from .runtime.built_engine import read_manifest
+            from ..runtime.engine_build import read_manifest
 
             manifest = read_manifest(engine)
             if backend != "auto":
@@ -210,7 +168,7 @@ class Engine:
             self.index = self.database.index(index, device=str(self.device))
         self.precision = precision
         if manifest is not None:
-            from .runtime.built_engine import load_engine
+            from ..runtime.engine_build import load_engine
 
             self.runtime = load_engine(engine, self.model)
         else:
@@ -296,20 +254,13 @@ class Engine:
                 None (default): the model's :attr:`~RissoleModel.default_overlap` (``half`` for the
                 built-in model, ``none`` for imported and newly trained ones).
         """
-        n = _positive_int(n, "n")
+        n = positive_int(n, "n")
         if overlap is None:
             overlap = self.model.default_overlap
-        if clip not in CLIPS:
-            raise InvalidArgumentError(f"unknown clip {clip!r}; choose one of {', '.join(CLIPS)}")
-        check_overlap(overlap, self.model.config.unet.block_factor, self.model.config.block_size)
-        if sampler not in SAMPLERS:
-            raise InvalidArgumentError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if sampler == DEFAULT_SAMPLER and steps is None:
-            steps = DEFAULT_STEPS
-        batch_size = _positive_int(batch_size, "batch_size")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
-        make_sampler(sampler, self.model.schedule, steps, eta=eta)  # validates steps and eta
+        config = self.model.config
+        steps, batch_size = check_sampling(self.model.schedule, config.unet.block_factor, config.block_size,
+                                           seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                                           eta=eta, clip=clip, overlap=overlap)
         pool = keys = None
         if not self.model.config.unet.uses_retrieval:
             if k is not None or query is not None or query_ids is not None:
@@ -324,13 +275,7 @@ class Engine:
                     latents = self.model.encode(to_model_input(images, self.device))
                 keys = compute_keys(latents.cpu(), self.database.key_kind, self.database.block_factor)
             elif query_ids is not None:
-                pool = np.asarray(query_ids)
-                if pool.ndim != 1 or pool.size == 0 or not np.issubdtype(pool.dtype, np.integer):
-                    raise InvalidArgumentError("query_ids must be a non-empty 1-D sequence of database ids")
-                if pool.min() < 0 or pool.max() >= self.database.count:
-                    bad = pool[(pool < 0) | (pool >= self.database.count)][0]
-                    raise OutOfRangeError(f"query id {int(bad)} is outside the database [0, {self.database.count})")
-                pool = pool.astype(np.int64)
+                pool = check_query_pool(query_ids, self.database.count)
         return GenerationPlan(n=n, seed=int(seed), sampler=sampler, steps=steps, eta=eta, batch_size=batch_size,
                               k=k, exclude_self=bool(exclude_self), clip=clip, overlap=overlap, query_pool=pool,
                               query_keys=keys)
@@ -349,8 +294,7 @@ class Engine:
             scores, ids = self.index.search(keys, plan.k)
         else:
             size = database.count if plan.query_pool is None else len(plan.query_pool)
-            draws = np.array([np.random.default_rng(_image_seed(plan.seed, int(i), 1)).integers(size)
-                              for i in images], dtype=np.int64)
+            draws = query_draws(plan.seed, images, size)
             chosen = draws if plan.query_pool is None else plan.query_pool[draws]
             scores, ids = self.index.search(database.keys[chosen], plan.k,
                                             exclude=chosen if plan.exclude_self else None)
@@ -368,11 +312,7 @@ class Engine:
         latents = ops.merge_blocks(blocks, config.unet.block_factor) / config.diffusion.latent_scale
         return torch.cat([self.model.decode(latents[i:i + 1]) for i in range(len(latents))])
 
-    @staticmethod
-    def image_generators(seed: int, first: int, count: int, device: torch.device) -> list[torch.Generator]:
-        """One noise generator per image, seeded by (seed, image number): batch-independent noise."""
-        return [torch.Generator(device=device).manual_seed(_image_seed(seed, i, 0))
-                for i in range(first, first + count)]
+    image_generators = staticmethod(image_generators)
 
     @staticmethod
     def _check_finite(values: torch.Tensor, first: int, where: str) -> None:
