@@ -271,6 +271,29 @@ def test_workers_beyond_memory_are_refused_before_ray(assets, tmp_path, monkeypa
         generate_dataset(out_dir=tmp_path / "out", model=assets[0], database=assets[1], workers=2, **dict(RUN, n=4))
 
 
+@pytest.mark.parametrize("nodes,workers,asked,expected", [
+    ([4e9, 2e9], 3, True, 3),   # 2 + 1 workers of 1 GB fit
+    ([4e9, 2e9], 8, False, 6),  # a default number is lowered to what fits
+    ([4e9, 2e9], 8, True, r"8 workers need about .* hold at most 6 workers of .*: use workers=6 or fewer"),
+    ([5e8, 9e8], 1, False, r"a worker needs about .* the largest node of the Ray cluster offers .*lower batch_size"),
+])
+def test_workers_beyond_a_joined_clusters_memory_are_refused(nodes, workers, asked, expected):
+    if isinstance(expected, int):
+        assert memory.cluster_workers(nodes, workers, 10**9, asked=asked) == expected
+    else:
+        with pytest.raises(OutOfMemoryError, match=expected):
+            memory.cluster_workers(nodes, workers, 10**9, asked=asked)
+
+
+@pytest.mark.slow
+def test_a_joined_cluster_too_small_for_one_worker_is_refused_before_any_shard(cluster, assets, tmp_path, monkeypatch):
+    """A cluster already up (joined, not started by the run): its nodes' memory is what is checked."""
+    monkeypatch.setattr(memory, "worker_bytes", lambda *args: 2**50)
+    with pytest.raises(OutOfMemoryError, match=r"the largest node of the Ray cluster offers"):
+        generate_dataset(out_dir=tmp_path / "out", model=assets[0], database=assets[1], **dict(RUN, n=4))
+    assert not list((tmp_path / "out").glob("shard-*"))
+
+
 @pytest.fixture(scope="module")
 def others(assets, tmp_path_factory):
     """Inputs a resume could be given instead: another database, another model (the same autoencoder,

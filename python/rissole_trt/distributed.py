@@ -339,17 +339,19 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
             print(f"{out_dir}: all {len(shards)} shards ({n} images) are done; nothing to do")
         return manifest.to_dict()
     check_free_space(out_dir, shards[pending[0]][1] * memory.image_bytes(config), "the next shard")
+    worker_memory = memory.worker_bytes(config, batch_size, shard_size, rows)
     if ray_address is None and not ray.is_initialized():  # a local cluster: this machine's CPUs, GPUs, memory
         local = _check_resources(_local_resources(), "this machine", workers, threads_per_worker, gpus_per_worker,
                                  len(pending))
         memory.check_workers(config, local, batch_size, shard_size, rows)
+        worker_memory = None  # checked against this machine's memory, which Ray's own figure understates
     worker_settings = dict(settings.to_dict(), model=None if model is None else str(Path(model).resolve()),
                            database=None if database is None else str(Path(database).resolve()),
                            engine=None if engine is None else str(Path(engine).resolve()),
                            out_dir=str(out_dir.resolve()), threads=threads_per_worker,
                            device="cuda" if gpus_per_worker else str(here))
     manifest, workers, elapsed = _run_on_ray(ray, ray_address, worker_settings, manifest, shards, pending, workers,
-                                             gpus_per_worker, progress)
+                                             gpus_per_worker, worker_memory, progress)
     new_images = sum(shards[s][1] for s in pending)
     manifest = manifest.replace(last_run={"workers": workers, "shards": len(pending), "images": new_images,
                                           "seconds": elapsed, "images_per_s": new_images / elapsed if elapsed else None})
@@ -397,9 +399,11 @@ def _done_shards(out_dir: Path, shards: list[tuple[int, int]], fmt: str) -> tupl
 
 
 def _run_on_ray(ray, ray_address, settings: dict, manifest: DatasetShards, shards, pending: list[int],
-                workers: int | None, gpus_per_worker: float, progress: bool) -> tuple[DatasetShards, int, float]:
+                workers: int | None, gpus_per_worker: float, worker_memory: int | None,
+                progress: bool) -> tuple[DatasetShards, int, float]:
     """Generate the ``pending`` shards on Ray's workers, recording each in the manifest as it lands;
-    returns the manifest, the number of workers and the seconds it took."""
+    returns the manifest, the number of workers and the seconds it took. ``worker_memory``: a
+    worker's bytes, checked against the nodes of a cluster the run joined (None: checked already)."""
     _quiet(ray)
     started_ray = False
     if not ray.is_initialized():
@@ -408,8 +412,12 @@ def _run_on_ray(ray, ray_address, settings: dict, manifest: DatasetShards, shard
         started_ray = True
     try:
         threads = settings["threads"]
+        asked = workers is not None
         workers = _check_resources(ray.cluster_resources(), "the Ray cluster", workers, threads, gpus_per_worker,
                                    len(pending))
+        if worker_memory is not None:
+            nodes = [node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")]
+            workers = memory.cluster_workers(nodes, workers, worker_memory, asked=asked)
         dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
         results = dataset.map_batches(
             _ShardWorker, fn_constructor_kwargs={"settings": settings}, batch_size=1,

@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 
 from .errors import OutOfMemoryError
 
-__all__ = ["available", "batch_bytes", "check", "check_build", "check_generate", "check_workers", "image_bytes",
-           "largest_batch", "largest_bucket", "step_bytes_per_row", "translate_oom"]
+__all__ = ["available", "batch_bytes", "check", "check_build", "check_generate", "check_workers", "cluster_workers", "image_bytes",
+           "largest_batch", "largest_bucket", "step_bytes_per_row", "translate_oom", "worker_bytes"]
 
 # Measured (scripts/measure_step_memory.py 16 128): a denoiser step over a row, at its peak; what a
 # row's inputs and output hold after the step (build-engine keeps them for every bucket); a
@@ -154,11 +154,31 @@ def check_build(config, buckets: list[int], rows_per_image: int, device: str = "
           _largest(rows_per_image * (held + step)), "bucket (alone)", device)
 
 
+def worker_bytes(config, batch_size: int, shard_size: int, rows_per_image: int) -> int:
+    """A generate-dataset worker's peak: one batch being generated and a shard's images, raw and encoded."""
+    return batch_bytes(config, batch_size, rows_per_image) + shard_size * image_bytes(config) * 2
+
+
 def check_workers(config, workers: int, batch_size: int, shard_size: int, rows_per_image: int) -> None:
     """generate-dataset on this machine: each worker runs a batch and holds a shard's images."""
-    per_worker = batch_bytes(config, batch_size, rows_per_image) + shard_size * image_bytes(config) * 2  # + encoded
+    per_worker = worker_bytes(config, batch_size, shard_size, rows_per_image)
     check(f"{workers} workers (batch {batch_size}, shard {shard_size})", workers * per_worker,
           _largest(per_worker), "number of workers")
+
+
+def cluster_workers(node_memory: list[float], workers: int, per_worker: int, *, asked: bool) -> int:
+    """generate-dataset on a Ray cluster it joined: how many workers of ``per_worker`` bytes its nodes
+    hold (``node_memory``: each alive node's schedulable memory, Ray's ``memory`` resource). Workers
+    ``asked`` for beyond that are refused; a default number is lowered to what fits."""
+    fits = sum(int(room // per_worker) for room in node_memory)
+    if fits == 0:
+        raise OutOfMemoryError(f"a worker needs about {_gib(per_worker)} (one batch and one shard) and the largest "
+                               f"node of the Ray cluster offers {_gib(max(node_memory, default=0))}; "
+                               "lower batch_size or shard_size")
+    if asked and workers > fits:
+        raise OutOfMemoryError(f"{workers} workers need about {_gib(workers * per_worker)} and the Ray cluster's "
+                               f"nodes hold at most {fits} workers of {_gib(per_worker)}: use workers={fits} or fewer")
+    return min(workers, fits)
 
 
 def _is_oom(error: BaseException) -> bool:
