@@ -9,11 +9,11 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["Timer", "median", "quartiles", "time_calls", "interleaved_medians", "interleaved_within",
+__all__ = ["Timer", "median", "quartiles", "time_calls", "interleave", "interleaved_medians", "interleaved_within",
            "reset_peak_memory", "peak_memory_mib"]
 
 
@@ -76,6 +76,15 @@ def time_calls(fn: Callable[[], object], *, min_time: float, min_reps: int = 3, 
     return timer.samples["call"]
 
 
+def interleave(rounds: int, steps: Iterable[Callable[[int], object]]) -> None:
+    """Call each of ``steps`` in turn, round by round (``step(round)``), ``rounds`` times: the order
+    of every comparison timed here, so that a change in machine load hits every variant alike."""
+    steps = list(steps)
+    for i in range(rounds):
+        for step in steps:
+            step(i)
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int,
                         device: torch.device | str = "cpu", warmups: int = 1) -> dict[str, float]:
     """Median seconds per call of each of ``fns``, called in turn repeat by repeat (after ``warmups``
@@ -84,10 +93,13 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int,
     for fn in fns.values():
         for _ in range(warmups):
             fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    def timed(name: str, fn: Callable[[], object]) -> Callable[[int], None]:
+        def step(_: int) -> None:
             with timer(name):
                 fn()
+        return step
+
+    interleave(repeats, [timed(name, fn) for name, fn in fns.items()])
     return {name: timer.median(name) for name in fns}
 
 

@@ -48,7 +48,7 @@ from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..images import from_model_output
 from ..platform import precision_native, resolve_device, usable_cpus
 from ..runtime import registry
-from ..timing import Timer, median, peak_memory_mib, quartiles, reset_peak_memory
+from ..timing import Timer, interleave, median, peak_memory_mib, quartiles, reset_peak_memory
 from .baseline import ReferenceChain
 from .flops import model_flops
 from .hardware import machine_info, measure_peak
@@ -299,9 +299,7 @@ class _Bench:
         n = max(2, min(o.timing_steps, int(o.budget_s * len(runners) // max(per_round, 1e-9))))
         log(f"timing {n} steps of each variant, interleaved" +
             (f" (budget-limited from {o.timing_steps})" if n < o.timing_steps else ""))
-        for i in range(n):
-            for runner in runners:
-                runner.step(i)
+        interleave(n, [runner.step for runner in runners])
         for runner in runners:
             runner.finish(n)
             r = runner.variant.result
