@@ -50,7 +50,7 @@ from . import memory
 from .atomic import atomic_directory, atomic_file
 from .disk import check_free_space, translate_disk_full
 from .errors import BackendUnavailableError, InvalidArgumentError, OutputExistsError
-from .formats import Manifest
+from .formats import Manifest, file_sha256
 from .outputs import DATASET_RUN, check_output
 from .windows import rows_per_image
 
@@ -222,7 +222,6 @@ def _positive(value, name: str) -> int:
 def _fingerprints(probe, engine) -> dict:
     """What, besides the settings, shapes a run's images: the model, the database, the built engine."""
     from .builder import model_fingerprint
-    from .models.rissole import file_sha256
     from .runtime.engine_build import MANIFEST as ENGINE_MANIFEST
 
     files = None if probe.database is None else probe.database.on_disk.files  # each file's sha256

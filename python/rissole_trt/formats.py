@@ -10,6 +10,7 @@ fields are the document's keys, written in their order by :meth:`Manifest.to_jso
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,9 +19,26 @@ from typing import Any, Callable, ClassVar, TypeVar
 from .atomic import write_text
 from .errors import RissoleError
 
-__all__ = ["Manifest"]
+__all__ = ["Manifest", "file_sha256", "file_record"]
 
 M = TypeVar("M", bound="Manifest")
+_HASH_CHUNK = 8 << 20
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in chunks (the digest every manifest records)."""
+    digest = hashlib.sha256()
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """What a manifest records of a file it lists: its size and sha256."""
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from ..atomic import atomic_directory
 from ..config import ModelConfig
 from ..diffusion.schedules import NoiseSchedule, as_int
 from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError, OutOfRangeError, RissoleModelError
-from ..formats import Manifest
+from ..formats import Manifest, file_sha256
 from ..outputs import MODEL, check_output
 from ..windows import check_overlap
 from .autoencoder import VQAutoencoder
@@ -322,14 +321,6 @@ class RissoleModel(nn.Module):
         model._load_checked(state, str(weights_path))
         _apply_sampling(model, doc, config_path)
         return model.to(map_location)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)

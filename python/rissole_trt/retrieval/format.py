@@ -29,9 +29,7 @@ and renames it into place when complete, so an interrupted build leaves nothing 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -42,7 +40,7 @@ from ..outputs import DATABASE
 
 __all__ = ["FORMAT_VERSION", "KEY_KINDS", "MANIFEST", "CODES", "CODEBOOK", "KEYS", "LABELS", "MAX_CODEBOOK_SIZE",
            "DatabaseManifest", "block_geometry", "key_dim", "split_code_blocks", "merge_code_blocks", "compute_keys",
-           "keys_from_codes", "sha256_of"]
+           "keys_from_codes"]
 
 FORMAT_VERSION = 1
 KEY_KINDS = ("first-block", "whole-latent")
@@ -50,7 +48,6 @@ MANIFEST = "manifest.json"
 CODES, CODEBOOK, KEYS, LABELS = "codes.npy", "codebook.npy", "keys.npy", "labels.npy"
 MAX_CODEBOOK_SIZE = 1 << 16  # codes are uint16
 
-_HASH_CHUNK = 8 << 20
 
 
 
@@ -146,17 +143,6 @@ def keys_from_codes(codes: Any, codebook: Any, key_kind: str, block_factor: int)
 
 
 # --------------------------------------------------------------------------- file helpers
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
 
 
 def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

@@ -22,6 +22,7 @@ from ..errors import (
     MissingFileError,
     OutOfRangeError,
 )
+from ..formats import file_sha256
 from .format import (
     CODEBOOK,
     CODES,
@@ -35,7 +36,6 @@ from .format import (
     key_dim,
     keys_from_codes,
     merge_code_blocks,
-    sha256_of,
 )
 
 __all__ = ["Database"]
@@ -155,7 +155,7 @@ def _open_array(path: Path, name: str, entry: Any, dtype: type, shape: tuple, ve
         raise DatabaseError(
             f"{path}: {name} is truncated or was modified ({size} bytes, the manifest says {entry['bytes']})"
         )
-    if verify == "full" and sha256_of(f) != entry["sha256"]:
+    if verify == "full" and file_sha256(f) != entry["sha256"]:
         raise DatabaseError(f"{path}: {name} is corrupt (its sha256 differs from the manifest's)")
     try:
         arr = np.load(f, allow_pickle=False) if name == CODEBOOK else _map_npy(f, random_access=name == CODES)

@@ -14,6 +14,7 @@ import numpy as np
 from ..atomic import AtomicDirectory
 from ..disk import check_free_space, translate_disk_full
 from ..errors import InvalidArgumentError
+from ..formats import file_record
 from ..outputs import DATABASE, check_output
 from .format import (
     CODEBOOK,
@@ -29,7 +30,6 @@ from .format import (
     block_geometry,
     key_dim,
     keys_from_codes,
-    sha256_of,
     split_code_blocks,
 )
 
@@ -219,8 +219,7 @@ class DatabaseWriter:
         try:
             self._release_arrays()
             files = [name for name in (CODES, CODEBOOK, KEYS, LABELS) if (self._tmp / name).exists()]
-            checks = {name: {"bytes": (self._tmp / name).stat().st_size, "sha256": sha256_of(self._tmp / name)}
-                      for name in files}
+            checks = {name: file_record(self._tmp / name) for name in files}
             from rissole_trt import __version__
 
             manifest = DatabaseManifest(

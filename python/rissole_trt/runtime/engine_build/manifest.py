@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ...errors import EngineMismatchError, MissingFileError
-from ...formats import Manifest
-from ...models.rissole import file_sha256
+from ...formats import Manifest, file_record, file_sha256
 from ...outputs import ENGINE, kind_of
 from ..backend import ONNX_FILE, TRT_PLAN
 
@@ -110,7 +109,7 @@ def is_engine_dir(path: Path) -> bool:
 
 def file_records(root: Path) -> dict[str, dict]:
     """Size and sha256 of every file of the engine directory ``root`` but its manifest, by relative path."""
-    return {file.relative_to(root).as_posix(): {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
+    return {file.relative_to(root).as_posix(): file_record(file)
             for file in sorted(root.rglob("*")) if file.is_file() and file.name != MANIFEST}
 
 
