@@ -213,12 +213,6 @@ def _quiet(ray) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _fingerprints(probe, engine) -> dict:
     """What, besides the settings, shapes a run's images: the model, the database, the built engine."""
     from .builder import model_fingerprint
@@ -360,10 +354,12 @@ def generate_dataset(n: int, out_dir: str | os.PathLike, *, model: str | os.Path
 
 def _check_sizes(n, shard_size, batch_size, threads_per_worker, workers, fmt, gpus_per_worker) -> tuple:
     """:func:`generate_dataset`'s counts as ints, every argument checked before Ray starts."""
-    n, shard_size, batch_size = _positive(n, "n"), _positive(shard_size, "shard_size"), _positive(batch_size,
-                                                                                                  "batch_size")
-    threads_per_worker = _positive(threads_per_worker, "threads_per_worker")
-    workers = None if workers is None else _positive(workers, "workers")
+    from .engine.plan import positive_int
+
+    n, shard_size = positive_int(n, "n"), positive_int(shard_size, "shard_size")
+    batch_size = positive_int(batch_size, "batch_size")
+    threads_per_worker = positive_int(threads_per_worker, "threads_per_worker")
+    workers = None if workers is None else positive_int(workers, "workers")
     if shard_size % batch_size:
         raise InvalidArgumentError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}): "
                                    "a shard then runs whole batches, the same ones as a single process")
